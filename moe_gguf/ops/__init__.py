@@ -1,0 +1,7 @@
+"""Ops: the typed Python face of the C kernels (moe_gguf._kernels).
+
+Every shape, dtype, alignment and size check happens here, before a pointer reaches C.
+  quants.py  - quant formats: dequantize / quantize rows, type tables
+  matmul.py  - the thread pool, quantized dot products, matmul and the expert-indexed matmul
+  nn.py      - RMSNorm, RoPE (incl. YaRN), softmax, attention (MLA), activations
+"""
