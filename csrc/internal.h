@@ -83,4 +83,43 @@ static inline float mg_bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* ---- block layouts (ggml-common.h facts; see shared/docs/deepseek2-gguf.md) ---- */
+#define MG_QK 32
+#define MG_QK_K 256
+#define MG_K_SCALE_SIZE 12
+
+typedef struct { uint16_t d; uint8_t qs[MG_QK / 2]; } mg_block_q4_0;              /* 18 B */
+typedef struct { uint16_t d, m; uint8_t qs[MG_QK / 2]; } mg_block_q4_1;           /* 20 B */
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[MG_QK / 2]; } mg_block_q5_0; /* 22 B */
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[MG_QK / 2]; } mg_block_q5_1; /* 24 B */
+typedef struct { uint16_t d; int8_t qs[MG_QK]; } mg_block_q8_0;                    /* 34 B */
+typedef struct { uint16_t d; uint8_t qs[MG_QK / 2]; } mg_block_iq4_nl;            /* 18 B */
+typedef struct { uint8_t scales[MG_QK_K / 16]; uint8_t qs[MG_QK_K / 4]; uint16_t d, dmin; } mg_block_q2_K; /* 84 B */
+typedef struct { uint8_t hmask[MG_QK_K / 8]; uint8_t qs[MG_QK_K / 4]; uint8_t scales[12]; uint16_t d; } mg_block_q3_K; /* 110 B */
+typedef struct { uint16_t d, dmin; uint8_t scales[MG_K_SCALE_SIZE]; uint8_t qs[MG_QK_K / 2]; } mg_block_q4_K; /* 144 B */
+typedef struct { uint16_t d, dmin; uint8_t scales[MG_K_SCALE_SIZE]; uint8_t qh[MG_QK_K / 8]; uint8_t qs[MG_QK_K / 2]; } mg_block_q5_K; /* 176 B */
+typedef struct { uint8_t ql[MG_QK_K / 2]; uint8_t qh[MG_QK_K / 4]; int8_t scales[MG_QK_K / 16]; uint16_t d; } mg_block_q6_K; /* 210 B */
+typedef struct { float d; int8_t qs[MG_QK_K]; int16_t bsums[MG_QK_K / 16]; } mg_block_q8_K; /* 292 B */
+typedef struct { uint16_t d; uint16_t scales_h; uint8_t scales_l[MG_QK_K / 64]; uint8_t qs[MG_QK_K / 2]; } mg_block_iq4_xs; /* 136 B */
+
+_Static_assert(sizeof(mg_block_q4_0) == 18, "q4_0");
+_Static_assert(sizeof(mg_block_q4_1) == 20, "q4_1");
+_Static_assert(sizeof(mg_block_q5_0) == 22, "q5_0");
+_Static_assert(sizeof(mg_block_q5_1) == 24, "q5_1");
+_Static_assert(sizeof(mg_block_q8_0) == 34, "q8_0");
+_Static_assert(sizeof(mg_block_q2_K) == 84, "q2_K");
+_Static_assert(sizeof(mg_block_q3_K) == 110, "q3_K");
+_Static_assert(sizeof(mg_block_q4_K) == 144, "q4_K");
+_Static_assert(sizeof(mg_block_q5_K) == 176, "q5_K");
+_Static_assert(sizeof(mg_block_q6_K) == 210, "q6_K");
+_Static_assert(sizeof(mg_block_q8_K) == 292, "q8_K");
+_Static_assert(sizeof(mg_block_iq4_xs) == 136, "iq4_xs");
+
+/* the IQ4_NL / IQ4_XS non-linear code book */
+static const int8_t mg_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* Activation quantizers shared by matmul (defined in quants.c; the SIMD path is chosen inside). */
+void mg_quantize_row_q8_0(const float *x, void *y, int64_t n);
+void mg_quantize_row_q8_K(const float *x, void *y, int64_t n);
+
 #endif
