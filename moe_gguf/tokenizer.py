@@ -1,0 +1,512 @@
+"""Tokenizers built from GGUF metadata, following llama.cpp's semantics (`src/llama-vocab.cpp`).
+
+Two vocabulary kinds (`tokenizer.ggml.model`):
+
+* ``llama`` - SentencePiece-style: text has spaces escaped as U+2581 (and a space prefixed when
+  `tokenizer.ggml.add_space_prefix`, default true), then adjacent symbols are merged greedily by the score of the
+  merged piece (highest first, leftmost on ties); symbols that are not vocabulary entries come out as `<0xNN>` bytes.
+* ``gpt2`` - byte-level BPE: the pre-tokenizer regexes named by `tokenizer.ggml.pre` (see `tokenizer_pre.py`) split
+  the text, bytes are mapped to printable characters (GPT-2's byte-to-unicode table) and `tokenizer.ggml.merges`
+  ranks drive the merges. The merging runs in the HF `tokenizers` library, built from the GGUF vocabulary + merges.
+
+Special tokens (llama.cpp's partition step): before the model runs, the text is split around occurrences of
+user-defined tokens (always) and of control/unknown tokens (only with ``parse_special=True``), longest token text
+first. With ``parse_special=False`` text such as ``<|im_end|>`` is tokenized as ordinary characters.
+
+Decoding concatenates each token's bytes and decodes them as UTF-8 (invalid sequences become U+FFFD); control and
+unknown tokens render as their text unless ``skip_special=True``. Decoding never rewrites spaces, so for the BPE
+vocabularies ``decode(encode(s, add_special=False)) == s`` for every string. For ``llama`` vocabularies the space
+added in front of the first text piece is removed again.
+"""
+from __future__ import annotations
+
+import codecs
+import heapq
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .gguf import GGUFFile
+from .tokenizer_pre import PreTokenizer, resolve_pre
+
+__all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
+
+
+class TokenType:
+    """GGUF `tokenizer.ggml.token_type` values."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+# texts llama.cpp treats as end-of-turn when the file names no eot id (checked in this order)
+_EOT_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>",
+    "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+)
+# texts that always end generation (llama.cpp's EOG list)
+_EOG_TEXTS = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>",
+    "<eos>", "<｜end▁of▁sentence｜>",
+))
+
+_SPACE = "\u2581"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (printable Latin-1 bytes map to themselves)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    out: dict[int, str] = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+_BYTE_TO_CHAR = _bytes_to_unicode()
+# str.translate table: byte-level character -> the code point equal to its byte, so `.encode("latin-1")` = raw bytes
+_CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
+
+
+def _meta_int(md: dict[str, Any], key: str) -> int | None:
+    v = md.get(key)
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    raise ValueError(f"GGUF metadata {key!r} should be an integer, got {type(v).__name__}")
+
+
+def _meta_bool(md: dict[str, Any], key: str) -> bool | None:
+    v = md.get(key)
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise ValueError(f"GGUF metadata {key!r} should be a bool, got {type(v).__name__}")
+
+
+class Tokenizer:
+    """Encode/decode text with a GGUF file's vocabulary. Build it with `Tokenizer.from_gguf`."""
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        md = metadata
+        model = md.get("tokenizer.ggml.model")
+        if model not in ("llama", "gpt2"):
+            raise ValueError(
+                f"unsupported tokenizer.ggml.model {model!r} (supported: 'llama' = SentencePiece-style, "
+                "'gpt2' = byte-level BPE)"
+            )
+        self.model: str = model
+        tokens = md.get("tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
+            raise ValueError("GGUF has no tokenizer.ggml.tokens string array")
+        n = len(tokens)
+        self.n_vocab: int = n
+        self.tokens: list[str] = tokens
+
+        ttype = md.get("tokenizer.ggml.token_type")
+        if ttype is None:
+            types = np.full(n, TokenType.NORMAL, dtype=np.int32)
+        else:
+            types = np.asarray(ttype)
+            if types.ndim != 1 or types.shape[0] < n or types.dtype.kind not in "iu":
+                raise ValueError(f"tokenizer.ggml.token_type must be an integer array of >= {n} entries")
+            types = types[:n].astype(np.int32)
+        self.token_type: np.ndarray = types
+
+        scores = md.get("tokenizer.ggml.scores")
+        if scores is not None:
+            scores = np.asarray(scores)
+            if scores.ndim != 1 or scores.shape[0] < n:
+                raise ValueError(f"tokenizer.ggml.scores must hold >= {n} entries")
+            scores = scores[:n].astype(np.float32)
+        self.scores: np.ndarray | None = scores
+
+        # text -> id (first id wins on duplicates, which valid files do not have)
+        self._token_to_id: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            self._token_to_id.setdefault(t, i)
+
+        def valid(i: int | None) -> int | None:
+            return i if i is not None and 0 <= i < n else None
+
+        is_spm = model == "llama"
+        self.pre: PreTokenizer | None = None if is_spm else resolve_pre(md.get("tokenizer.ggml.pre"))
+        bos = _meta_int(md, "tokenizer.ggml.bos_token_id")
+        eos = _meta_int(md, "tokenizer.ggml.eos_token_id")
+        self.bos_id: int | None = valid(bos if bos is not None else (1 if is_spm else None))
+        self.eos_id: int | None = valid(eos if eos is not None else (2 if is_spm else None))
+        unk = _meta_int(md, "tokenizer.ggml.unknown_token_id")
+        self.unk_id: int | None = valid(unk if unk is not None else (0 if is_spm else None))
+        self.pad_id: int | None = valid(_meta_int(md, "tokenizer.ggml.padding_token_id"))
+        eot = valid(_meta_int(md, "tokenizer.ggml.eot_token_id"))
+        if eot is None:
+            for text in _EOT_TEXTS:
+                if text in self._token_to_id:
+                    eot = self._token_to_id[text]
+                    break
+        self.eot_id: int | None = eot
+        self.eom_id: int | None = valid(_meta_int(md, "tokenizer.ggml.eom_token_id"))
+        if self.eom_id is None:
+            self.eom_id = self._token_to_id.get("<|eom_id|>")
+
+        add_bos = _meta_bool(md, "tokenizer.ggml.add_bos_token")
+        add_eos = _meta_bool(md, "tokenizer.ggml.add_eos_token")
+        default_bos = True if is_spm else bool(self.pre and self.pre.add_bos_default)
+        self.add_bos: bool = default_bos if add_bos is None else add_bos
+        self.add_eos: bool = False if add_eos is None else add_eos
+        if self.add_bos and self.bos_id is None:
+            raise ValueError("tokenizer.ggml.add_bos_token is true but the file has no valid bos_token_id")
+        if self.add_eos and self.eos_id is None:
+            raise ValueError("tokenizer.ggml.add_eos_token is true but the file has no valid eos_token_id")
+        asp = _meta_bool(md, "tokenizer.ggml.add_space_prefix")
+        self.add_space_prefix: bool = (asp if asp is not None else True) if is_spm else bool(asp)
+
+        # end-of-generation ids
+        eog = {i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None}
+        for text in _EOG_TEXTS:
+            i = self._token_to_id.get(text)
+            if i is not None:
+                eog.add(i)
+        self._eog: frozenset[int] = frozenset(eog)
+
+        # tokens split out of the text before the model runs, longest text first (stable on equal lengths)
+        special_mask = (types == TokenType.CONTROL) | (types == TokenType.USER_DEFINED) | (types == TokenType.UNKNOWN)
+        for i in eog:  # llama.cpp marks EOG-text tokens as control
+            special_mask[i] = special_mask[i] or types[i] != TokenType.USER_DEFINED
+        ids = np.nonzero(special_mask)[0].tolist()
+        ids.sort(key=lambda i: -len(tokens[i].encode("utf-8")))
+        self._special_all: list[tuple[str, int]] = [(tokens[i], i) for i in ids if tokens[i]]
+        self._special_user: list[tuple[str, int]] = [
+            (t, i) for t, i in self._special_all if types[i] == TokenType.USER_DEFINED
+        ]
+        self._control_like = np.zeros(n, dtype=bool)
+        self._control_like[(types == TokenType.CONTROL) | (types == TokenType.UNKNOWN)] = True
+        for i in eog:
+            if types[i] != TokenType.USER_DEFINED:
+                self._control_like[i] = True
+
+        self._pieces: list[bytes] = self._build_pieces()
+        self._skip_pieces: list[bytes] = [
+            b"" if c else p for p, c in zip(self._pieces, self._control_like.tolist())
+        ]
+        if is_spm:
+            self._init_spm()
+        else:
+            self._init_bpe(md)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_gguf(cls, source: GGUFFile | str | os.PathLike[str]) -> "Tokenizer":
+        """Build from an open `GGUFFile` or a path to a GGUF file (only its metadata is read)."""
+        if isinstance(source, GGUFFile):
+            return cls(source.metadata)
+        if isinstance(source, (str, os.PathLike)):
+            f = GGUFFile(source)
+            try:
+                return cls(f.metadata)
+            finally:
+                f.close()
+        raise TypeError(f"Tokenizer.from_gguf expects a GGUFFile or a path, got {type(source).__name__}")
+
+    def _build_pieces(self) -> list[bytes]:
+        """Each token's output bytes (control/unknown/user-defined tokens: their text; unused tokens: nothing)."""
+        table = _CHAR_TO_BYTE_TABLE
+
+        def spm_normal(t: str) -> bytes:
+            return t.replace(_SPACE, " ").encode("utf-8")
+
+        def bpe_normal(t: str) -> bytes:
+            try:
+                return t.translate(table).encode("latin-1")
+            except UnicodeEncodeError:  # a character outside the byte alphabet: keep it as UTF-8
+                return b"".join(bytes([table[ord(c)]]) if ord(c) in table else c.encode("utf-8") for c in t)
+
+        normal = spm_normal if self.model == "llama" else bpe_normal
+        literal = (TokenType.CONTROL, TokenType.UNKNOWN, TokenType.USER_DEFINED)
+        out: list[bytes] = []
+        for t, ty in zip(self.tokens, self.token_type.tolist()):
+            if ty == TokenType.NORMAL:
+                out.append(normal(t))
+            elif ty == TokenType.BYTE:
+                out.append(self._byte_token_value(t))
+            elif ty in literal:
+                out.append(t.encode("utf-8"))
+            else:
+                out.append(b"")
+        return out
+
+    @staticmethod
+    def _byte_token_value(text: str) -> bytes:
+        if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            try:
+                return bytes([int(text[3:5], 16)])
+            except ValueError:
+                pass
+        return text.encode("utf-8")
+
+    def _init_spm(self) -> None:
+        assert self.scores is not None or True
+        scores = self.scores if self.scores is not None else np.zeros(self.n_vocab, dtype=np.float32)
+        self._spm_scores: list[float] = scores.tolist()
+        byte_ids: list[int | None] = []
+        for b in range(256):
+            i = self._token_to_id.get(f"<0x{b:02X}>")
+            if i is None:
+                i = self._token_to_id.get(chr(b)) if b < 128 else None
+            byte_ids.append(i)
+        self._spm_byte_ids = byte_ids
+
+    def _init_bpe(self, md: dict[str, Any]) -> None:
+        try:
+            from tokenizers import Regex
+            from tokenizers import Tokenizer as HFTokenizer
+            from tokenizers import models, pre_tokenizers
+        except ImportError as e:  # pragma: no cover - tokenizers is a declared dependency
+            raise ImportError("byte-level BPE vocabularies need the 'tokenizers' package (pip install tokenizers)") from e
+        merges_raw = md.get("tokenizer.ggml.merges")
+        if not isinstance(merges_raw, list):
+            raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
+        merges: list[tuple[str, str]] = []
+        for m in merges_raw:
+            if not isinstance(m, str):
+                raise ValueError("tokenizer.ggml.merges must be strings")
+            p = m.find(" ", 1)
+            if p < 0:
+                continue  # llama.cpp stores such entries as ("", "") which never match
+            merges.append((m[:p], m[p + 1 :]))
+        assert self.pre is not None
+        bpe = models.BPE(
+            vocab=self._token_to_id, merges=merges, ignore_merges=self.pre.ignore_merges, fuse_unk=False,
+            byte_fallback=False,
+        )
+        hf = HFTokenizer(bpe)
+        steps = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in self.pre.regexes]
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+        hf.pre_tokenizer = pre_tokenizers.Sequence(steps)
+        self._hf = hf
+
+    # ------------------------------------------------------------------ public API
+    def is_eog(self, token_id: int) -> bool:
+        """True for tokens that end generation (eos, eot, eom and the known end-of-turn texts)."""
+        return int(token_id) in self._eog
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        return self._eog
+
+    def token_to_id(self, text: str) -> int | None:
+        return self._token_to_id.get(text)
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.tokens[self._check_id(token_id)]
+
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids for `text`. add_special adds BOS/EOS as the file's add_bos/add_eos flags say; parse_special
+        turns control-token texts written in `text` into those tokens (otherwise they are plain text)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text is not encodable as UTF-8 (lone surrogate at index {e.start})") from None
+        out: list[int] = []
+        if add_special and self.add_bos:
+            assert self.bos_id is not None
+            out.append(self.bos_id)
+        frags = self._partition(text, parse_special) if text else []
+        if self.model == "llama":
+            prev_special = True
+            for f in frags:
+                if isinstance(f, int):
+                    out.append(f)
+                    prev_special = True
+                else:
+                    s = (" " + f) if (self.add_space_prefix and prev_special) else f
+                    self._spm_tokenize(s.replace(" ", _SPACE), out)
+                    prev_special = False
+        else:
+            texts = [f for f in frags if isinstance(f, str)]
+            if texts:
+                encs = self._hf.encode_batch_fast(texts, add_special_tokens=False) if len(texts) > 1 else [
+                    self._hf.encode(texts[0], add_special_tokens=False)
+                ]
+                it = iter(encs)
+                for f in frags:
+                    if isinstance(f, int):
+                        out.append(f)
+                    else:
+                        out.extend(next(it).ids)
+            else:
+                out.extend(f for f in frags if isinstance(f, int))
+        if add_special and self.add_eos:
+            assert self.eos_id is not None
+            out.append(self.eos_id)
+        return out
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of `ids`; control/unknown tokens render as their text unless skip_special."""
+        return self._decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token contributes to decoded text (control tokens: their text)."""
+        return self._pieces[self._check_id(token_id)]
+
+    def stream_decoder(self, skip_special: bool = False) -> "StreamDecoder":
+        """An incremental detokenizer: feed ids one at a time, get text pieces out."""
+        return StreamDecoder(self, skip_special)
+
+    # ------------------------------------------------------------------ internals
+    def _check_id(self, token_id: int) -> int:
+        try:
+            i = int(token_id)
+        except (TypeError, ValueError):
+            raise TypeError(f"token id must be an integer, got {type(token_id).__name__}") from None
+        if not 0 <= i < self.n_vocab:
+            raise ValueError(f"token id {i} is out of range [0, {self.n_vocab})")
+        return i
+
+    def _decode_bytes(self, ids: Iterable[int], skip_special: bool) -> bytes:
+        if isinstance(ids, np.ndarray):
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+            ids = ids.ravel().tolist()
+        seq: Sequence[int] = ids if isinstance(ids, (list, tuple)) else list(ids)
+        pieces = self._skip_pieces if skip_special else self._pieces
+        try:
+            parts = [pieces[i] for i in seq]
+            ok = all(i >= 0 for i in seq)
+        except (IndexError, TypeError):
+            ok = False
+        if not ok:
+            for i in seq:
+                self._check_id(i)
+            raise ValueError("invalid token ids")  # pragma: no cover
+        if self.model == "llama" and self.add_space_prefix:
+            for k, p in enumerate(parts):
+                if p:  # the first non-empty piece loses the space the encoder put in front of the text
+                    if p[:1] == b" " and not (not skip_special and self._control_like[seq[k]]):
+                        parts[k] = p[1:]
+                    break
+        return b"".join(parts)
+
+    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """llama.cpp's special-token partition: split text fragments around special token texts, longest first."""
+        specials = self._special_all if parse_special else self._special_user
+        frags: list[str | int] = [text]
+        if not specials:
+            return frags
+        chars = set(text)
+        for tok_text, tid in specials:
+            if tok_text[0] not in chars:
+                continue
+            new: list[str | int] | None = None
+            for k, f in enumerate(frags):
+                if isinstance(f, int) or tok_text not in f:
+                    if new is not None:
+                        new.append(f)
+                    continue
+                if new is None:
+                    new = frags[:k]
+                parts = f.split(tok_text)
+                for j, p in enumerate(parts):
+                    if j:
+                        new.append(tid)
+                    if p:
+                        new.append(p)
+            if new is not None:
+                frags = new
+        return frags
+
+    def _spm_tokenize(self, text: str, out: list[int]) -> None:
+        """SentencePiece-style merge of one escaped text fragment (llama.cpp's SPM algorithm)."""
+        n = len(text)
+        if n == 0:
+            return
+        vocab = self._token_to_id
+        scores = self._spm_scores
+        start = list(range(n))
+        length = [1] * n
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        heap: list[tuple[float, int, int, int]] = []
+        push = heapq.heappush
+
+        def add(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            s = text[start[left] : start[left] + length[left] + length[right]]
+            tid = vocab.get(s)
+            if tid is None:
+                return
+            push(heap, (-scores[tid], left, right, len(s)))
+
+        for i in range(1, n):
+            add(i - 1, i)
+        pop = heapq.heappop
+        while heap:
+            _, left, right, size = pop(heap)
+            if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
+                continue
+            length[left] += length[right]
+            length[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            add(prev[left], left)
+            add(left, nxt[left])
+        i = 0
+        byte_ids = self._spm_byte_ids
+        while i != -1:
+            s = text[start[i] : start[i] + length[i]]
+            tid = vocab.get(s)
+            if tid is not None:
+                out.append(tid)
+            else:
+                for b in s.encode("utf-8"):
+                    bid = byte_ids[b]
+                    if bid is None:
+                        bid = self.unk_id
+                    if bid is not None:
+                        out.append(bid)
+            i = nxt[i]
+
+
+class StreamDecoder:
+    """Incremental detokenizer. `feed(id)` returns the text that is complete so far (a multi-byte character split
+    across tokens is held back until its last byte arrives); `flush()` returns the rest. The concatenation of all
+    returned pieces equals `tokenizer.decode(all ids, skip_special)`."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False) -> None:
+        self._tok = tokenizer
+        self._skip = skip_special
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip_pending = tokenizer.model == "llama" and tokenizer.add_space_prefix
+
+    def feed(self, token_id: int) -> str:
+        tok = self._tok
+        i = tok._check_id(token_id)
+        p = (tok._skip_pieces if self._skip else tok._pieces)[i]
+        if self._strip_pending and p:
+            self._strip_pending = False
+            if p[:1] == b" " and not (not self._skip and tok._control_like[i]):
+                p = p[1:]
+        return self._dec.decode(p, False)
+
+    def flush(self) -> str:
+        """Return held-back bytes (incomplete UTF-8 becomes U+FFFD) and reset for a new stream."""
+        s = self._dec.decode(b"", True)
+        self._dec.reset()
+        self._strip_pending = self._tok.model == "llama" and self._tok.add_space_prefix
+        return s
