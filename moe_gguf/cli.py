@@ -1,6 +1,8 @@
 """The moe-gguf command line (typer). Each command is a thin wrapper over the module that does the work."""
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -16,6 +18,171 @@ def version() -> None:
     from . import __version__
 
     typer.echo(__version__)
+
+
+
+# ---------------------------------------------------------------------------------------------- run / chat
+_SAMPLING_HELP = "Sampling (llama.cpp's flags and defaults)"
+
+
+def _fail(msg: object) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(1)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's mistake raises (missing/bad file, prompt too long, bad flag value): one line, exit 1."""
+    from .gguf import GGUFError
+
+    return (OSError, ValueError, TypeError, GGUFError)
+
+
+def _open(model: str, ctx_size: int, threads: int):  # -> (model, tokenizer)
+    import os
+
+    if not os.path.isfile(model):
+        raise FileNotFoundError(f"model file not found: {model}")
+    from .models import load_model
+    from .tokenizer import Tokenizer
+
+    m = load_model(model, n_ctx=ctx_size or None, n_threads=threads if threads > 0 else None)
+    return m, Tokenizer.from_gguf(m.file)
+
+
+def _chat_ids(m, tok, messages: list[dict[str, str]]) -> list[int]:
+    from .chat import ChatTemplate
+
+    text = ChatTemplate.from_gguf(m.file).render(messages, add_generation_prompt=True)
+    ids = tok.encode(text, add_special=True, parse_special=True)
+    if len(ids) > 1 and ids[0] == ids[1] == tok.bos_id:  # the template wrote BOS itself
+        ids = ids[1:]
+    return ids
+
+
+def _stream(gen) -> str:
+    import sys
+
+    parts = []
+    for chunk in gen:
+        if chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            parts.append(chunk.text)
+    return "".join(parts)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="Path to a .gguf model file.")],
+    prompt: Annotated[Optional[str], typer.Option("-p", "--prompt", help="The prompt.")] = None,
+    file: Annotated[Optional[str], typer.Option("-f", "--file", help="Read the prompt from this file.")] = None,
+    n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="Tokens to generate (-1 = until end or context full).")] = -1,
+    threads: Annotated[int, typer.Option("-t", "--threads", help="CPU threads (0 = all cores).")] = 0,
+    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="Context size in tokens (0 = the model's).")] = 4096,
+    chat: Annotated[bool, typer.Option("--chat", help="Apply the model's chat template (prompt = one user message).")] = False,
+    system: Annotated[Optional[str], typer.Option("-sys", "--system-prompt", help="System message (with --chat).")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
+    temp: Annotated[float, typer.Option("--temp", help="Temperature (0 = greedy).", rich_help_panel=_SAMPLING_HELP)] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top-k (0 = off).", rich_help_panel=_SAMPLING_HELP)] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", help="Top-p (1.0 = off).", rich_help_panel=_SAMPLING_HELP)] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p", help="Min-p (0 = off).", rich_help_panel=_SAMPLING_HELP)] = 0.05,
+    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", help="Repetition penalty (1.0 = off).", rich_help_panel=_SAMPLING_HELP)] = 1.0,
+    repeat_last_n: Annotated[int, typer.Option("--repeat-last-n", help="Tokens the penalty looks back over (0 = off, -1 = context).", rich_help_panel=_SAMPLING_HELP)] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="RNG seed (-1 = random).", rich_help_panel=_SAMPLING_HELP)] = -1,
+) -> None:
+    """Generate text from a prompt, streaming it to stdout; speed statistics go to stderr."""
+    import sys
+
+    from .generate import generate
+    from .sampling import SamplingParams
+
+    try:
+        if (prompt is None) == (file is None):
+            raise ValueError("give exactly one of -p PROMPT or -f PROMPT_FILE")
+        if file is not None:
+            with open(file, encoding="utf-8") as fh:
+                prompt = fh.read()
+        params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, None if seed < 0 else seed)
+        m, tok = _open(model, ctx_size, threads)
+        if chat:
+            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            ids = _chat_ids(m, tok, msgs)
+        else:
+            ids = tok.encode(prompt, add_special=True, parse_special=True)
+        gen = generate(m, tok, ids, params, n_predict if n_predict >= 0 else m.n_ctx, stop=stop)
+        try:
+            _stream(gen)
+        except KeyboardInterrupt:
+            gen.close()
+        sys.stdout.write("\n")
+        typer.echo(gen.stats.summary(), err=True)
+    except _user_errors() as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Path to a .gguf model file.")],
+    n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="Max tokens per reply (-1 = until end or context full).")] = -1,
+    threads: Annotated[int, typer.Option("-t", "--threads", help="CPU threads (0 = all cores).")] = 0,
+    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="Context size in tokens (0 = the model's).")] = 4096,
+    system: Annotated[Optional[str], typer.Option("-sys", "--system-prompt", help="System message.")] = None,
+    temp: Annotated[float, typer.Option("--temp", rich_help_panel=_SAMPLING_HELP)] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", rich_help_panel=_SAMPLING_HELP)] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", rich_help_panel=_SAMPLING_HELP)] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p", rich_help_panel=_SAMPLING_HELP)] = 0.05,
+    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", rich_help_panel=_SAMPLING_HELP)] = 1.0,
+    repeat_last_n: Annotated[int, typer.Option("--repeat-last-n", rich_help_panel=_SAMPLING_HELP)] = 64,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=_SAMPLING_HELP)] = -1,
+) -> None:
+    """Interactive chat: one user message per stdin line, replies stream to stdout; EOF ends, /reset restarts.
+    The KV cache is kept between turns, so each turn evaluates only the new tokens."""
+    import sys
+
+    from .generate import Context, ContextFullError, generate
+    from .sampling import SamplingParams
+
+    try:
+        params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, None if seed < 0 else seed)
+        m, tok = _open(model, ctx_size, threads)
+        ctx = Context(m)
+        base = [{"role": "system", "content": system}] if system else []
+        history: list[dict[str, str]] = []
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                typer.echo("> ", nl=False, err=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.strip() == "/reset":
+                history.clear()
+                continue
+            history.append({"role": "user", "content": line})
+            while True:  # drop the oldest turns until the conversation fits
+                ids = _chat_ids(m, tok, base + history)
+                if len(ids) < m.n_ctx or len(history) == 1:
+                    break
+                del history[: 2 if len(history) > 2 else 1]
+            try:
+                gen = generate(m, tok, ids, params, n_predict if n_predict >= 0 else m.n_ctx, context=ctx)
+            except ContextFullError as e:
+                typer.echo(f"error: {e}", err=True)
+                history.pop()
+                continue
+            try:
+                reply = _stream(gen)
+            except KeyboardInterrupt:
+                gen.close()
+                reply = ""
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            history.append({"role": "assistant", "content": reply})
+    except _user_errors() as e:
+        raise _fail(e) from None
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ class Generation:
         t1 = time.perf_counter()
         st.prompt_seconds = t1 - t0
 
-        dec = tok.stream_decoder()
+        dec = tok.stream_decoder(skip_special=True)  # like llama.cpp, control tokens are not printed
         step = np.empty(1, dtype=np.int32)  # the decode step's input, reused every token
         pending = ""  # decoded text not yet emitted (it may be the start of a stop string)
         finish = "length"

@@ -64,7 +64,7 @@ class FakeTokenizer:
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
-    def stream_decoder(self) -> "FakeDecoder":
+    def stream_decoder(self, skip_special: bool = False) -> "FakeDecoder":
         return FakeDecoder(self)
 
 
