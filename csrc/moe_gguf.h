@@ -47,12 +47,79 @@ int mg_dequantize_row(int type, const void *src, float *dst, int64_t n);
  * Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q8_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS.
  * `imatrix` (may be NULL) gives per-column importance weights of length n for the K/IQ quantizers. */
 int mg_quantize_row(int type, const float *src, void *dst, int64_t n, const float *imatrix);
+/* Quantizes `nrows` contiguous rows of `n_per_row` float32 elements each into `dst` (rows of row-bytes each),
+ * one mg_quantize_row per row with the same `imatrix` (length n_per_row, may be NULL).
+ * Block formats (not F32/F16/BF16) return -4 if the input or imatrix holds inf/NaN. */
+int mg_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix);
 
 /* ---------------------------------------------- threads, dot products, matmul ----- */
-/* [section owned by csrc/threadpool.c, csrc/matmul.c] */
+/* [section owned by csrc/threadpool.c, csrc/vecdot.c, csrc/matmul.c] */
+
+/* A persistent pool of n_threads - 1 worker threads plus the calling thread (threadpool.c).  Workers spin
+ * briefly, then sleep on a condition variable between jobs.  Concurrent callers are serialized. */
+typedef struct mg_pool mg_pool;
+/* A task run by mg_pool_run: called once per participating thread with ith in [0, nth). */
+typedef void (*mg_task_fn)(void *arg, int ith, int nth);
+/* Creates a pool of n_threads (1..255) threads in total; NULL on failure. */
+mg_pool *mg_pool_create(int n_threads);
+/* Stops and joins the workers and frees the pool (NULL is a no-op).  No call may be running on it. */
+void mg_pool_destroy(mg_pool *pool);
+/* Total threads of the pool (workers + caller); 0 for NULL. */
+int mg_pool_n_threads(const mg_pool *pool);
+/* Runs fn(arg, ith, nth) on nth threads (clamped to the pool size; the caller is ith 0) and returns when all
+ * are done.  pool may be NULL (runs fn(arg, 0, 1) inline).  For use by other C kernels. */
+void mg_pool_run(mg_pool *pool, mg_task_fn fn, void *arg, int nth);
+
+/* Dot products (vecdot.c).  An activation row for weight type `type` is float32 for F32/F16/BF16, Q8_0 blocks
+ * for Q4_0/Q5_0/Q8_0/IQ4_NL, Q8_0 values + f32 scale + block sum (40 B / 32) for Q4_1/Q5_1, Q8_K blocks for
+ * Q2_K..Q6_K and IQ4_XS.  Supported weight types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K
+ * Q6_K IQ4_NL IQ4_XS. */
+/* Bytes of the activation row of n elements for weight type `type`; 0 if unsupported or n not a block multiple. */
+size_t mg_act_bytes(int type, int64_t n);
+/* Converts n float32 values into the activation row for weight type `type` (dst: mg_act_bytes(type, n) bytes). */
+int mg_quantize_act(int type, const float *x, void *dst, int64_t n);
+/* *out = dot(weight row w of type `type`, activation row act), n elements (SIMD or reference per simd level). */
+int mg_vec_dot(int type, int64_t n, const void *w, const void *act, float *out);
+
+/* y[t, r] = sum_i W[r, i] x[t, i] (matmul.c): W [n_out, n_in] contiguous rows of type `type`, x float32
+ * [n_tok, n_in], y float32 [n_tok, n_out].  pool may be NULL (single thread).  Bit-identical for any thread
+ * count.  Returns MG_EUNSUPPORTED / MG_ESIZE / MG_ENOMEM on errors. */
+int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in, const float *x, int64_t n_tok,
+              float *y);
+/* Expert-indexed matmul: W [n_expert, n_out, n_in]; ids int32 [n_tok, k] (each in [0, n_expert));
+ * x float32 [n_tok, n_in] (x_per_slot 0: shared by the k slots) or [n_tok, k, n_in] (x_per_slot 1);
+ * y float32 [n_tok, k, n_out] with y[t, s] = W[ids[t, s]] x[t(, s)].  Each used expert's rows stream once. */
+int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64_t n_out, int64_t n_in,
+                 const float *x, int x_per_slot, const int32_t *ids, int64_t n_tok, int64_t k, float *y);
 
 /* ------------------------------------------------------- neural-net ops ----- */
 /* [section owned by csrc/nn.c] */
+
+/* All tensors float32, row-major.  Return 0, or MG_ESIZE (-2) on a bad size, MG_ENOMEM (-3). */
+/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for n_rows rows of d elements (out may equal x). */
+int mg_rms_norm(float *out, const float *x, const float *w, int64_t n_rows, int64_t d, float eps);
+/* In-place RoPE, GGML "NORM" style: pairs (v[2i], v[2i+1]) of each head's first n_rot values rotate by
+ * theta = (float)pos[t] * inv_freq[i]; cos/sin are multiplied by `magnitude`.  Element (t, h, j) is at
+ * x[t*tok_stride + h*head_stride + j] (strides in floats).  inv_freq has n_rot/2 entries (plain or YaRN). */
+int mg_rope_norm(float *x, int64_t n_tok, int64_t n_head, int64_t n_rot, int64_t tok_stride, int64_t head_stride,
+                 const int32_t *pos, const float *inv_freq, float magnitude);
+/* In-place softmax of n_rows rows of n elements (a row of all -inf becomes all 0). */
+int mg_softmax_rows(float *x, int64_t n_rows, int64_t n);
+/* out[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]. */
+int mg_silu_mul(float *out, const float *g, const float *u, int64_t n);
+/* Causal attention of n_head query heads over ONE shared K/V head (MLA absorbed form).
+ * q: n_tok x n_head x d_k.  kv: cache rows j = 0.., row j at kv + j*kv_stride; key = row[0:d_k],
+ * value = row[0:d_v] (d_v <= d_k).  Query t sits at position n_kv0 + t and attends to rows 0..n_kv0+t.
+ * out: n_tok x n_head x d_v = sum_j softmax_j(scale * q.key_j) * value_j. */
+int mg_latent_attention(float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
+                        const float *kv, int64_t kv_stride, int64_t n_kv0, float scale);
+/* Top-k MoE routing of n_tok rows of n_exp router logits.  gating 1 softmax, 2 sigmoid -> probs;
+ * selection = probs + bias (bias may be NULL).  n_group > 1: only the n_group_used best groups of
+ * n_exp/n_group experts compete (group score: max for softmax, sum of top-2 for sigmoid).  ids[t] get the
+ * k best selections (descending, ties -> lower id); w[t] = probs[ids], divided by their sum if `norm`,
+ * times `scale` (0 -> 1).  ids: n_tok x k int32, w: n_tok x k. */
+int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int64_t n_exp, int64_t k, int gating,
+                 const float *bias, int64_t n_group, int64_t n_group_used, int norm, float scale);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,279 @@
+/* nn.c - neural-net ops: RMSNorm, RoPE (NORM / adjacent-pair style, any frequency table, e.g. YaRN),
+ * row softmax, SiLU*mul, causal attention over one shared latent K/V head (MLA absorbed form) and
+ * top-k MoE routing.  Every kernel has a plain C path; the hot ones (RMSNorm, attention) add an AVX2+FMA
+ * path chosen at run time through mg_get_simd_level().  The kernels know no architecture. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_gguf.h"
+#include "internal.h"
+
+#if MG_X86
+#include <immintrin.h>
+#endif
+
+/* ------------------------------------------------------------------------------------ vector helpers */
+static float dot_scalar(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < 8; j++) s += acc[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+#if MG_X86
+MG_TARGET_AVX2 static inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+MG_TARGET_AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+MG_TARGET_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+MG_TARGET_AVX2 static float sumsq_avx2(const float *x, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+        s0 = _mm256_fmadd_ps(a, a, s0);
+        s1 = _mm256_fmadd_ps(b, b, s1);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_loadu_ps(x + i);
+        s0 = _mm256_fmadd_ps(a, a, s0);
+    }
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+#endif
+
+typedef float (*dot_fn)(const float *, const float *, int64_t);
+typedef void (*axpy_fn)(float *, float, const float *, int64_t);
+
+static dot_fn pick_dot(void) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) return dot_avx2;
+#endif
+    return dot_scalar;
+}
+
+static axpy_fn pick_axpy(void) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) return axpy_avx2;
+#endif
+    return axpy_scalar;
+}
+
+/* ------------------------------------------------------------------------------------------ RMSNorm */
+int mg_rms_norm(float *out, const float *x, const float *w, int64_t n_rows, int64_t d, float eps) {
+    if (!out || !x || !w || n_rows < 0 || d <= 0 || !(eps >= 0.0f)) return MG_ESIZE;
+    int simd = mg_get_simd_level();
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *xr = x + r * d;
+        float *yr = out + r * d;
+        float ss;
+#if MG_X86
+        if (simd >= 1) ss = sumsq_avx2(xr, d);
+        else
+#endif
+        {
+            (void)simd;
+            double acc = 0.0;
+            for (int64_t i = 0; i < d; i++) acc += (double)xr[i] * (double)xr[i];
+            ss = (float)acc;
+        }
+        float scale = 1.0f / sqrtf(ss / (float)d + eps);
+        for (int64_t i = 0; i < d; i++) yr[i] = (xr[i] * scale) * w[i];
+    }
+    return MG_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ RoPE */
+int mg_rope_norm(float *x, int64_t n_tok, int64_t n_head, int64_t n_rot, int64_t tok_stride, int64_t head_stride,
+                 const int32_t *pos, const float *inv_freq, float magnitude) {
+    if (!x || !pos || !inv_freq || n_tok < 0 || n_head < 0 || n_rot <= 0 || (n_rot & 1) || tok_stride < 0 || head_stride < 0)
+        return MG_ESIZE;
+    int64_t half = n_rot / 2;
+    for (int64_t t = 0; t < n_tok; t++) {
+        float p = (float)pos[t];
+        for (int64_t i = 0; i < half; i++) {
+            float theta = p * inv_freq[i]; /* float32 product, as the reference computes it */
+            float c = cosf(theta) * magnitude, s = sinf(theta) * magnitude;
+            for (int64_t h = 0; h < n_head; h++) {
+                float *v = x + t * tok_stride + h * head_stride + 2 * i;
+                float a = v[0], b = v[1];
+                v[0] = a * c - b * s;
+                v[1] = a * s + b * c;
+            }
+        }
+    }
+    return MG_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ softmax, SwiGLU */
+static void softmax_inplace(float *x, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    if (m == -INFINITY) { /* all masked: define as uniform zero output */
+        for (int64_t i = 0; i < n; i++) x[i] = 0.0f;
+        return;
+    }
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - m);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+int mg_softmax_rows(float *x, int64_t n_rows, int64_t n) {
+    if (!x || n_rows < 0 || n <= 0) return MG_ESIZE;
+    for (int64_t r = 0; r < n_rows; r++) softmax_inplace(x + r * n, n);
+    return MG_OK;
+}
+
+int mg_silu_mul(float *out, const float *g, const float *u, int64_t n) {
+    if (!out || !g || !u || n < 0) return MG_ESIZE;
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return MG_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ latent attention */
+int mg_latent_attention(float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
+                        const float *kv, int64_t kv_stride, int64_t n_kv0, float scale) {
+    if (!out || !q || !kv || n_tok < 0 || n_head <= 0 || d_k <= 0 || d_v <= 0 || d_v > d_k || kv_stride < d_k || n_kv0 < 0)
+        return MG_ESIZE;
+    int64_t n_kv_max = n_kv0 + n_tok;
+    if (n_kv_max <= 0) return MG_OK;
+    float *sc = malloc(sizeof(float) * (size_t)(n_head * n_kv_max));
+    if (!sc) return MG_ENOMEM;
+    dot_fn dot = pick_dot();
+    axpy_fn axpy = pick_axpy();
+    for (int64_t t = 0; t < n_tok; t++) {
+        int64_t n_kv = n_kv0 + t + 1;
+        const float *qt = q + t * n_head * d_k;
+        float *ot = out + t * n_head * d_v;
+        /* scores: each cache row is read once for all heads */
+        for (int64_t j = 0; j < n_kv; j++) {
+            const float *row = kv + j * kv_stride;
+            for (int64_t h = 0; h < n_head; h++) sc[h * n_kv + j] = dot(qt + h * d_k, row, d_k) * scale;
+        }
+        for (int64_t h = 0; h < n_head; h++) softmax_inplace(sc + h * n_kv, n_kv);
+        memset(ot, 0, sizeof(float) * (size_t)(n_head * d_v));
+        for (int64_t j = 0; j < n_kv; j++) {
+            const float *row = kv + j * kv_stride;
+            for (int64_t h = 0; h < n_head; h++) axpy(ot + h * d_v, sc[h * n_kv + j], row, d_v);
+        }
+    }
+    free(sc);
+    return MG_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ MoE routing */
+/* index of the largest value among the n entries of v not yet taken (ties: lowest index); -1 if none */
+static int64_t argmax_free(const float *v, const unsigned char *taken, int64_t n) {
+    int64_t best = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (taken[i]) continue;
+        if (best < 0 || v[i] > v[best]) best = i;
+    }
+    return best;
+}
+
+int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int64_t n_exp, int64_t k, int gating,
+                 const float *bias, int64_t n_group, int64_t n_group_used, int norm, float scale) {
+    if (!ids || !w || !logits || n_tok < 0 || n_exp <= 0 || k <= 0 || k > n_exp) return MG_ESIZE;
+    if (gating != 1 && gating != 2) return MG_EUNSUPPORTED;
+    if (n_group < 1) n_group = 1;
+    if (n_group > 1) {
+        if (n_exp % n_group || n_group_used < 1 || n_group_used > n_group || n_group_used * (n_exp / n_group) < k) return MG_ESIZE;
+        if (gating == 2 && n_exp / n_group < 2) return MG_ESIZE;
+    }
+    int64_t gsize = n_exp / n_group;
+    float *probs = malloc(sizeof(float) * (size_t)(2 * n_exp + n_group));
+    unsigned char *taken = malloc((size_t)(n_exp + n_group));
+    if (!probs || !taken) {
+        free(probs);
+        free(taken);
+        return MG_ENOMEM;
+    }
+    float *sel = probs + n_exp, *gscore = sel + n_exp;
+    unsigned char *gtaken = taken + n_exp;
+    if (scale == 0.0f) scale = 1.0f;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const float *l = logits + t * n_exp;
+        if (gating == 1) {
+            memcpy(probs, l, sizeof(float) * (size_t)n_exp);
+            softmax_inplace(probs, n_exp);
+        } else {
+            for (int64_t e = 0; e < n_exp; e++) probs[e] = 1.0f / (1.0f + expf(-l[e]));
+        }
+        for (int64_t e = 0; e < n_exp; e++) sel[e] = bias ? probs[e] + bias[e] : probs[e];
+        memset(taken, 0, (size_t)n_exp);
+        if (n_group > 1) {
+            for (int64_t g = 0; g < n_group; g++) {
+                const float *s = sel + g * gsize;
+                float m1 = -INFINITY, m2 = -INFINITY; /* top-2 of the group */
+                for (int64_t e = 0; e < gsize; e++) {
+                    if (s[e] > m1) {
+                        m2 = m1;
+                        m1 = s[e];
+                    } else if (s[e] > m2) {
+                        m2 = s[e];
+                    }
+                }
+                gscore[g] = gating == 1 ? m1 : m1 + m2; /* V2 rule: group max; V3 rule: sum of top-2 */
+            }
+            memset(gtaken, 0, (size_t)n_group);
+            for (int64_t r = 0; r < n_group_used; r++) gtaken[argmax_free(gscore, gtaken, n_group)] = 1;
+            for (int64_t g = 0; g < n_group; g++)
+                if (!gtaken[g]) memset(taken + g * gsize, 1, (size_t)gsize); /* experts of dropped groups are out */
+        }
+        int32_t *it = ids + t * k;
+        float *wt = w + t * k;
+        float sum = 0.0f;
+        for (int64_t r = 0; r < k; r++) {
+            int64_t e = argmax_free(sel, taken, n_exp);
+            taken[e] = 1;
+            it[r] = (int32_t)e;
+            wt[r] = probs[e];
+            sum += probs[e];
+        }
+        float f = scale;
+        if (norm) f = scale / (sum + 1e-20f);
+        for (int64_t r = 0; r < k; r++) wt[r] *= f;
+    }
+    free(probs);
+    free(taken);
+    return MG_OK;
+}

@@ -1,0 +1,227 @@
+"""Neural-net ops: RMSNorm, RoPE (incl. YaRN tables), softmax, SiLU*mul, latent (MLA) attention, top-k routing.
+
+The typed Python face of csrc/nn.c.  Every shape/dtype/contiguity check happens here before a pointer
+reaches C; the C kernels know no architecture.  All tensors are float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+GATING_SOFTMAX = 1
+GATING_SIGMOID = 2
+
+try:
+    from .. import _kernels as _k  # type: ignore[attr-defined]
+
+    _ffi, _lib = _k.ffi, _k.lib
+    _HAVE_C = hasattr(_lib, "mg_rms_norm")
+except Exception:  # pragma: no cover - kernels not built
+    _ffi = _lib = None
+    _HAVE_C = False
+
+
+def _f32(a: np.ndarray, name: str, ndim: int | None = None) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+def _ptr(a: np.ndarray, ctype: str = "float *"):  # noqa: ANN202
+    return _ffi.cast(ctype, a.ctypes.data)
+
+
+def _contig(a: np.ndarray, name: str) -> None:
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+# ------------------------------------------------------------------------------------------------ RMSNorm
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis.  x (..., d) float32 (rows may be strided), w (d,)."""
+    _f32(x, "x")
+    _f32(w, "w", 1)
+    d = x.shape[-1]
+    if w.shape[0] != d:
+        raise ValueError(f"rms_norm: weight has {w.shape[0]} elements, rows have {d}")
+    if not (eps >= 0.0):
+        raise ValueError("rms_norm: eps must be >= 0")
+    x2 = x.reshape(-1, d) if x.flags.c_contiguous else None
+    if x2 is None or not w.flags.c_contiguous or not _HAVE_C:
+        var = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
+        y = (x / np.sqrt(var + np.float32(eps))).astype(np.float32) * w
+        if out is not None:
+            out[...] = y
+            return out
+        return y.astype(np.float32, copy=False)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    else:
+        _f32(out, "out")
+        if out.shape != x.shape:
+            raise ValueError("rms_norm: out has the wrong shape")
+        _contig(out, "out")
+    rc = _lib.mg_rms_norm(_ptr(out), _ptr(x2), _ptr(w), x2.shape[0], d, float(eps))
+    if rc != 0:
+        raise ValueError(f"mg_rms_norm failed ({rc})")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ RoPE
+def rope_(x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray, magnitude: float = 1.0) -> np.ndarray:
+    """Rotates x (n_tok, n_head, n_rot) in place, GGML "NORM" style (adjacent pairs (x[2i], x[2i+1]) by
+    angle pos*inv_freq[i]), cos/sin scaled by `magnitude`.  The last axis must be contiguous; the others may be
+    strided (a view into a wider q row is fine).  Returns x."""
+    _f32(x, "x", 3)
+    _f32(inv_freq, "inv_freq", 1)
+    pos = np.asarray(pos)
+    if pos.dtype != np.int32 or pos.ndim != 1 or pos.shape[0] != x.shape[0]:
+        raise ValueError(f"rope: pos must be int32 of shape ({x.shape[0]},), got {pos.dtype} {pos.shape}")
+    n_tok, n_head, n_rot = x.shape
+    if n_rot % 2 or inv_freq.shape[0] != n_rot // 2:
+        raise ValueError(f"rope: n_rot {n_rot} must be even and inv_freq must have {n_rot // 2} entries")
+    if x.strides[2] != 4 or x.strides[0] % 4 or x.strides[1] % 4 or x.strides[0] < 0 or x.strides[1] < 0:
+        raise ValueError("rope: x's last axis must be contiguous float32 with non-negative strides")
+    if not x.flags.writeable:
+        raise ValueError("rope: x must be writeable")
+    if not _HAVE_C:
+        theta = pos.astype(np.float32)[:, None] * inv_freq[None, :]
+        c = (np.cos(theta) * np.float32(magnitude)).astype(np.float32)[:, None, :]
+        s = (np.sin(theta) * np.float32(magnitude)).astype(np.float32)[:, None, :]
+        a = x[..., 0::2].copy()
+        b = x[..., 1::2].copy()
+        x[..., 0::2] = a * c - b * s
+        x[..., 1::2] = a * s + b * c
+        return x
+    inv = np.ascontiguousarray(inv_freq)
+    p = np.ascontiguousarray(pos)
+    rc = _lib.mg_rope_norm(
+        _ptr(x), n_tok, n_head, n_rot, x.strides[0] // 4, x.strides[1] // 4, _ptr(p, "int32_t *"), _ptr(inv), float(magnitude)
+    )
+    if rc != 0:
+        raise ValueError(f"mg_rope_norm failed ({rc})")
+    return x
+
+
+# ------------------------------------------------------------------------------------------------ softmax, SwiGLU
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (a new float32 array)."""
+    _f32(x, "x")
+    if not _HAVE_C or x.size == 0:
+        m = np.max(x, axis=-1, keepdims=True)
+        e = np.exp(x - m)
+        return (e / np.sum(e, axis=-1, keepdims=True)).astype(np.float32)
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    rc = _lib.mg_softmax_rows(_ptr(out), out.size // out.shape[-1], out.shape[-1])
+    if rc != 0:
+        raise ValueError(f"mg_softmax_rows failed ({rc})")
+    return out
+
+
+def silu_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """silu(g) * u elementwise (a new float32 array of g's shape)."""
+    _f32(g, "g")
+    _f32(u, "u")
+    if g.shape != u.shape:
+        raise ValueError(f"silu_mul: shapes differ {g.shape} vs {u.shape}")
+    g = np.ascontiguousarray(g)
+    u = np.ascontiguousarray(u)
+    if not _HAVE_C:
+        return (g / (1 + np.exp(-g)) * u).astype(np.float32)
+    out = np.empty(g.shape, dtype=np.float32)
+    rc = _lib.mg_silu_mul(_ptr(out), _ptr(g), _ptr(u), g.size)
+    if rc != 0:
+        raise ValueError(f"mg_silu_mul failed ({rc})")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def latent_attention(q: np.ndarray, kv: np.ndarray, n_kv0: int, d_v: int, scale: float) -> np.ndarray:
+    """Causal attention of many query heads over ONE shared key/value head (MLA's absorbed form, MQA-like).
+
+    q (n_tok, n_head, d_k) float32; kv (n_ctx, d_k) rows of the cache: key = row[:d_k], value = row[:d_v].
+    Query token i sits at position n_kv0 + i and sees rows 0 .. n_kv0 + i.  Returns (n_tok, n_head, d_v).
+    """
+    _f32(q, "q", 3)
+    _f32(kv, "kv", 2)
+    _contig(q, "q")
+    n_tok, n_head, d_k = q.shape
+    if kv.shape[1] < d_k or d_v > d_k or d_v <= 0:
+        raise ValueError(f"latent_attention: kv rows {kv.shape[1]} too short for d_k {d_k} / d_v {d_v}")
+    if kv.strides[1] != 4 or kv.strides[0] % 4:
+        raise ValueError("latent_attention: kv rows must be contiguous float32")
+    if n_kv0 < 0 or n_kv0 + n_tok > kv.shape[0]:
+        raise ValueError(f"latent_attention: positions {n_kv0}..{n_kv0 + n_tok} exceed the {kv.shape[0]} cache rows")
+    out = np.empty((n_tok, n_head, d_v), dtype=np.float32)
+    if not _HAVE_C:
+        n_kv = n_kv0 + n_tok
+        keys = kv[:n_kv, :d_k]
+        s = np.einsum("thd,kd->thk", q, keys) * np.float32(scale)
+        mask = np.arange(n_kv)[None, :] > (n_kv0 + np.arange(n_tok))[:, None]
+        s[np.broadcast_to(mask[:, None, :], s.shape)] = -np.inf
+        p = softmax(s.astype(np.float32))
+        out[...] = np.einsum("thk,kd->thd", p, kv[:n_kv, :d_v])
+        return out
+    rc = _lib.mg_latent_attention(
+        _ptr(out), _ptr(q), n_tok, n_head, d_k, d_v, _ptr(kv), kv.strides[0] // 4, n_kv0, float(scale)
+    )
+    if rc != 0:
+        raise ValueError(f"mg_latent_attention failed ({rc})")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ routing
+def moe_route(
+    logits: np.ndarray,
+    k: int,
+    gating: int = GATING_SOFTMAX,
+    bias: np.ndarray | None = None,
+    n_group: int = 1,
+    n_group_used: int = 1,
+    norm: bool = False,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k expert routing for router logits (n_tok, n_expert).
+
+    probs = softmax (gating 1) or sigmoid (gating 2) of the logits; the selection score is probs + bias.
+    With n_group > 1 only the best n_group_used groups compete: a group scores its max (softmax) or the sum of
+    its top-2 (sigmoid).  Weights are probs of the chosen experts, divided by their sum if `norm`, times
+    `scale` (0 means 1).  Returns ids int32 (n_tok, k), weights float32 (n_tok, k), ids sorted by selection score.
+    """
+    _f32(logits, "logits", 2)
+    n_tok, n_exp = logits.shape
+    if not 0 < k <= n_exp:
+        raise ValueError(f"moe_route: k={k} must be in 1..{n_exp}")
+    if gating not in (GATING_SOFTMAX, GATING_SIGMOID):
+        raise ValueError(f"moe_route: unsupported gating function {gating} (1 softmax, 2 sigmoid)")
+    if bias is not None:
+        _f32(bias, "bias", 1)
+        if bias.shape[0] != n_exp:
+            raise ValueError("moe_route: bias must have n_expert entries")
+    if n_group > 1:
+        if n_exp % n_group or not 0 < n_group_used <= n_group:
+            raise ValueError(f"moe_route: {n_exp} experts cannot form {n_group} groups with {n_group_used} used")
+        if n_group_used * (n_exp // n_group) < k:
+            raise ValueError("moe_route: the used groups hold fewer than k experts")
+        if gating == GATING_SIGMOID and n_exp // n_group < 2:
+            raise ValueError("moe_route: sigmoid group scoring needs >= 2 experts per group")
+    else:
+        n_group, n_group_used = 1, 1
+    ids = np.empty((n_tok, k), dtype=np.int32)
+    w = np.empty((n_tok, k), dtype=np.float32)
+    if n_tok == 0:
+        return ids, w
+    lg = np.ascontiguousarray(logits)
+    if not _HAVE_C:
+        raise RuntimeError("moe_route needs the C kernels (make build)")
+    b = np.ascontiguousarray(bias) if bias is not None else None
+    rc = _lib.mg_moe_route(
+        _ptr(ids, "int32_t *"), _ptr(w), _ptr(lg), n_tok, n_exp, k, gating,
+        _ptr(b) if b is not None else _ffi.NULL, n_group, n_group_used, int(bool(norm)), float(scale),
+    )
+    if rc != 0:
+        raise ValueError(f"mg_moe_route failed ({rc})")
+    return ids, w
