@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import heapq
 import os
+from itertools import accumulate, repeat
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -75,6 +76,28 @@ def _bytes_to_unicode() -> dict[int, str]:
 _BYTE_TO_CHAR = _bytes_to_unicode()
 # str.translate table: byte-level character -> the code point equal to its byte, so `.encode("latin-1")` = raw bytes
 _CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
+
+
+def _latin1_or_utf8(s: str) -> bytes:
+    """Byte-level text -> bytes; characters outside the byte alphabet (code >= 256) are kept as UTF-8."""
+    try:
+        return s.encode("latin-1")
+    except UnicodeEncodeError:
+        return b"".join(bytes([ord(c)]) if ord(c) < 256 else c.encode("utf-8") for c in s)
+
+
+def _split_merges(merges: list[str]) -> list[tuple[str, str]]:
+    """'a b' merge strings -> ('a', 'b') pairs, split at the first space after the first character (as llama.cpp;
+    entries without such a space can never match and are dropped)."""
+    joined = "\n".join(merges)
+    if not joined.startswith(" ") and "\n " not in joined:  # no entry starts with a space: partition is exact
+        return [(a, b) for a, sep, b in map(str.partition, merges, repeat(" ")) if sep]
+    out: list[tuple[str, str]] = []
+    for m in merges:
+        p = m.find(" ", 1)
+        if p >= 0:
+            out.append((m[:p], m[p + 1 :]))
+    return out
 
 
 def _meta_int(md: dict[str, Any], key: str) -> int | None:
@@ -221,29 +244,30 @@ class Tokenizer:
 
     def _build_pieces(self) -> list[bytes]:
         """Each token's output bytes (control/unknown/user-defined tokens: their text; unused tokens: nothing)."""
-        table = _CHAR_TO_BYTE_TABLE
-
-        def spm_normal(t: str) -> bytes:
-            return t.replace(_SPACE, " ").encode("utf-8")
-
-        def bpe_normal(t: str) -> bytes:
+        tokens = self.tokens
+        types = self.token_type
+        if self.model == "llama":
+            out = [t.replace(_SPACE, " ").encode("utf-8") for t in tokens]
+        else:
+            # every character of a normal byte-level token stands for one byte: translate all tokens at once and
+            # slice the result at the (unchanged) character offsets
+            joined = "".join(tokens).translate(_CHAR_TO_BYTE_TABLE)
+            ends = list(accumulate(map(len, tokens)))
+            starts = [0] + ends[:-1]
             try:
-                return t.translate(table).encode("latin-1")
-            except UnicodeEncodeError:  # a character outside the byte alphabet: keep it as UTF-8
-                return b"".join(bytes([table[ord(c)]]) if ord(c) in table else c.encode("utf-8") for c in t)
-
-        normal = spm_normal if self.model == "llama" else bpe_normal
-        literal = (TokenType.CONTROL, TokenType.UNKNOWN, TokenType.USER_DEFINED)
-        out: list[bytes] = []
-        for t, ty in zip(self.tokens, self.token_type.tolist()):
-            if ty == TokenType.NORMAL:
-                out.append(normal(t))
-            elif ty == TokenType.BYTE:
-                out.append(self._byte_token_value(t))
-            elif ty in literal:
-                out.append(t.encode("utf-8"))
+                raw = joined.encode("latin-1")
+                out = [raw[a:b] for a, b in zip(starts, ends)]
+            except UnicodeEncodeError:  # some token holds characters outside the byte alphabet
+                out = [_latin1_or_utf8(joined[a:b]) for a, b in zip(starts, ends)]
+        special = np.nonzero(types != TokenType.NORMAL)[0].tolist()
+        for i in special:
+            ty = int(types[i])
+            if ty == TokenType.BYTE:
+                out[i] = self._byte_token_value(tokens[i])
+            elif ty in (TokenType.CONTROL, TokenType.UNKNOWN, TokenType.USER_DEFINED):
+                out[i] = tokens[i].encode("utf-8")
             else:
-                out.append(b"")
+                out[i] = b""
         return out
 
     @staticmethod
@@ -277,14 +301,9 @@ class Tokenizer:
         merges_raw = md.get("tokenizer.ggml.merges")
         if not isinstance(merges_raw, list):
             raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
-        merges: list[tuple[str, str]] = []
-        for m in merges_raw:
-            if not isinstance(m, str):
-                raise ValueError("tokenizer.ggml.merges must be strings")
-            p = m.find(" ", 1)
-            if p < 0:
-                continue  # llama.cpp stores such entries as ("", "") which never match
-            merges.append((m[:p], m[p + 1 :]))
+        if not all(isinstance(m, str) for m in merges_raw[:1]):
+            raise ValueError("tokenizer.ggml.merges must be strings")
+        merges = _split_merges(merges_raw)
         assert self.pre is not None
         bpe = models.BPE(
             vocab=self._token_to_id, merges=merges, ignore_merges=self.pre.ignore_merges, fuse_unk=False,
