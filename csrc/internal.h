@@ -122,4 +122,17 @@ static const int8_t mg_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22,
 void mg_quantize_row_q8_0(const float *x, void *y, int64_t n);
 void mg_quantize_row_q8_K(const float *x, void *y, int64_t n);
 
+/* K-quant and IQ4 quantizers with scale searches (defined in quants_k.c; mg_quantize_row dispatches to it
+ * for Q2_K..Q6_K, IQ4_NL, IQ4_XS).  `x` is finite; `imatrix` (may be NULL) holds n per-column weights. */
+int mg_quantize_row_kq(int type, const float *x, void *y, int64_t n, const float *imatrix);
+
+/* ggml's nearest_int: round half to even (the default FPU mode) via the 1.5*2^23 trick; needs |f| < 2^22
+ * for a meaningful answer, never undefined (inf/NaN give some int). */
+static inline int mg_nearest_int(float f) {
+    float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
 #endif

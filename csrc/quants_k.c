@@ -1,0 +1,551 @@
+/* quants_k.c - K-quant (Q2_K..Q6_K) and IQ4 (IQ4_NL, IQ4_XS) quantizers.
+ *
+ * Written from the published descriptions of ggml's reference quantizers: per sub-block scales (and mins)
+ * are found by a small search that minimises a weighted squared (or absolute) error instead of plain
+ * min/max rounding, then the sub-block scales are themselves quantized to 4/6/8 bits against a super-block
+ * fp16 scale and the codes are recomputed with the final, rounded scales.
+ *   - "qx" search (Q6_K, Q3_K with imatrix): symmetric scale; try iscale = -(nmax + 0.1*k)/max, k = -9..9,
+ *     keep the least-squares scale with the best weighted fit.
+ *   - "q3" search (Q3_K): symmetric; start from -nmax/max, then coordinate descent on the codes.
+ *   - "qkx" search (Q2_K, Q4_K, Q5_K): affine x ~ scale*q - min (min >= 0); try iscale = (nmax + rmin +
+ *     rdelta*k)/(max-min) and solve the 2x2 weighted least squares for (scale, min) at each code set.
+ *   - IQ4: non-linear 16-value grid; try 15 candidate scales (max mapped to grid[0] + k, k = -7..7), pick
+ *     the weighted least-squares scale with the best fit.
+ * With an importance matrix the per-element weights are imatrix[col] * sqrt(sigma2 + x^2) (sigma2 = mean x^2
+ * of the super-block), otherwise each format's default weighting (noted below).  Stack scratch only.
+ */
+#include <math.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "moe_gguf.h"
+#include "internal.h"
+
+#define GROUP_MAX_EPS 1e-15f
+
+static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+static inline void put_f16(uint8_t *p, float f) {
+    uint16_t h = mg_f32_to_f16(f);
+    memcpy(p, &h, 2);
+}
+
+static inline float f16_round(float f) { return mg_f16_to_f32(mg_f32_to_f16(f)); }
+
+/* value of largest magnitude (first occurrence) and its magnitude */
+static inline float signed_absmax(const float *x, int n, float *amax_out) {
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax) { amax = a; max = x[i]; }
+    }
+    *amax_out = amax;
+    return max;
+}
+
+/* weighted least-squares fit of a symmetric scale for codes from iscale; returns sum w*x*l, sets *suml2 */
+static float qx_fit(int n, int nmax, const float *x, const float *w, float iscale, int8_t *L, float *suml2) {
+    float sumlx = 0.0f, s2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        int l = clampi(mg_nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        if (L) L[i] = (int8_t)(l + nmax);
+        sumlx += w[i] * x[i] * (float)l;
+        s2 += w[i] * (float)(l * l);
+    }
+    *suml2 = s2;
+    return sumlx;
+}
+
+/* "qx" search: L[i] in [0, 2*nmax), x ~ scale*(L - nmax).  w: weights (length n). */
+static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const float *w) {
+    float amax;
+    const float max = signed_absmax(x, n, &amax);
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float suml2;
+    float iscale = -(float)nmax / max;
+    float sumlx = qx_fit(n, nmax, x, w, iscale, L, &suml2);
+    float scale = suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / max;
+        sumlx = qx_fit(n, nmax, x, w, iscale, NULL, &suml2);
+        if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
+            qx_fit(n, nmax, x, w, iscale, L, &suml2);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* "q3" search for Q3_K without imatrix: weights x^2, coordinate descent on the codes. L in [0, 2*nmax). */
+static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
+    float amax;
+    const float max = signed_absmax(x, n, &amax);
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    const float iscale = -(float)nmax / max;
+    float sumlx = 0.0f, suml2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        int l = clampi(mg_nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (int8_t)l;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * (float)l;
+        suml2 += w * (float)(l * l);
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * (float)L[i];
+            if (slx > 0.0f) {
+                float sl2 = suml2 - w * (float)(L[i] * L[i]);
+                int nl = clampi(mg_nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
+                if (nl != L[i]) {
+                    slx += w * x[i] * (float)nl;
+                    sl2 += w * (float)(nl * nl);
+                    if (sl2 > 0.0f && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (int8_t)nl;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed) break;
+    }
+    for (int i = 0; i < n; i++) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* weighted error of codes L for x ~ scale*L + min (mad: |e| else e^2) */
+static float qkx_err(int n, const float *x, const float *w, const uint8_t *L, float scale, float min, bool mad) {
+    float e = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float diff = scale * (float)L[i] + min - x[i];
+        e += w[i] * (mad ? fabsf(diff) : diff * diff);
+    }
+    return e;
+}
+
+/* "qkx" search: x ~ scale*L - the_min with L in [0, nmax], the_min >= 0 (returned through *the_min). */
+static float make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
+                             float rmin, float rdelta, int nstep, bool mad) {
+    float min = x[0], max = x[0], sum_w = w[0], sum_x = w[0] * x[0];
+    for (int i = 1; i < n; i++) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0.0f) min = 0.0f;
+    if (max == min) {
+        memset(L, 0, (size_t)n);
+        *the_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min);
+    float scale = 1.0f / iscale;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)clampi(mg_nearest_int(iscale * (x[i] - min)), 0, nmax);
+    float best = qkx_err(n, x, w, L, scale, min, mad);
+    uint8_t Laux[MG_QK_K];
+    for (int is = 0; is <= nstep; is++) {
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
+        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
+        for (int i = 0; i < n; i++) {
+            int l = clampi(mg_nearest_int(iscale * (x[i] - min)), 0, nmax);
+            Laux[i] = (uint8_t)l;
+            sum_l += w[i] * (float)l;
+            sum_l2 += w[i] * (float)(l * l);
+            sum_xl += w[i] * (float)l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0.0f) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0.0f) {
+                this_min = 0.0f;
+                this_scale = sum_xl / sum_l2;
+            }
+            const float e = qkx_err(n, x, w, Laux, this_scale, this_min, mad);
+            if (e < best) {
+                memcpy(L, Laux, (size_t)n);
+                best = e;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* per-element weights of one super-block from the imatrix: qw * sqrt(sigma2 + x^2) */
+static void imatrix_weights(const float *x, const float *qw, int n, float *w) {
+    float sumx2 = 0.0f;
+    for (int i = 0; i < n; i++) sumx2 += x[i] * x[i];
+    const float sigma2 = sumx2 / (float)n;
+    for (int i = 0; i < n; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
+}
+
+/* ------------------------------------------------------------------------------ Q2_K ----- */
+
+static void quant_q2_K(const float *x, uint8_t *y, const float *qw) {
+    mg_block_q2_K b;
+    memset(&b, 0, sizeof(b));
+    uint8_t L[MG_QK_K];
+    float w[MG_QK_K], scales[16], mins[16];
+    if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    else for (int i = 0; i < MG_QK_K; i++) w[i] = fabsf(x[i]);
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = qw ? make_qkx_quants(16, 3, x + 16 * j, w + 16 * j, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, false)
+                       : make_qkx_quants(16, 3, x + 16 * j, w + 16 * j, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float d = 0.0f, dmin = 0.0f;
+    if (max_scale > 0.0f) {
+        const float is = 15.0f / max_scale;
+        for (int j = 0; j < 16; j++) b.scales[j] = (uint8_t)clampi(mg_nearest_int(is * scales[j]), 0, 15);
+        d = max_scale / 15.0f;
+    }
+    if (max_min > 0.0f) {
+        const float im = 15.0f / max_min;
+        for (int j = 0; j < 16; j++) b.scales[j] |= (uint8_t)(clampi(mg_nearest_int(im * mins[j]), 0, 15) << 4);
+        dmin = max_min / 15.0f;
+    }
+    b.d = mg_f32_to_f16(d);
+    b.dmin = mg_f32_to_f16(dmin);
+    const float dr = mg_f16_to_f32(b.d), dminr = mg_f16_to_f32(b.dmin);
+    for (int j = 0; j < 16; j++) {
+        const float dl = dr * (float)(b.scales[j] & 15);
+        if (dl == 0.0f) { memset(L + 16 * j, 0, 16); continue; }
+        const float dm = dminr * (float)(b.scales[j] >> 4);
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (uint8_t)clampi(mg_nearest_int((x[16 * j + i] + dm) / dl), 0, 3);
+    }
+    for (int j = 0; j < MG_QK_K; j += 128)
+        for (int l = 0; l < 32; l++)
+            b.qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    memcpy(y, &b, sizeof(b));
+}
+
+/* ------------------------------------------------------------------------------ Q3_K ----- */
+
+static void quant_q3_K(const float *x, uint8_t *y, const float *qw) {
+    mg_block_q3_K b;
+    memset(&b, 0, sizeof(b));
+    int8_t L[MG_QK_K];
+    float scales[16];
+    float w[MG_QK_K], sw[16];
+    if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    float amax = 0.0f, max_scale = 0.0f;
+    for (int j = 0; j < 16; j++) {
+        if (qw) {
+            scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, w + 16 * j);
+            sw[j] = 0.0f;
+            for (int i = 0; i < 16; i++) sw[j] += w[16 * j + i];
+        } else {
+            scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+        }
+        const float a = fabsf(scales[j]);
+        if (a > amax) { amax = a; max_scale = scales[j]; }
+    }
+    float d = 0.0f;
+    if (amax > 0.0f) {
+        int8_t Ls[16];
+        if (qw) { /* search the super-block scale too, weighting each sub-block by its total weight */
+            d = make_qx_quants(16, 32, scales, Ls, sw);
+        } else {
+            const float iscale = -32.0f / max_scale;
+            for (int j = 0; j < 16; j++) Ls[j] = (int8_t)(clampi(mg_nearest_int(iscale * scales[j]), -32, 31) + 32);
+            d = 1.0f / iscale;
+        }
+        for (int j = 0; j < 16; j++) {
+            const int l = Ls[j];
+            if (j < 8) b.scales[j] = (uint8_t)(l & 15);
+            else b.scales[j - 8] |= (uint8_t)((l & 15) << 4);
+            b.scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+        }
+    }
+    b.d = mg_f32_to_f16(d);
+    const float dr = mg_f16_to_f32(b.d);
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? (b.scales[j] & 15) : (b.scales[j - 8] >> 4);
+        const int sc = (lo | (((b.scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+        const float dl = dr * (float)sc;
+        if (dl == 0.0f) { memset(L + 16 * j, 4, 16); continue; }
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(clampi(mg_nearest_int(x[16 * j + i] / dl), -4, 3) + 4);
+    }
+    /* bit 2 of each code goes to hmask (bit position = element / 32, byte = element % 32) */
+    for (int j = 0; j < MG_QK_K; j++) {
+        if (L[j] > 3) {
+            b.hmask[j % 32] |= (uint8_t)(1u << (j / 32));
+            L[j] = (int8_t)(L[j] - 4);
+        }
+    }
+    for (int j = 0; j < MG_QK_K; j += 128)
+        for (int l = 0; l < 32; l++)
+            b.qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    memcpy(y, &b, sizeof(b));
+}
+
+/* ----------------------------------------------------------------------- Q4_K / Q5_K ----- */
+
+/* 6-bit scales and mins of 8 sub-blocks into the 12-byte K_SCALE packing */
+static void pack_k4_scales(const uint8_t ls[8], const uint8_t lm[8], uint8_t s[12]) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            s[j] = ls[j];
+            s[j + 4] = lm[j];
+        } else {
+            s[j + 4] = (uint8_t)((ls[j] & 15) | ((lm[j] & 15) << 4));
+            s[j - 4] |= (uint8_t)((ls[j] >> 4) << 6);
+            s[j] |= (uint8_t)((lm[j] >> 4) << 6);
+        }
+    }
+}
+
+/* shared Q4_K (nmax 15) / Q5_K (nmax 31) core: fills d, dmin, scales[12] and codes L[256] */
+static void quant_k45_core(const float *x, const float *qw, int nmax, uint16_t *d_out, uint16_t *dmin_out,
+                           uint8_t sc_out[12], uint8_t L[MG_QK_K]) {
+    float w[MG_QK_K], scales[8], mins[8];
+    if (qw) {
+        imatrix_weights(x, qw, MG_QK_K, w);
+    } else {
+        float sumx2 = 0.0f;
+        for (int i = 0; i < MG_QK_K; i++) sumx2 += x[i] * x[i];
+        const float av_x = sqrtf(sumx2 / (float)MG_QK_K);
+        for (int i = 0; i < MG_QK_K; i++) w[i] = av_x + fabsf(x[i]);
+    }
+    const float rmin = qw ? -0.9f : (nmax == 15 ? -1.0f : -0.5f);
+    const float rdelta = qw ? 0.05f : 0.1f;
+    const int nstep = qw ? 36 : (nmax == 15 ? 20 : 15);
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (int j = 0; j < 8; j++) {
+        scales[j] = make_qkx_quants(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, &mins[j], rmin, rdelta, nstep, false);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+    const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+    uint8_t ls[8], lm[8];
+    for (int j = 0; j < 8; j++) {
+        ls[j] = (uint8_t)clampi(mg_nearest_int(inv_scale * scales[j]), 0, 63);
+        lm[j] = (uint8_t)clampi(mg_nearest_int(inv_min * mins[j]), 0, 63);
+    }
+    memset(sc_out, 0, 12);
+    pack_k4_scales(ls, lm, sc_out);
+    *d_out = mg_f32_to_f16(max_scale / 63.0f);
+    *dmin_out = mg_f32_to_f16(max_min / 63.0f);
+    const float dr = mg_f16_to_f32(*d_out), dminr = mg_f16_to_f32(*dmin_out);
+    for (int j = 0; j < 8; j++) {
+        const float dl = dr * (float)ls[j];
+        if (dl == 0.0f) { memset(L + 32 * j, 0, 32); continue; }
+        const float dm = dminr * (float)lm[j];
+        for (int i = 0; i < 32; i++) L[32 * j + i] = (uint8_t)clampi(mg_nearest_int((x[32 * j + i] + dm) / dl), 0, nmax);
+    }
+}
+
+static void quant_q4_K(const float *x, uint8_t *y, const float *qw) {
+    mg_block_q4_K b;
+    uint8_t L[MG_QK_K];
+    quant_k45_core(x, qw, 15, &b.d, &b.dmin, b.scales, L);
+    for (int j = 0; j < MG_QK_K; j += 64)
+        for (int l = 0; l < 32; l++) b.qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    memcpy(y, &b, sizeof(b));
+}
+
+static void quant_q5_K(const float *x, uint8_t *y, const float *qw) {
+    mg_block_q5_K b;
+    uint8_t L[MG_QK_K];
+    quant_k45_core(x, qw, 31, &b.d, &b.dmin, b.scales, L);
+    memset(b.qh, 0, sizeof(b.qh));
+    for (int j = 0, c = 0; j < MG_QK_K; j += 64, c++) {
+        for (int l = 0; l < 32; l++) {
+            const int l1 = L[j + l], l2 = L[j + l + 32];
+            b.qh[l] |= (uint8_t)(((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1)));
+            b.qs[j / 2 + l] = (uint8_t)((l1 & 15) | ((l2 & 15) << 4));
+        }
+    }
+    memcpy(y, &b, sizeof(b));
+}
+
+/* ------------------------------------------------------------------------------ Q6_K ----- */
+
+static void quant_q6_K(const float *x, uint8_t *y, const float *qw) {
+    mg_block_q6_K b;
+    memset(&b, 0, sizeof(b));
+    int8_t L[MG_QK_K];
+    float w[MG_QK_K], scales[16];
+    if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    else for (int i = 0; i < MG_QK_K; i++) w[i] = x[i] * x[i];
+    float amax = 0.0f, max_scale = 0.0f;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = make_qx_quants(16, 32, x + 16 * j, L + 16 * j, w + 16 * j);
+        const float a = fabsf(scales[j]);
+        if (a > amax) { amax = a; max_scale = scales[j]; }
+    }
+    if (amax > 0.0f) {
+        const float iscale = -128.0f / max_scale;
+        b.d = mg_f32_to_f16(1.0f / iscale);
+        for (int j = 0; j < 16; j++) b.scales[j] = (int8_t)clampi(mg_nearest_int(iscale * scales[j]), -128, 127);
+    }
+    const float dr = mg_f16_to_f32(b.d);
+    for (int j = 0; j < 16; j++) {
+        const float dl = dr * (float)b.scales[j];
+        if (dl == 0.0f) { memset(L + 16 * j, 32, 16); continue; }
+        for (int i = 0; i < 16; i++) L[16 * j + i] = (int8_t)(clampi(mg_nearest_int(x[16 * j + i] / dl), -32, 31) + 32);
+    }
+    for (int j = 0; j < MG_QK_K; j += 128) {
+        uint8_t *ql = b.ql + j / 2, *qh = b.qh + j / 4;
+        for (int l = 0; l < 32; l++) {
+            const int q1 = L[j + l], q2 = L[j + l + 32], q3 = L[j + l + 64], q4 = L[j + l + 96];
+            ql[l] = (uint8_t)((q1 & 15) | ((q3 & 15) << 4));
+            ql[l + 32] = (uint8_t)((q2 & 15) | ((q4 & 15) << 4));
+            qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
+        }
+    }
+    memcpy(y, &b, sizeof(b));
+}
+
+/* ------------------------------------------------------------------------------- IQ4 ----- */
+
+/* index of the grid value nearest to v (grid sorted ascending) */
+static inline int iq4_best_index(float v) {
+    const int8_t *g = mg_kvalues_iq4nl;
+    if (v <= (float)g[0]) return 0;
+    if (v >= (float)g[15]) return 15;
+    int lo = 0, hi = 15;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (v < (float)g[mid]) hi = mid;
+        else lo = mid;
+    }
+    return v - (float)g[lo] < (float)g[hi] - v ? lo : hi;
+}
+
+/* best scale of one 32-block on the IQ4 grid (0 for an all-tiny block); L gets the codes for it */
+static float iq4_block_scale(const float *x, const float *w, uint8_t *L) {
+    float amax;
+    const float max = signed_absmax(x, 32, &amax);
+    if (amax < GROUP_MAX_EPS) {
+        memset(L, 8, 32);
+        return 0.0f;
+    }
+    const float g0 = (float)mg_kvalues_iq4nl[0];
+    float d = -max / g0;
+    float id = 1.0f / d;
+    float sumqx = 0.0f, sumq2 = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        int l = iq4_best_index(id * x[j]);
+        L[j] = (uint8_t)l;
+        const float q = (float)mg_kvalues_iq4nl[l];
+        sumqx += w[j] * q * x[j];
+        sumq2 += w[j] * q * q;
+    }
+    d = sumq2 > 0.0f ? sumqx / sumq2 : d;
+    float best = d * sumqx;
+    for (int itry = -7; itry <= 7; itry++) {
+        id = ((float)itry + g0) / max;
+        sumqx = sumq2 = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float q = (float)mg_kvalues_iq4nl[iq4_best_index(id * x[j])];
+            sumqx += w[j] * q * x[j];
+            sumq2 += w[j] * q * q;
+        }
+        if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    return d;
+}
+
+static void iq4_weights(const float *x, const float *qw, int n, float *w) {
+    if (qw) {
+        float sumx2 = 0.0f;
+        for (int i = 0; i < n; i++) sumx2 += x[i] * x[i];
+        const float sigma2 = 2.0f * sumx2 / (float)n;
+        for (int i = 0; i < n; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
+    } else {
+        for (int i = 0; i < n; i++) w[i] = x[i] * x[i];
+    }
+}
+
+static void iq4_pack(const uint8_t *L, int n, uint8_t *qs) {
+    for (int i = 0; i < n / 32; i++)
+        for (int j = 0; j < 16; j++) qs[16 * i + j] = (uint8_t)(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+}
+
+static void iq4_codes(const float *x, float dl, uint8_t *L) {
+    const float idl = dl != 0.0f ? 1.0f / dl : 0.0f;
+    for (int j = 0; j < 32; j++) L[j] = (uint8_t)iq4_best_index(idl * x[j]);
+}
+
+static void quant_iq4_nl(const float *x, uint8_t *y, const float *qw) {
+    mg_block_iq4_nl b;
+    float w[32];
+    uint8_t L[32];
+    iq4_weights(x, qw, 32, w);
+    const float d = iq4_block_scale(x, w, L);
+    b.d = mg_f32_to_f16(d);
+    iq4_codes(x, d, L);
+    iq4_pack(L, 32, b.qs);
+    memcpy(y, &b, sizeof(b));
+}
+
+static void quant_iq4_xs(const float *x, uint8_t *y, const float *qw) {
+    mg_block_iq4_xs b;
+    memset(&b, 0, sizeof(b));
+    float w[MG_QK_K], scales[8];
+    uint8_t L[MG_QK_K];
+    iq4_weights(x, qw, MG_QK_K, w);
+    float amax = 0.0f, max_scale = 0.0f;
+    for (int ib = 0; ib < 8; ib++) {
+        scales[ib] = iq4_block_scale(x + 32 * ib, w + 32 * ib, L + 32 * ib);
+        const float a = fabsf(scales[ib]);
+        if (a > amax) { amax = a; max_scale = scales[ib]; }
+    }
+    const float d = -max_scale / 32.0f;
+    b.d = mg_f32_to_f16(d);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int ib = 0; ib < 8; ib++) {
+        const int l = clampi(mg_nearest_int(id * scales[ib]), -32, 31);
+        iq4_codes(x + 32 * ib, d * (float)l, L + 32 * ib);
+        const int u = l + 32;
+        b.scales_l[ib / 2] |= (uint8_t)((u & 15) << (4 * (ib % 2)));
+        b.scales_h |= (uint16_t)((u >> 4) << (2 * ib));
+    }
+    iq4_pack(L, MG_QK_K, b.qs);
+    memcpy(y, &b, sizeof(b));
+}
+
+/* ------------------------------------------------------------------------------ dispatch ----- */
+
+int mg_quantize_row_kq(int type, const float *x, void *vy, int64_t n, const float *imatrix) {
+    void (*fn)(const float *, uint8_t *, const float *);
+    int bs;
+    switch (type) {
+    case MG_Q2_K: fn = quant_q2_K; bs = MG_QK_K; break;
+    case MG_Q3_K: fn = quant_q3_K; bs = MG_QK_K; break;
+    case MG_Q4_K: fn = quant_q4_K; bs = MG_QK_K; break;
+    case MG_Q5_K: fn = quant_q5_K; bs = MG_QK_K; break;
+    case MG_Q6_K: fn = quant_q6_K; bs = MG_QK_K; break;
+    case MG_IQ4_NL: fn = quant_iq4_nl; bs = MG_QK; break;
+    case MG_IQ4_XS: fn = quant_iq4_xs; bs = MG_QK_K; break;
+    default: return MG_EUNSUPPORTED;
+    }
+    if (n < 0 || n % bs != 0) return MG_ESIZE;
+    const size_t bytes = mg_type_block_bytes(type);
+    uint8_t *y = (uint8_t *)vy;
+    for (int64_t i = 0; i < n / bs; i++) fn(x + i * bs, y + (size_t)i * bytes, imatrix ? imatrix + i * bs : NULL);
+    return MG_OK;
+}

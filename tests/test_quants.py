@@ -1,0 +1,325 @@
+"""Quant-format kernels against independent references.
+
+* Decoding: random block bytes (fp16 scale fields forced finite) must decode bit-for-bit as the `gguf`
+  package's numpy `dequantize` (Q8_K, absent from gguf-py, against a numpy transcription of its layout),
+  on the scalar path and on the SIMD path.
+* Legacy quantizers Q4_0/Q4_1/Q5_0/Q5_1/Q8_0: byte-identical with `gguf.quants.quantize`.
+* Q8_K activation quantizer: byte-identical with a numpy transcription of ggml's reference convention.
+* K-quant / IQ4 quantizers: round-trip RMSE below a stated bound and never worse than naive min/max rounding
+  to the same format (implemented here in numpy), on normal, Student-t and outlier-laden rows.
+* F16: every one of the 65536 half values and random floats against numpy's conversions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as GQ
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moe_gguf._kernels import lib
+from moe_gguf.ggml_types import GGMLType
+from moe_gguf.ops import quants as Q
+
+HAS_SIMD = lib.mg_cpu_simd_level() >= 1
+LEVELS = [0, 1] if HAS_SIMD else [0]
+
+# byte offsets of the fp16 scale fields in each block (ggml-common.h)
+F16_FIELDS = {
+    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "IQ4_NL": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_XS": [0],
+}
+BLOCK_TYPES = list(F16_FIELDS) + ["Q8_K"]
+LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+SEARCHED = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+
+@pytest.fixture(params=LEVELS, ids=lambda l: "simd" if l else "scalar")
+def simd_level(request):
+    prev = lib.mg_get_simd_level()
+    assert lib.mg_set_simd_level(request.param) == request.param
+    yield request.param
+    lib.mg_set_simd_level(prev)
+
+
+def _with_level(level: int, fn, *args, **kw):
+    prev = lib.mg_get_simd_level()
+    lib.mg_set_simd_level(level)
+    try:
+        return fn(*args, **kw)
+    finally:
+        lib.mg_set_simd_level(prev)
+
+
+def _finite_f16_fields(raw: np.ndarray, name: str) -> np.ndarray:
+    """Clear one exponent bit of any inf/NaN fp16 scale field, so every scale is finite."""
+    raw = raw.copy()
+    for off in F16_FIELDS.get(name, []):
+        h = raw[:, off : off + 2].copy().view(np.uint16)
+        bad = (h & 0x7C00) == 0x7C00
+        h[bad] &= np.uint16(0xBFFF)
+        raw[:, off : off + 2] = h.view(np.uint8)
+    return raw
+
+
+def _q8_K_ref_dequant(raw: np.ndarray) -> np.ndarray:
+    d = raw[:, :4].copy().view(np.float32)
+    qs = raw[:, 4:260].view(np.int8).astype(np.float32)
+    return d * qs
+
+
+def _ref_dequant(raw: np.ndarray, name: str) -> np.ndarray:
+    if name == "Q8_K":
+        return _q8_K_ref_dequant(raw)
+    return gguf_dequantize(raw, GQ[name])
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+def test_block_geometry_matches_gguf():
+    for name in BLOCK_TYPES + ["F32", "F16", "BF16"]:
+        bs, bb = GGML_QUANT_SIZES[GQ[name]]
+        t = int(GGMLType[name])
+        assert (lib.mg_type_block_size(t), lib.mg_type_block_bytes(t)) == (bs, bb), name
+    assert lib.mg_type_block_size(int(GGMLType.IQ2_XXS)) == 0
+    assert lib.mg_type_block_bytes(999) == 0
+
+
+# ------------------------------------------------------------------------------------ dequantization
+
+
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_dequant_random_blocks_bit_exact(name, data):
+    bs, bb = GGML_QUANT_SIZES[GQ[name]]
+    nblocks = data.draw(st.integers(1, 3), label="nblocks")
+    raw = np.frombuffer(data.draw(st.binary(min_size=nblocks * bb, max_size=nblocks * bb)), dtype=np.uint8)
+    raw = raw.reshape(nblocks, bb)
+    if name == "Q8_K":  # f32 scale: force finite
+        d = raw[:, :4].copy().view(np.uint32)
+        d[(d & 0x7F800000) == 0x7F800000] &= np.uint32(0xBFFFFFFF)
+        raw = raw.copy()
+        raw[:, :4] = d.view(np.uint8)
+    else:
+        raw = _finite_f16_fields(raw, name)
+    with np.errstate(all="ignore"):
+        ref = _ref_dequant(raw, name).reshape(-1)
+    for level in LEVELS:
+        out = _with_level(level, Q.dequantize, raw, GGMLType[name], (nblocks * bs,))
+        assert out.dtype == np.float32 and out.shape == (nblocks * bs,)
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32), err_msg=f"{name} level {level}")
+
+
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+def test_dequant_many_rows_matches_reference(name, simd_level):
+    """A whole multi-row tensor (one C call) against the reference, including odd byte alignment."""
+    bs, bb = GGML_QUANT_SIZES[GQ[name]]
+    rng = np.random.default_rng(7)
+    shape = (3, 5, 4 * bs)
+    raw = rng.integers(0, 256, size=(int(np.prod(shape[:-1])) * 4, bb), dtype=np.uint8)
+    if name == "Q8_K":
+        raw[:, :4] = rng.standard_normal(raw.shape[0]).astype(np.float32).view(np.uint8).reshape(-1, 4)
+    else:
+        raw = _finite_f16_fields(raw, name)
+    with np.errstate(all="ignore"):
+        ref = _ref_dequant(raw, name).reshape(shape)
+    # misaligned copy of the bytes (offset 1 inside a larger buffer)
+    buf = np.empty(raw.size + 1, dtype=np.uint8)[1:]
+    buf[:] = raw.reshape(-1)
+    out = Q.dequantize(buf, GGMLType[name], shape)
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+def test_f16_all_halves_and_random_floats(simd_level):
+    halves = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    ref = halves.view(np.float16).astype(np.float32)
+    out = Q.dequantize(halves.view(np.uint8), GGMLType.F16, (65536,))
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(out.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+    assert np.isnan(out[nan]).all()
+    # f32 -> f16 (quantize to F16): round trip of every half value, and random floats of every magnitude
+    back = Q.quantize(ref, GGMLType.F16).view(np.uint16).reshape(-1)
+    np.testing.assert_array_equal(back[~nan], halves[~nan])
+    assert np.isnan(back[nan].view(np.float16)).all()
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    x = np.concatenate([x, np.float32(2.0) ** np.arange(-30, 17, dtype=np.float32) * np.float32(1.0 + 2**-11)])
+    with np.errstate(all="ignore"):
+        expect = x.astype(np.float16).view(np.uint16)
+    got = Q.quantize(x, GGMLType.F16).view(np.uint16).reshape(-1)
+    fin = ~np.isnan(x)
+    np.testing.assert_array_equal(got[fin], expect[fin])
+    assert np.isnan(got[~fin].view(np.float16)).all()
+
+
+def test_bf16_both_ways():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 2**32, size=100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    with np.errstate(all="ignore"):
+        expect = gguf_quantize(x.reshape(1, -1), GQ.BF16).view(np.uint16).reshape(-1)
+    got = Q.quantize(x, GGMLType.BF16).view(np.uint16).reshape(-1)
+    np.testing.assert_array_equal(got, expect)
+    back = Q.dequantize(got, GGMLType.BF16, got.shape)
+    np.testing.assert_array_equal(back.view(np.uint32), got.astype(np.uint32) << 16)
+
+
+def test_f32_passthrough():
+    x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    q = Q.quantize(x, GGMLType.F32)
+    assert q.shape == (4, 256)
+    np.testing.assert_array_equal(Q.dequantize(q, GGMLType.F32, x.shape), x)
+
+
+# ---------------------------------------------------------------------------------- legacy quantizers
+
+
+row_strategy = st.integers(0, 2**32 - 1).map(lambda s: np.random.default_rng(s))
+
+
+def _test_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    kind = rng.integers(0, 5)
+    if kind == 0:
+        x = rng.standard_normal((3, n))
+    elif kind == 1:
+        x = rng.standard_t(2.0, size=(3, n))
+    elif kind == 2:
+        x = rng.standard_normal((3, n)) * 0.02
+        idx = rng.integers(0, n, size=(3, 4))
+        np.put_along_axis(x, idx, rng.choice([-1, 1], size=(3, 4)) * rng.uniform(1, 5, size=(3, 4)), axis=1)
+    elif kind == 3:  # small integers: exact ties in rounding
+        x = rng.integers(-16, 17, size=(3, n)) / 2.0
+    else:
+        x = rng.uniform(-1, 1, size=(3, n)) * 10.0 ** rng.uniform(-6, 4)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", LEGACY)
+@settings(max_examples=60)
+@given(rng=row_strategy)
+def test_legacy_quantizers_byte_identical_to_gguf(name, rng):
+    x = _test_rows(rng, 128)
+    expect = gguf_quantize(x, GQ[name])
+    for level in LEVELS:
+        got = _with_level(level, Q.quantize, x, GGMLType[name])
+        np.testing.assert_array_equal(got, expect.reshape(got.shape), err_msg=f"{name} level {level}")
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_legacy_edge_rows(name):
+    bs = 32
+    rows = np.stack([
+        np.zeros(bs * 2),
+        np.full(bs * 2, 3.25),
+        np.full(bs * 2, -7.0),
+        np.r_[np.full(bs, 60000.0), -np.full(bs, 65504.0)],  # huge but within MAX_ABS
+        np.full(bs * 2, 1e-41),  # subnormal: scale underflows / 1/d overflows
+        np.r_[np.full(bs, 3e-39), np.linspace(-1e-30, 1e-30, bs)],
+    ]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        expect = gguf_quantize(rows, GQ[name])
+    for level in LEVELS:
+        got = _with_level(level, Q.quantize, rows, GGMLType[name])
+        np.testing.assert_array_equal(got, expect, err_msg=f"level {level}")
+    deq = Q.dequantize(got, GGMLType[name], rows.shape)
+    assert np.all(deq[0] == 0)
+    np.testing.assert_allclose(deq[1:3], rows[1:3], rtol=2e-3)
+
+
+# ------------------------------------------------------------------------------------------------ Q8_K
+
+
+def _q8_K_ref(x: np.ndarray) -> np.ndarray:
+    """numpy transcription of ggml's reference Q8_K convention (independent of our C code)."""
+    blocks = x.reshape(-1, 256)
+    out = np.zeros((blocks.shape[0], 292), dtype=np.uint8)
+    for i, b in enumerate(blocks):
+        j = int(np.argmax(np.abs(b)))
+        mx = b[j]
+        if mx == 0:
+            continue
+        iscale = np.float32(-128.0) / mx
+        q = np.minimum(np.rint(iscale * b), 127).astype(np.int8)  # rint: half to even, as nearest_int
+        out[i, :4] = np.array([np.float32(1.0) / iscale], dtype=np.float32).view(np.uint8)
+        out[i, 4:260] = q.view(np.uint8)
+        out[i, 260:] = q.reshape(16, 16).astype(np.int16).sum(axis=1).astype(np.int16).view(np.uint8)
+    return out.reshape(x.shape[0], -1)
+
+
+@settings(max_examples=60)
+@given(rng=row_strategy)
+def test_q8_K_matches_reference_convention(rng):
+    x = _test_rows(rng, 512)
+    expect = _q8_K_ref(x)
+    for level in LEVELS:
+        got = _with_level(level, Q.quantize, x, GGMLType.Q8_K)
+        np.testing.assert_array_equal(got, expect, err_msg=f"level {level}")
+
+
+def test_q8_K_ties_and_zero_block():
+    x = np.zeros((1, 512), dtype=np.float32)
+    x[0, 256:] = np.arange(256) % 9 - 4  # max magnitude 4 at several places, first one negative
+    x[0, 300] = 4.0
+    for level in LEVELS:
+        got = _with_level(level, Q.quantize, x, GGMLType.Q8_K)
+        np.testing.assert_array_equal(got, _q8_K_ref(x))
+        assert not got[0, :292].any()
+
+
+# ------------------------------------------------------------------------------------- input checking
+
+
+def test_quantize_rejects_bad_input():
+    x = np.ones((2, 256), dtype=np.float32)
+    with pytest.raises(ValueError, match="Q4_K block size 256"):
+        Q.quantize(np.ones((2, 100), dtype=np.float32), GGMLType.Q4_K)
+    with pytest.raises(TypeError, match="float32"):
+        Q.quantize(x.astype(np.float64), GGMLType.Q8_0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        Q.quantize(np.ones((256, 2), dtype=np.float32).T, GGMLType.Q8_0)
+    with pytest.raises(ValueError, match="supported types"):
+        Q.quantize(x, GGMLType.IQ2_XXS)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 7] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            Q.quantize(y, GGMLType.Q4_0)
+    with pytest.raises(ValueError, match="exceeds"):
+        Q.quantize(x * 1e6, GGMLType.Q8_0)
+    with pytest.raises(ValueError, match="takes no imatrix"):
+        Q.quantize(x, GGMLType.Q8_0, imatrix=np.ones(256, dtype=np.float32))
+    with pytest.raises(ValueError, match="imatrix must have shape"):
+        Q.quantize(x, GGMLType.Q4_K, imatrix=np.ones(128, dtype=np.float32))
+    with pytest.raises(ValueError, match="imatrix must be finite"):
+        Q.quantize(x, GGMLType.Q4_K, imatrix=np.full(256, -1, dtype=np.float32))
+
+
+def test_dequantize_rejects_bad_input():
+    raw = np.zeros((2, 144), dtype=np.uint8)
+    with pytest.raises(ValueError, match="needs 288"):
+        Q.dequantize(raw[:, :100].copy(), GGMLType.Q4_K, (2, 256))
+    with pytest.raises(ValueError, match="block size 256"):
+        Q.dequantize(raw, GGMLType.Q4_K, (2, 128))
+    with pytest.raises(ValueError, match="supported types"):
+        Q.dequantize(raw, GGMLType.IQ2_XXS, (2, 256))
+    with pytest.raises(TypeError, match="dtype"):
+        Q.dequantize(raw.astype(np.int32), GGMLType.Q4_K, (2, 256))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        Q.dequantize(np.zeros((144, 2), dtype=np.uint8).T, GGMLType.Q4_K, (2, 256))
+    assert Q.dequantize(np.zeros(0, dtype=np.uint8), GGMLType.Q4_K, (0, 256)).shape == (0, 256)
+
+
+def test_c_entry_points_reject_bad_sizes():
+    from moe_gguf._kernels import ffi
+
+    buf = ffi.new("float[]", 64)
+    assert lib.mg_dequantize_row(int(GGMLType.Q4_0), buf, buf, 31) == -2
+    assert lib.mg_dequantize_row(int(GGMLType.IQ2_XXS), buf, buf, 32) == -1
+    assert lib.mg_quantize_row(int(GGMLType.Q8_0), buf, ffi.NULL, 32, ffi.NULL) == -2
+    buf[3] = float("nan")
+    out = ffi.new("uint8_t[]", 68)
+    assert lib.mg_quantize_row(int(GGMLType.Q8_0), buf, out, 64, ffi.NULL) == -4
