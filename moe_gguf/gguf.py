@@ -2,26 +2,51 @@
 
 Layout (little-endian): magic "GGUF", u32 version (2 or 3), u64 tensor_count, u64 kv_count, then kv_count
 metadata entries, tensor_count tensor infos, padding to `general.alignment`, and the data section.
-Every problem with a file raises GGUFError with the byte offset where it was found.
+
+Every problem with a file raises GGUFError whose message names the problem and the byte offset where it was
+found. Nothing is allocated in proportion to a count read from the file before that count has been checked
+against the bytes that remain, and opening a file reads only its header (metadata and tensor infos): tensor
+data pages are touched only when a caller reads a tensor view.
+
+Decisions where the spec leaves room:
+- keys and tensor names must be valid UTF-8 (else GGUFError: they are identities, a replacement character could
+  merge two of them); string *values* with invalid UTF-8 decode with U+FFFD replacement, as before.
+- bool values must be 0 or 1; arrays may nest up to MAX_NESTING levels; `general.alignment` must be a power of two;
+  a tensor has 1..4 dimensions, each < 2**63, with a product < 2**63, a row length that is a multiple of its
+  type's block size, an aligned offset, and data that lies inside the file and overlaps no other tensor.
+- numpy is imported only when needed (numeric arrays, tensor views): `GGUFFile(path, lazy_arrays=True)` parses a
+  file without it, leaving every array as an `ArrayRef` (decode it with `.array(key)`), which `moe-gguf info` uses.
 """
 from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .ggml_types import TYPE_INFO, type_name
 
-from .ggml_types import TYPE_INFO, GGMLType, type_name
+if TYPE_CHECKING:
+    import numpy as np
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+MAX_NESTING = 8  # arrays of arrays deeper than this are refused
+MAX_DIMS = 4
+_INT64_MAX = (1 << 63) - 1
+_HEADER_BYTES = 24
 
 
 class GGUFError(Exception):
-    """Raised for any malformed, truncated or unsupported GGUF file."""
+    """Raised for any malformed, truncated, unsupported or unreadable GGUF file.
+
+    `offset` is the byte offset of the problem when there is one (also written in the message)."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 class ValueType:
@@ -40,6 +65,22 @@ class ValueType:
     FLOAT64 = 12
 
 
+VALUE_TYPE_NAMES: dict[int, str] = {
+    ValueType.UINT8: "u8",
+    ValueType.INT8: "i8",
+    ValueType.UINT16: "u16",
+    ValueType.INT16: "i16",
+    ValueType.UINT32: "u32",
+    ValueType.INT32: "i32",
+    ValueType.FLOAT32: "f32",
+    ValueType.BOOL: "bool",
+    ValueType.STRING: "str",
+    ValueType.ARRAY: "array",
+    ValueType.UINT64: "u64",
+    ValueType.INT64: "i64",
+    ValueType.FLOAT64: "f64",
+}
+
 _SCALAR_FMT: dict[int, str] = {
     ValueType.UINT8: "<B",
     ValueType.INT8: "<b",
@@ -53,6 +94,7 @@ _SCALAR_FMT: dict[int, str] = {
     ValueType.INT64: "<q",
     ValueType.FLOAT64: "<d",
 }
+_SCALAR_SIZE: dict[int, int] = {t: struct.calcsize(f) for t, f in _SCALAR_FMT.items()}
 _SCALAR_DTYPE: dict[int, str] = {
     ValueType.UINT8: "<u1",
     ValueType.INT8: "<i1",
@@ -66,6 +108,22 @@ _SCALAR_DTYPE: dict[int, str] = {
     ValueType.INT64: "<i8",
     ValueType.FLOAT64: "<f8",
 }
+# numpy dtype of a tensor view for the non-block types (BF16 as its raw uint16 bits)
+_TENSOR_DTYPE: dict[int, str] = {0: "<f4", 1: "<f2", 30: "<u2", 28: "<f8", 24: "<i1", 25: "<i2", 26: "<i4", 27: "<i8"}
+
+_MIN_STRING = 8  # u64 length
+_MIN_ARRAY = 12  # u32 type + u64 count
+_MIN_KV = 8 + 4  # key length + value type (a zero-length key and a 1-byte value would be 13)
+_MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
+_VEC_MIN_STRINGS = 64  # string arrays at least this long use the vectorised scan
+_VEC_WINDOW_MAX = 16 << 20
+_VEC_LEN_LIMIT = 1 << 8  # the vectorised scan finds length prefixes below this; longer strings are stepped over
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
 
 
 @dataclass(frozen=True)
@@ -94,218 +152,477 @@ class TensorInfo:
         return type_name(self.ggml_type)
 
 
-class _Cursor:
-    __slots__ = ("buf", "pos", "size")
+@dataclass(frozen=True)
+class ArrayRef:
+    """An array left undecoded by `GGUFFile(path, lazy_arrays=True)`: its element type, length and where its
+    elements start in the file. Decode it with `GGUFFile.array(key)`."""
 
-    def __init__(self, buf: Any, pos: int, size: int) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.size = size
+    elem_type: int
+    count: int
+    offset: int  # file offset of the first element
+    nbytes: int  # bytes of all elements (including string length prefixes)
 
-    def need(self, n: int, what: str) -> None:
-        if n < 0 or self.pos + n > self.size:
-            raise GGUFError(f"truncated file: {what} needs {n} bytes at offset {self.pos}, file is {self.size} bytes")
+    def __len__(self) -> int:
+        return self.count
 
-    def unpack(self, fmt: str, n: int, what: str) -> Any:
-        self.need(n, what)
-        v = struct.unpack_from(fmt, self.buf, self.pos)[0]
-        self.pos += n
-        return v
+    @property
+    def elem_type_name(self) -> str:
+        return VALUE_TYPE_NAMES.get(self.elem_type, f"type{self.elem_type}")
 
-    def u32(self, what: str) -> int:
-        return int(self.unpack("<I", 4, what))
 
-    def u64(self, what: str) -> int:
-        return int(self.unpack("<Q", 8, what))
-
-    def string(self, what: str) -> str:
-        start = self.pos
-        n = self.u64(f"{what} length")
-        if n > self.size - self.pos:
-            raise GGUFError(f"{what} length {n} at offset {start} runs past the end of the file ({self.size} bytes)")
-        raw = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
+def _open_map(path: str) -> tuple[mmap.mmap | None, int]:
+    """Open and map a regular file read-only. Errors of any kind become GGUFError."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang; it has no effect on regular files.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise GGUFError(f"cannot open {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise GGUFError(f"cannot read {path}: it is {kind}")
+        size = st.st_size
+        if size < _HEADER_BYTES:
+            raise GGUFError(
+                f"truncated file: {size} bytes is shorter than the {_HEADER_BYTES}-byte GGUF header (offset 0)", 0
+            )
         try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("utf-8", errors="replace")
+            m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise GGUFError(f"cannot map {path}: {e}") from None
+        return m, size
+    finally:
+        os.close(fd)
 
 
 class GGUFFile:
-    """A memory-mapped GGUF file. `metadata` maps keys to Python values (arrays of numbers as numpy arrays,
-    arrays of strings as lists); `tensors` maps names to TensorInfo; `tensor(name)` returns a zero-copy view."""
+    """A memory-mapped GGUF file (v2 or v3, little-endian).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    - `metadata`: key -> value. Scalars as Python int/float/bool/str; arrays of numbers as numpy arrays (bool arrays
+      as numpy bool); arrays of strings as lists of str; nested arrays as lists of those. With `lazy_arrays=True`
+      every array is an `ArrayRef` instead (decode with `.array(key)`), and numpy is not imported at all.
+    - `metadata_types`: key -> GGUF value type id (ValueType); `type_spec(key)` gives the full type path of arrays.
+    - `tensors`: name -> TensorInfo, in file order; `tensor(name)` returns a zero-copy read-only view.
+    - `version`, `size`, `alignment`, `data_offset` (absolute file offset of the data section), `architecture`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, lazy_arrays: bool = False) -> None:
         self.path = os.fspath(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise GGUFError(f"cannot open {self.path}: {e.strerror}") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < 24:
-                raise GGUFError(f"truncated file: {size} bytes is shorter than the 24-byte GGUF header (offset 0)")
-            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        self._lazy = lazy_arrays
+        self._mmap: mmap.mmap | None = None
+        self._mmap, size = _open_map(str(self.path))
         self.size = size
+        self.version = 0
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, int] = {}
+        self._specs: dict[str, tuple[int, ...]] = {}
         self.tensors: dict[str, TensorInfo] = {}
+        self.alignment = DEFAULT_ALIGNMENT
+        self.data_offset = 0
         try:
             self._parse()
         except GGUFError:
             self.close()
             raise
+        except (struct.error, ValueError, IndexError, OverflowError, MemoryError) as e:  # defensive: never leak these
+            self.close()
+            raise GGUFError(f"malformed GGUF file {self.path}: {type(e).__name__}: {e}") from None
+
+    # ------------------------------------------------------------------ low-level readers
+    def _need(self, pos: int, n: int, what: str) -> None:
+        if pos + n > self.size:
+            raise GGUFError(
+                f"truncated file: {what} needs {n} bytes at offset {pos}, file is {self.size} bytes", pos
+            )
+
+    def _u32(self, pos: int, what: str) -> int:
+        self._need(pos, 4, what)
+        return struct.unpack_from("<I", self._mmap, pos)[0]  # type: ignore[arg-type]
+
+    def _u64(self, pos: int, what: str) -> int:
+        self._need(pos, 8, what)
+        return struct.unpack_from("<Q", self._mmap, pos)[0]  # type: ignore[arg-type]
+
+    def _raw_string(self, pos: int, what: str) -> tuple[bytes, int]:
+        n = self._u64(pos, f"{what} length")
+        if n > self.size - pos - 8:
+            raise GGUFError(
+                f"{what} length {n} at offset {pos} runs past the end of the file ({self.size} bytes)", pos
+            )
+        start = pos + 8
+        return self._mmap[start : start + n], start + n  # type: ignore[index]
+
+    def _name(self, pos: int, what: str) -> tuple[str, int]:
+        raw, end = self._raw_string(pos, what)
+        try:
+            return raw.decode("utf-8"), end
+        except UnicodeDecodeError as e:
+            raise GGUFError(f"{what} at offset {pos} is not valid UTF-8 ({e.reason} at byte {e.start})", pos) from None
 
     # ------------------------------------------------------------------ parsing
     def _parse(self) -> None:
         buf = self._mmap
-        cur = _Cursor(buf, 0, self.size)
-        magic = bytes(buf[0:4])
+        assert buf is not None
+        magic = buf[0:4]
         if magic != GGUF_MAGIC:
-            raise GGUFError(f"bad magic {magic!r} at offset 0: not a GGUF file")
-        cur.pos = 4
-        version = cur.u32("version")
-        if version & 0xFFFF == 0 and version != 0:
-            raise GGUFError("big-endian GGUF files are not supported (version field at offset 4 is byte-swapped)")
+            if magic[::-1] == GGUF_MAGIC:
+                raise GGUFError("bad magic b'FUGG' at offset 0: a byte-swapped GGUF file is not supported", 0)
+            raise GGUFError(f"bad magic {magic!r} at offset 0: not a GGUF file", 0)
+        version = self._u32(4, "version")
+        if version != 0 and version & 0xFFFF == 0:
+            raise GGUFError(
+                f"big-endian GGUF files are not supported (version field at offset 4 reads {version:#x}, "
+                f"a byte-swapped {int.from_bytes(version.to_bytes(4, 'little'), 'big')})",
+                4,
+            )
+        if version == 1:
+            raise GGUFError("GGUF version 1 at offset 4 is no longer supported (supported: 2, 3)", 4)
         if version not in (2, 3):
-            raise GGUFError(f"unsupported GGUF version {version} at offset 4 (supported: 2, 3)")
+            raise GGUFError(f"unsupported GGUF version {version} at offset 4 (supported: 2, 3)", 4)
         self.version = version
-        n_tensors = cur.u64("tensor count")
-        n_kv = cur.u64("metadata count")
-        # every kv needs >= 8+1+4 bytes, every tensor info >= 8+1+4+8+4+8 bytes
-        if n_kv > (self.size - cur.pos) // 13:
-            raise GGUFError(f"metadata count {n_kv} at offset 16 is impossible for a file of {self.size} bytes")
-        if n_tensors > (self.size - cur.pos) // 33:
-            raise GGUFError(f"tensor count {n_tensors} at offset 8 is impossible for a file of {self.size} bytes")
+        n_tensors = self._u64(8, "tensor count")
+        n_kv = self._u64(16, "metadata count")
+        pos = _HEADER_BYTES
+        rest = self.size - pos
+        if n_kv > rest // _MIN_KV:
+            raise GGUFError(
+                f"metadata count {n_kv} at offset 16 is impossible for a file of {self.size} bytes", 16
+            )
+        if n_tensors > rest // _MIN_TENSOR_INFO:
+            raise GGUFError(
+                f"tensor count {n_tensors} at offset 8 is impossible for a file of {self.size} bytes", 8
+            )
 
         for _ in range(n_kv):
-            kpos = cur.pos
-            key = cur.string("metadata key")
+            kpos = pos
+            key, pos = self._name(pos, "metadata key")
             if key in self.metadata:
-                raise GGUFError(f"duplicate metadata key {key!r} at offset {kpos}")
-            vtype = cur.u32(f"value type of {key!r}")
-            self.metadata[key] = self._read_value(cur, vtype, key, depth=0)
+                raise GGUFError(f"duplicate metadata key {key!r} at offset {kpos}", kpos)
+            vtype = self._u32(pos, f"value type of {key!r}")
+            value, pos, spec = self._value(pos + 4, vtype, key, pos, self._lazy)
+            self.metadata[key] = value
             self.metadata_types[key] = vtype
+            self._specs[key] = spec
 
-        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if (
-            not isinstance(alignment, int)
-            or isinstance(alignment, bool)
-            or alignment <= 0
-            or alignment & (alignment - 1)
-        ):
-            raise GGUFError(f"general.alignment must be a power of two, got {alignment!r}")
-        self.alignment = int(alignment)
+        self._check_alignment()
+        pos = self._parse_tensor_infos(pos, n_tensors)
+        self.data_offset = (pos + self.alignment - 1) // self.alignment * self.alignment
+        self._check_tensor_data()
 
-        infos: list[tuple[str, tuple[int, ...], int, int, int]] = []
+    def _check_alignment(self) -> None:
+        if "general.alignment" not in self.metadata:
+            return
+        a = self.metadata["general.alignment"]
+        vt = self.metadata_types["general.alignment"]
+        if vt not in (ValueType.UINT8, ValueType.UINT16, ValueType.UINT32, ValueType.UINT64, ValueType.INT32,
+                      ValueType.INT64, ValueType.INT16, ValueType.INT8):
+            raise GGUFError(
+                f"general.alignment must be an integer, got a {VALUE_TYPE_NAMES.get(vt, vt)} value (offset 24+)", 24
+            )
+        if a <= 0 or a & (a - 1) or a > 1 << 30:
+            raise GGUFError(f"general.alignment must be a power of two, got {a} (metadata at offset 24+)", 24)
+        self.alignment = int(a)
+
+    def _parse_tensor_infos(self, pos: int, n_tensors: int) -> int:
+        buf = self._mmap
+        tensors = self.tensors
+        unpack = struct.unpack_from
         for _ in range(n_tensors):
-            tpos = cur.pos
-            name = cur.string("tensor name")
-            if name in self.tensors or any(name == i[0] for i in infos[-1:]):
-                raise GGUFError(f"duplicate tensor name {name!r} at offset {tpos}")
-            n_dims = cur.u32(f"n_dims of tensor {name!r}")
-            if n_dims < 1 or n_dims > 4:
-                raise GGUFError(f"tensor {name!r} at offset {tpos} has {n_dims} dimensions (1..4 allowed)")
-            cur.need(8 * n_dims, f"dimensions of tensor {name!r}")
-            ne = struct.unpack_from(f"<{n_dims}Q", buf, cur.pos)
-            cur.pos += 8 * n_dims
-            gtype = cur.u32(f"type of tensor {name!r}")
-            offset = cur.u64(f"offset of tensor {name!r}")
+            tpos = pos
+            name, pos = self._name(pos, "tensor name")
+            if name in tensors:
+                raise GGUFError(f"duplicate tensor name {name!r} at offset {tpos}", tpos)
+            n_dims = self._u32(pos, f"n_dims of tensor {name!r}")
+            if n_dims < 1 or n_dims > MAX_DIMS:
+                raise GGUFError(
+                    f"tensor {name!r} at offset {tpos} has {n_dims} dimensions (1..{MAX_DIMS} allowed; offset {pos})",
+                    pos,
+                )
+            pos += 4
+            self._need(pos, 8 * n_dims + 12, f"dimensions, type and offset of tensor {name!r}")
+            ne = unpack(f"<{n_dims}Q", buf, pos)  # type: ignore[arg-type]
+            dpos = pos
+            pos += 8 * n_dims
+            gtype, offset = unpack("<IQ", buf, pos)  # type: ignore[arg-type]
             if gtype not in TYPE_INFO:
-                raise GGUFError(f"tensor {name!r} at offset {tpos} has unknown ggml type id {gtype}")
-            info = TYPE_INFO[gtype]
+                raise GGUFError(f"tensor {name!r} has unknown ggml type id {gtype} (offset {pos})", pos)
+            pos += 12
             n_el = 1
             for d in ne:
-                if d <= 0:
-                    raise GGUFError(f"tensor {name!r} at offset {tpos} has a non-positive dimension {ne}")
+                if d > _INT64_MAX:
+                    raise GGUFError(f"tensor {name!r}: dimension {d} at offset {dpos} overflows int64", dpos)
                 n_el *= d
-                if n_el > self.size * 8:
-                    raise GGUFError(f"tensor {name!r} at offset {tpos}: dimensions {ne} are too large for the file")
+            if n_el > _INT64_MAX:
+                raise GGUFError(
+                    f"tensor {name!r}: dimensions {tuple(ne)} at offset {dpos} overflow (product {n_el} > 2^63-1)", dpos
+                )
+            info = TYPE_INFO[gtype]
             if ne[0] % info.block_size:
                 raise GGUFError(
-                    f"tensor {name!r} at offset {tpos}: row length {ne[0]} is not a multiple of "
-                    f"{type_name(gtype)}'s block size {info.block_size}"
+                    f"tensor {name!r}: row length {ne[0]} at offset {dpos} is not a multiple of "
+                    f"{type_name(gtype)}'s block size {info.block_size}",
+                    dpos,
                 )
             nbytes = n_el // info.block_size * info.block_bytes
-            infos.append((name, tuple(int(d) for d in ne), gtype, offset, nbytes))
-            self.tensors[name] = TensorInfo(name, tuple(int(d) for d in ne), gtype, offset, nbytes)
-
-        self.data_offset = (cur.pos + self.alignment - 1) // self.alignment * self.alignment
-        data_size = self.size - self.data_offset
-        for t in self.tensors.values():
-            if t.offset % self.alignment:
-                raise GGUFError(f"tensor {t.name!r}: data offset {t.offset} is not a multiple of the alignment {self.alignment}")
-            if t.offset + t.nbytes > data_size:
+            if nbytes > self.size:
                 raise GGUFError(
-                    f"tensor {t.name!r}: data [{self.data_offset + t.offset}, {self.data_offset + t.offset + t.nbytes}) "
-                    f"runs past the end of the file ({self.size} bytes)"
+                    f"tensor {name!r}: {tuple(ne)} {type_name(gtype)} needs {nbytes} bytes, more than the whole file "
+                    f"({self.size} bytes; dimensions at offset {dpos})",
+                    dpos,
                 )
+            if offset > self.size:
+                raise GGUFError(
+                    f"tensor {name!r}: data offset {offset} at offset {pos - 8} is past the end of the file", pos - 8
+                )
+            tensors[name] = TensorInfo(name, tuple(ne), gtype, offset, nbytes)
+        return pos
 
-    def _read_value(self, cur: _Cursor, vtype: int, key: str, depth: int) -> Any:
+    def _check_tensor_data(self) -> None:
+        if not self.tensors:
+            return
+        base = self.data_offset
+        if base > self.size:
+            raise GGUFError(
+                f"truncated file: the data section should start at offset {base}, file is {self.size} bytes", self.size
+            )
+        prev: TensorInfo | None = None
+        for t in sorted(self.tensors.values(), key=lambda t: (t.offset, t.nbytes)):
+            if t.offset % self.alignment:
+                raise GGUFError(
+                    f"tensor {t.name!r}: data offset {t.offset} (file offset {base + t.offset}) is not a multiple of "
+                    f"the alignment {self.alignment}",
+                    base + t.offset,
+                )
+            end = base + t.offset + t.nbytes
+            if end > self.size:
+                raise GGUFError(
+                    f"truncated file: data of tensor {t.name!r} [{base + t.offset}, {end}) runs past the end of the "
+                    f"file ({self.size} bytes) at offset {self.size}",
+                    self.size,
+                )
+            if prev is not None and prev.nbytes and t.nbytes and prev.offset + prev.nbytes > t.offset:
+                raise GGUFError(
+                    f"tensor {t.name!r}: data at offset {base + t.offset} overlaps tensor {prev.name!r} "
+                    f"[{base + prev.offset}, {base + prev.offset + prev.nbytes})",
+                    base + t.offset,
+                )
+            if t.nbytes:
+                prev = t
+
+    def _value(self, pos: int, vtype: int, key: str, tpos: int, lazy: bool) -> tuple[Any, int, tuple[int, ...]]:
+        """Read one value of type `vtype` at `pos` (its type field was at `tpos`). Returns (value, end, type spec)."""
         if vtype in _SCALAR_FMT:
-            fmt = _SCALAR_FMT[vtype]
-            n = struct.calcsize(fmt)
-            pos = cur.pos
-            v = cur.unpack(fmt, n, f"value of {key!r}")
+            n = _SCALAR_SIZE[vtype]
+            self._need(pos, n, f"value of {key!r}")
+            v = struct.unpack_from(_SCALAR_FMT[vtype], self._mmap, pos)[0]  # type: ignore[arg-type]
             if vtype == ValueType.BOOL:
-                if v not in (0, 1):
-                    raise GGUFError(f"bool value of {key!r} at offset {pos} is {v}, not 0 or 1")
-                return bool(v)
-            return v
+                if v > 1:
+                    raise GGUFError(f"bool value of {key!r} at offset {pos} is {v}, not 0 or 1", pos)
+                v = bool(v)
+            return v, pos + n, (vtype,)
         if vtype == ValueType.STRING:
-            return cur.string(f"string value of {key!r}")
+            raw, end = self._raw_string(pos, f"string value of {key!r}")
+            return raw.decode("utf-8", errors="replace"), end, (vtype,)
         if vtype == ValueType.ARRAY:
-            if depth > 8:
-                raise GGUFError(f"arrays nested too deeply in {key!r} at offset {cur.pos}")
-            apos = cur.pos
-            etype = cur.u32(f"array element type of {key!r}")
-            count = cur.u64(f"array length of {key!r}")
-            if etype in _SCALAR_DTYPE:
-                dt = np.dtype(_SCALAR_DTYPE[etype])
-                if count > (cur.size - cur.pos) // dt.itemsize:
-                    raise GGUFError(f"array {key!r} at offset {apos}: {count} elements run past the end of the file")
-                arr = np.frombuffer(self._mmap, dtype=dt, count=count, offset=cur.pos).copy()
-                cur.pos += count * dt.itemsize
-                if etype == ValueType.BOOL:
-                    if arr.size and arr.max() > 1:
-                        raise GGUFError(f"bool array {key!r} at offset {apos} holds values other than 0/1")
-                    return arr.astype(bool)
-                return arr
-            if etype == ValueType.STRING:
-                if count > (cur.size - cur.pos) // 8:
-                    raise GGUFError(f"array {key!r} at offset {apos}: {count} strings run past the end of the file")
-                return self._read_string_array(cur, count, key)
-            if etype == ValueType.ARRAY:
-                if count > (cur.size - cur.pos) // 12:
-                    raise GGUFError(f"array {key!r} at offset {apos}: {count} arrays run past the end of the file")
-                return [self._read_value(cur, ValueType.ARRAY, key, depth + 1) for _ in range(count)]
-            raise GGUFError(f"array {key!r} at offset {apos} has unknown element type {etype}")
-        raise GGUFError(f"metadata {key!r} has unknown value type {vtype} (offset {cur.pos - 4})")
+            return self._array(pos, key, 0, lazy)
+        raise GGUFError(f"metadata {key!r} has unknown value type {vtype} at offset {tpos}", tpos)
 
-    def _read_string_array(self, cur: _Cursor, count: int, key: str) -> list[str]:
-        buf = self._mmap
-        size = cur.size
-        pos = cur.pos
-        out: list[str] = []
-        append = out.append
+    def _array(self, apos: int, key: str, depth: int, lazy: bool) -> tuple[Any, int, tuple[int, ...]]:
+        if depth >= MAX_NESTING:
+            raise GGUFError(f"arrays nested more than {MAX_NESTING} deep in {key!r} at offset {apos}", apos)
+        etype = self._u32(apos, f"array element type of {key!r}")
+        count = self._u64(apos + 4, f"array length of {key!r}")
+        pos = apos + 12
+        rest = self.size - pos
+        if etype in _SCALAR_SIZE:
+            isz = _SCALAR_SIZE[etype]
+            if count > rest // isz:
+                raise GGUFError(
+                    f"array {key!r} at offset {apos}: {count} {VALUE_TYPE_NAMES[etype]} elements run past the end "
+                    f"of the file ({self.size} bytes)",
+                    apos,
+                )
+            end = pos + count * isz
+            if lazy:
+                if etype == ValueType.BOOL:
+                    self._check_bools(pos, count, key, apos)
+                return ArrayRef(etype, count, pos, count * isz), end, (ValueType.ARRAY, etype)
+            return self._numeric_array(pos, etype, count, key, apos), end, (ValueType.ARRAY, etype)
+        if etype == ValueType.STRING:
+            if count > rest // _MIN_STRING:
+                raise GGUFError(
+                    f"array {key!r} at offset {apos}: {count} strings run past the end of the file ({self.size} bytes)",
+                    apos,
+                )
+            if lazy:
+                end = self._walk_strings_py(pos, count, key, 0, collect=False)[2]
+                return ArrayRef(etype, count, pos, end - pos), end, (ValueType.ARRAY, etype)
+            strings, end = self._string_array(pos, count, key)
+            return strings, end, (ValueType.ARRAY, etype)
+        if etype == ValueType.ARRAY:
+            if count > rest // _MIN_ARRAY:
+                raise GGUFError(
+                    f"array {key!r} at offset {apos}: {count} nested arrays run past the end of the file "
+                    f"({self.size} bytes)",
+                    apos,
+                )
+            items: list[Any] = []
+            inner: tuple[int, ...] = ()
+            p = pos
+            for i in range(count):
+                v, p, spec = self._array(p, key, depth + 1, lazy)
+                if i == 0:
+                    inner = spec
+                if not lazy:
+                    items.append(v)
+            if lazy:
+                return ArrayRef(etype, count, pos, p - pos), p, (ValueType.ARRAY, *(inner or (ValueType.ARRAY,)))
+            return items, p, (ValueType.ARRAY, *(inner or (ValueType.ARRAY,)))
+        raise GGUFError(f"array {key!r} at offset {apos} has unknown element type {etype}", apos)
+
+    def _check_bools(self, pos: int, count: int, key: str, apos: int) -> None:
+        raw = self._mmap[pos : pos + count]  # type: ignore[index]
+        if raw.translate(None, b"\x00\x01"):
+            bad = next(i for i, b in enumerate(raw) if b > 1)
+            raise GGUFError(
+                f"bool array {key!r} at offset {apos}: element {bad} at offset {pos + bad} is {raw[bad]}, not 0 or 1",
+                pos + bad,
+            )
+
+    def _numeric_array(self, pos: int, etype: int, count: int, key: str, apos: int) -> "np.ndarray":
+        np = _np()
+        if etype == ValueType.BOOL:
+            self._check_bools(pos, count, key, apos)
+            return np.frombuffer(self._mmap, dtype=np.uint8, count=count, offset=pos).astype(bool)
+        return np.frombuffer(self._mmap, dtype=_SCALAR_DTYPE[etype], count=count, offset=pos).copy()
+
+    # ------------------------------------------------------------------ string arrays
+    def _walk_strings_py(
+        self, pos: int, count: int, key: str, first: int, collect: bool = True
+    ) -> tuple[list[int], list[int], int]:
+        """Sequential scan of `count` length-prefixed strings at `pos` (string `first` of the array):
+        (prefix offsets, lengths, end); the lists stay empty unless `collect`."""
+        buf, size = self._mmap, self.size
         unpack = struct.unpack_from
+        starts: list[int] = []
+        lens: list[int] = []
         for i in range(count):
             if pos + 8 > size:
-                raise GGUFError(f"truncated file: string {i} of array {key!r} at offset {pos}")
-            n = unpack("<Q", buf, pos)[0]
-            pos += 8
-            if n > size - pos:
-                raise GGUFError(f"string {i} of array {key!r} at offset {pos - 8}: length {n} runs past the end of the file")
-            raw = buf[pos : pos + n]
-            pos += n
+                raise GGUFError(f"truncated file: string {first + i} of array {key!r} at offset {pos}", pos)
+            n = unpack("<Q", buf, pos)[0]  # type: ignore[arg-type]
+            if n > size - pos - 8:
+                raise GGUFError(
+                    f"string {first + i} of array {key!r} at offset {pos}: length {n} runs past the end of the file",
+                    pos,
+                )
+            if collect:
+                starts.append(pos)
+                lens.append(n)
+            pos += 8 + n
+        return starts, lens, pos
+
+    def _walk_strings_np(self, pos: int, count: int) -> tuple[list[Any], list[Any], int, int]:
+        """Vectorised scan of length-prefixed strings. In a window of the file, every byte offset whose 8-byte
+        little-endian value is below _VEC_LEN_LIMIT is a candidate length prefix. Starting from a known real prefix,
+        the run of candidates in which each one's end is exactly the next candidate is accepted (by induction each
+        is a real prefix). Where a run breaks (a string of >= _VEC_LEN_LIMIT bytes, or a stray candidate inside a
+        string), the next real prefix is the end of the last accepted string: it is looked up among the candidates
+        (or, when it is not one, stepped over sequentially) and a new run starts there, all inside the same window.
+        The window never extends past `pos + 8 * remaining` (a string takes >= 8 bytes), so no byte after the array
+        is read. Returns (prefix-offset arrays, length arrays, end position, strings done); the caller finishes any
+        rest sequentially, with full checks."""
+        np = _np()
+        mm, size = self._mmap, self.size
+        unpack = struct.unpack_from
+        starts: list[Any] = []
+        lens: list[Any] = []
+        done = 0
+        while count - done >= _VEC_MIN_STRINGS:
+            e = min(size, pos + 8 * (count - done), pos + _VEC_WINDOW_MAX)
+            n = e - pos - 7  # candidate positions 0..n-1 (relative to pos)
+            if n <= 0:
+                break
+            v = np.ndarray((n,), dtype="<u8", buffer=mm, offset=pos, strides=(1,))
+            cand = np.flatnonzero(v < _VEC_LEN_LIMIT)
+            ln = v[cand].astype(np.int64)
+            nxt = cand + 8 + ln
+            bad = np.flatnonzero(nxt[:-1] != cand[1:])
+            k_cand = cand.size
+            q = 0  # relative position of the next real prefix
+            while q < n and done < count:
+                j = int(np.searchsorted(cand, q))
+                if j < k_cand and cand[j] == q:
+                    b = int(np.searchsorted(bad, j))
+                    last = int(bad[b]) if b < bad.size else k_cand - 1
+                    take = min(last - j + 1, count - done)
+                    starts.append(cand[j : j + take] + pos)
+                    lens.append(ln[j : j + take])
+                    done += take
+                    q = int(nxt[j + take - 1])
+                else:  # a long string: step over it
+                    if pos + q + 8 > size:
+                        return starts, lens, pos + q, done
+                    m = unpack("<Q", mm, pos + q)[0]  # type: ignore[arg-type]
+                    if m > size - pos - q - 8:
+                        return starts, lens, pos + q, done  # the sequential scan reports it
+                    starts.append([pos + q])
+                    lens.append([m])
+                    done += 1
+                    q += 8 + m
+            pos += q
+        return starts, lens, pos, done
+
+    def _string_array(self, pos: int, count: int, key: str) -> tuple[list[str], int]:
+        if count < _VEC_MIN_STRINGS:
+            starts_l, lens_l, end = self._walk_strings_py(pos, count, key, 0)
+            mm = self._mmap
+            return [mm[s + 8 : s + 8 + n].decode("utf-8", errors="replace") for s, n in zip(starts_l, lens_l)], end  # type: ignore[index]
+        np = _np()
+        first = pos
+        starts, lens, pos, done = self._walk_strings_np(pos, count)
+        if done < count:
+            s2, l2, pos, = self._walk_strings_py(pos, count - done, key, done)
+            starts.append(np.asarray(s2, dtype=np.int64))
+            lens.append(np.asarray(l2, dtype=np.int64))
+        end = pos
+        if end > self.size:  # the last vectorised string ran past the end
+            last = int(starts[-1][-1])
+            raise GGUFError(
+                f"string {count - 1} of array {key!r} at offset {last}: length runs past the end of the file", last
+            )
+        st = np.concatenate(starts)
+        ln = np.concatenate(lens)
+        return self._decode_strings(st, ln, first, end), end
+
+    def _decode_strings(self, st: "np.ndarray", ln: "np.ndarray", first: int, end: int) -> list[str]:
+        """Decode strings whose 8-byte length prefixes are at `st` (lengths `ln`), tiling [first, end), with one
+        decode + split: in a copy of the region every prefix is zeroed, so (when no string holds a NUL byte) the
+        strings are exactly the pieces between 8-NUL separators. Falls back to one decode per string if a string
+        holds a NUL byte or invalid UTF-8."""
+        np = _np()
+        mm = self._mmap
+        count = st.size
+        region = bytearray(mm[first:end])  # type: ignore[index]
+        arr = np.frombuffer(region, dtype=np.uint8)
+        rel = st - first
+        arr[rel] = 0  # bytes 1..7 of a length < 256 are zero already
+        long_rel = rel[ln >= 256]
+        if long_rel.size:
+            for k in range(1, 8):
+                arr[long_rel + k] = 0
+        if int(np.count_nonzero(arr)) == (end - first) - 8 * count:
+            del arr
             try:
-                append(raw.decode("utf-8"))
+                parts = region.decode("utf-8").split("\x00" * 8)
             except UnicodeDecodeError:
-                append(raw.decode("utf-8", errors="replace"))
-        cur.pos = pos
-        return out
+                parts = []
+            if len(parts) == count + 1:
+                return parts[1:]
+        return [
+            mm[s + 8 : s + 8 + n].decode("utf-8", errors="replace")  # type: ignore[index]
+            for s, n in zip(st.tolist(), ln.tolist())
+        ]
 
     # ------------------------------------------------------------------ access
     @property
@@ -313,33 +630,49 @@ class GGUFFile:
         a = self.metadata.get("general.architecture")
         return a if isinstance(a, str) else None
 
-    def tensor(self, name: str) -> np.ndarray:
+    def type_spec(self, key: str) -> tuple[int, ...]:
+        """The full value type of a metadata key: (t,) for scalars, (ARRAY, elem) for arrays,
+        (ARRAY, ARRAY, ..., elem) for nested ones (inner types as in the first element)."""
+        return self._specs[key]
+
+    def array(self, key: str, *, as_list: bool = False) -> Any:
+        """The decoded value of an array key (decoding an ArrayRef left by lazy_arrays=True). `as_list=True`
+        returns plain Python lists (numbers as int/float/bool) and does not need numpy."""
+        v = self.metadata[key]
+        if not isinstance(v, ArrayRef):
+            if as_list:
+                return _to_list(v)
+            return v
+        if self._mmap is None or self._mmap.closed:
+            raise ValueError(f"{self.path} is closed")
+        if as_list and v.elem_type in _SCALAR_FMT:
+            n = v.count
+            vals = list(struct.unpack_from(f"<{n}{_SCALAR_FMT[v.elem_type][1]}", self._mmap, v.offset))
+            return [bool(x) for x in vals] if v.elem_type == ValueType.BOOL else vals
+        value = self._array(v.offset - 12, key, 0, False)[0]
+        return _to_list(value) if as_list else value
+
+    def tensor(self, name: str) -> "np.ndarray":
         """Zero-copy read-only view of a tensor's data. F32/F16/F64/I* as typed arrays of numpy shape;
         BF16 as uint16; quantized types as uint8 of shape (*shape[:-1], row_bytes)."""
         try:
             t = self.tensors[name]
         except KeyError:
             raise KeyError(f"no tensor named {name!r} in {self.path}") from None
+        if self._mmap is None or self._mmap.closed:
+            raise ValueError(f"{self.path} is closed")
+        np = _np()
         start = self.data_offset + t.offset
         shape = t.shape
-        typed = {
-            GGMLType.F32: np.float32,
-            GGMLType.F16: np.float16,
-            GGMLType.BF16: np.uint16,
-            GGMLType.F64: np.float64,
-            GGMLType.I8: np.int8,
-            GGMLType.I16: np.int16,
-            GGMLType.I32: np.int32,
-            GGMLType.I64: np.int64,
-        }.get(t.ggml_type)
-        if typed is not None:
-            return np.ndarray(shape, dtype=typed, buffer=self._mmap, offset=start)
+        dt = _TENSOR_DTYPE.get(t.ggml_type)
+        if dt is not None:
+            return np.ndarray(shape, dtype=dt, buffer=self._mmap, offset=start)
         info = TYPE_INFO[t.ggml_type]
         rb = t.ne[0] // info.block_size * info.block_bytes
         return np.ndarray((*shape[:-1], rb), dtype=np.uint8, buffer=self._mmap, offset=start)
 
     def close(self) -> None:
-        m = getattr(self, "_mmap", None)
+        m = self._mmap
         if m is not None:
             try:
                 m.close()
@@ -351,3 +684,16 @@ class GGUFFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"GGUFFile({self.path!r}, v{self.version}, {len(self.metadata)} keys, {len(self.tensors)} tensors, "
+            f"arch={self.architecture!r})"
+        )
+
+
+def _to_list(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_to_list(x) for x in v]
+    tolist = getattr(v, "tolist", None)
+    return tolist() if tolist is not None else v

@@ -1,0 +1,211 @@
+/* matmul.c - y = x W^T straight from the (mmap'd) weight rows, and the expert-indexed variant.
+ *
+ * 1. Activations are converted once per call into the weight type's activation format (vecdot.h).
+ * 2. Output rows are cut into chunks of ROWS_PER_CHUNK; threads take chunks from an atomic counter, so a
+ *    slow (shared) core simply takes fewer chunks.  Inside a chunk, tokens are processed in tiles of
+ *    TOK_TILE: the chunk's weight rows stay in L1/L2 while they meet every activation row of the tile,
+ *    and each weight row is streamed from memory once per call.
+ * 3. Every output element is computed by one dot-product call with a fixed block order, so results are
+ *    bit-identical for any thread count and any chunk/tile assignment.
+ * The expert variant sorts (token, slot) pairs by expert (counting sort), lays their activation rows out in
+ * that order, and then runs the same chunked loop per expert, so each expert's weights stream once per call.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "moe_gguf.h"
+#include "internal.h"
+#include "vecdot.h"
+
+#define ROWS_PER_CHUNK 16
+#define TOK_TILE 32
+#define MIN_MACS_PER_THREAD (1 << 18) /* below this, extra threads cost more to wake than they save */
+#define MIN_QUANT_PER_THREAD (1 << 15)
+
+typedef struct {
+    const mg_dot_info *info;
+    mg_dot_fn dot;
+    int wtype;
+    const char *w;          /* expert 0, row 0 */
+    size_t w_row_bytes;     /* bytes of one weight row */
+    size_t w_expert_bytes;  /* bytes of one expert's matrix */
+    int64_t n_out, n_in;
+    /* activations */
+    const float *x;
+    char *act;
+    size_t act_row_bytes;
+    int64_t n_act;          /* activation rows */
+    const int32_t *act_src; /* id variant: x row of each activation row (NULL: identity) */
+    /* output */
+    float *y;
+    /* id variant: activation rows [start[u], start[u+1]) belong to expert used[u]; out_row gives the y row */
+    const int32_t *used;
+    const int64_t *start;
+    const int32_t *out_row;
+    int n_used;
+    int64_t chunks_per_expert, n_chunks;
+    _Atomic int64_t next;
+} mm_job;
+
+static void quantize_task(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    for (int64_t r = ith; r < j->n_act; r += nth) {
+        int64_t src = j->act_src ? j->act_src[r] : r;
+        mg_act_quantize_row(j->wtype, j->x + src * j->n_in, j->act + (size_t)r * j->act_row_bytes, j->n_in);
+    }
+}
+
+/* rows [r0, r1) of the matrix starting at w against activation rows [a0, a1); y row of activation row a is
+ * out_row[a] (or a), column r. */
+static void run_block(const mm_job *j, const char *w, int64_t r0, int64_t r1, int64_t a0, int64_t a1) {
+    float s[TOK_TILE];
+    for (int64_t t0 = a0; t0 < a1; t0 += TOK_TILE) {
+        int nt = (int)(a1 - t0 < TOK_TILE ? a1 - t0 : TOK_TILE);
+        const char *a = j->act + (size_t)t0 * j->act_row_bytes;
+        for (int64_t r = r0; r < r1; r++) {
+            j->dot(j->n_in, w + (size_t)r * j->w_row_bytes, a, j->act_row_bytes, nt, s);
+            for (int t = 0; t < nt; t++) {
+                int64_t yr = j->out_row ? j->out_row[t0 + t] : t0 + t;
+                j->y[yr * j->n_out + r] = s[t];
+            }
+        }
+    }
+}
+
+static void compute_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    mm_job *j = arg;
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->n_chunks) break;
+        int64_t u = c / j->chunks_per_expert, rb = c % j->chunks_per_expert;
+        int64_t r0 = rb * ROWS_PER_CHUNK, r1 = r0 + ROWS_PER_CHUNK < j->n_out ? r0 + ROWS_PER_CHUNK : j->n_out;
+        if (j->used) {
+            const char *w = j->w + (size_t)j->used[u] * j->w_expert_bytes;
+            run_block(j, w, r0, r1, j->start[u], j->start[u + 1]);
+        } else {
+            run_block(j, j->w, r0, r1, 0, j->n_act);
+        }
+    }
+}
+
+static int threads_for(const mm_job *j, int64_t macs, int pool_n) {
+    int64_t n = macs / MIN_MACS_PER_THREAD;
+    if (n > j->n_chunks) n = j->n_chunks;
+    if (n > pool_n) n = pool_n;
+    return n < 1 ? 1 : (int)n;
+}
+
+static void quantize_all(mg_pool *pool, mm_job *j) {
+    int64_t n = j->n_act * j->n_in / MIN_QUANT_PER_THREAD;
+    int pn = mg_pool_n_threads(pool);
+    int nth = n < 1 ? 1 : (n > pn ? pn : (int)n);
+    if (nth > j->n_act) nth = (int)j->n_act;
+    mg_pool_run(pool, quantize_task, j, nth);
+}
+
+static int setup(mm_job *j, int type, const void *w, int64_t n_out, int64_t n_in, const float *x, float *y) {
+    memset(j, 0, sizeof(*j));
+    j->info = mg_dot_lookup(type);
+    if (!j->info) return MG_EUNSUPPORTED;
+    if (n_out <= 0 || n_in <= 0 || n_in % j->info->blck || !w || !x || !y) return MG_ESIZE;
+    j->dot = mg_dot_kernel(j->info);
+    j->wtype = type;
+    j->w = w;
+    j->w_row_bytes = (size_t)(n_in / j->info->blck) * j->info->wbytes;
+    j->w_expert_bytes = j->w_row_bytes * (size_t)n_out;
+    j->n_out = n_out;
+    j->n_in = n_in;
+    j->x = x;
+    j->y = y;
+    j->act_row_bytes = mg_act_row_bytes(j->info, n_in);
+    j->chunks_per_expert = (n_out + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK;
+    return MG_OK;
+}
+
+static void *alloc64(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+    return p;
+}
+
+int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in, const float *x, int64_t n_tok,
+              float *y) {
+    mm_job j;
+    int rc = setup(&j, type, w, n_out, n_in, x, y);
+    if (rc) return rc;
+    if (n_tok < 0) return MG_ESIZE;
+    if (n_tok == 0) return MG_OK;
+    j.n_act = n_tok;
+    j.act = alloc64(j.act_row_bytes * (size_t)n_tok);
+    if (!j.act) return MG_ENOMEM;
+    quantize_all(pool, &j);
+    j.n_chunks = j.chunks_per_expert;
+    atomic_init(&j.next, 0);
+    mg_pool_run(pool, compute_task, &j, threads_for(&j, n_out * n_in * n_tok, mg_pool_n_threads(pool)));
+    free(j.act);
+    return MG_OK;
+}
+
+int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64_t n_out, int64_t n_in,
+                 const float *x, int x_per_slot, const int32_t *ids, int64_t n_tok, int64_t k, float *y) {
+    mm_job j;
+    int rc = setup(&j, type, w, n_out, n_in, x, y);
+    if (rc) return rc;
+    if (n_expert <= 0 || n_tok < 0 || k <= 0 || !ids) return MG_ESIZE;
+    int64_t n_pairs = n_tok * k;
+    if (n_pairs == 0) return MG_OK;
+    for (int64_t p = 0; p < n_pairs; p++) {
+        if (ids[p] < 0 || ids[p] >= n_expert) return MG_ESIZE;
+    }
+    int64_t *count = calloc((size_t)n_expert + 1, sizeof(int64_t));
+    int64_t *start = malloc(((size_t)n_expert + 1) * sizeof(int64_t));
+    int32_t *used = malloc((size_t)n_expert * sizeof(int32_t));
+    int32_t *out_row = malloc((size_t)n_pairs * sizeof(int32_t));
+    int32_t *act_src = malloc((size_t)n_pairs * sizeof(int32_t));
+    j.act = alloc64(j.act_row_bytes * (size_t)n_pairs);
+    if (!count || !start || !used || !out_row || !act_src || !j.act) {
+        rc = MG_ENOMEM;
+        goto done;
+    }
+    /* counting sort of the (token, slot) pairs by expert; stable, so each expert's pairs stay in token order */
+    for (int64_t p = 0; p < n_pairs; p++) count[ids[p]]++;
+    int n_used = 0;
+    int64_t acc = 0;
+    for (int64_t e = 0; e < n_expert; e++) {
+        if (count[e]) {
+            used[n_used] = (int32_t)e;
+            start[n_used] = acc;
+            n_used++;
+        }
+        int64_t c = count[e];
+        count[e] = acc; /* now: the next free position of expert e */
+        acc += c;
+    }
+    start[n_used] = acc;
+    for (int64_t p = 0; p < n_pairs; p++) {
+        int64_t pos = count[ids[p]]++;
+        out_row[pos] = (int32_t)p;
+        act_src[pos] = (int32_t)(x_per_slot ? p : p / k);
+    }
+    j.n_act = n_pairs;
+    j.act_src = act_src;
+    j.out_row = out_row;
+    j.used = used;
+    j.start = start;
+    j.n_used = n_used;
+    quantize_all(pool, &j);
+    j.n_chunks = j.chunks_per_expert * n_used;
+    atomic_init(&j.next, 0);
+    mg_pool_run(pool, compute_task, &j, threads_for(&j, n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
+done:
+    free(count);
+    free(start);
+    free(used);
+    free(out_row);
+    free(act_src);
+    free(j.act);
+    return rc;
+}

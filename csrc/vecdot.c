@@ -1,0 +1,805 @@
+/* vecdot.c - dot products between weight rows (any supported ggml type) and prepared activation rows.
+ *
+ * Each weight type has a plain C reference and, on x86, an AVX2+FMA kernel; mg_dot_kernel picks one at run
+ * time from mg_get_simd_level().  Integer types accumulate exact integer sums per block and combine them in
+ * float as  d_w * d_a * sum_i(q_w * q_a)  (minus the min terms), so SIMD and reference differ only by float
+ * rounding.  Every kernel processes blocks in index order, so a result never depends on threads or tiling.
+ */
+#include "moe_gguf.h"
+#include "internal.h"
+#include "vecdot.h"
+
+#if MG_X86
+#include <immintrin.h>
+#endif
+
+static inline float f16(uint16_t h) { return mg_f16_to_f32(h); }
+
+/* --------------------------------------------------------------------------------------------------------
+ * Scale unpacking shared by the reference and SIMD paths
+ * ------------------------------------------------------------------------------------------------------ */
+
+/* Q4_K / Q5_K: 8 six-bit scales and 8 six-bit mins from the 12 packed bytes (ggml's get_scale_min_k4). */
+static inline void unpack_k4_scales(const uint8_t *s, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (uint8_t)((s[j + 4] & 15) | ((s[j - 4] >> 6) << 4));
+        mn[j] = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+/* Q3_K: 16 six-bit scales (already minus 32): low 4 bits from bytes 0..7, high 2 bits from bytes 8..11. */
+static inline void unpack_q3k_scales(const uint8_t *s, int8_t out[16]) {
+    for (int j = 0; j < 16; j++) {
+        int lo = (j < 8) ? (s[j] & 15) : (s[j - 8] >> 4);
+        int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+        out[j] = (int8_t)((lo | (hi << 4)) - 32);
+    }
+}
+
+/* IQ4_XS: the 6-bit scale of sub-block ib, minus 32. */
+static inline int iq4xs_scale(const mg_block_iq4_xs *b, int ib) {
+    uint16_t sh;
+    memcpy(&sh, &b->scales_h, 2);
+    int ls = ((b->scales_l[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
+    return ls - 32;
+}
+
+/* --------------------------------------------------------------------------------------------------------
+ * Plain C references
+ * ------------------------------------------------------------------------------------------------------ */
+
+static float ref_f32(int64_t n, const void *w, const void *a) {
+    const float *x = w, *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+static float ref_f16(int64_t n, const void *w, const void *a) {
+    const uint16_t *x = w;
+    const float *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += f16(x[i]) * y[i];
+    return s;
+}
+
+static float ref_bf16(int64_t n, const void *w, const void *a) {
+    const uint16_t *x = w;
+    const float *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += mg_bf16_to_f32(x[i]) * y[i];
+    return s;
+}
+
+static float ref_q4_0(int64_t n, const void *w, const void *a) {
+    const mg_block_q4_0 *x = w;
+    const mg_block_q8_0 *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        int sumi = 0;
+        for (int j = 0; j < MG_QK / 2; j++) {
+            sumi += ((x[i].qs[j] & 15) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16];
+        }
+        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
+    }
+    return s;
+}
+
+static float ref_q4_1(int64_t n, const void *w, const void *a) {
+    const mg_block_q4_1 *x = w;
+    const mg_block_q8_1x *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        int sumi = 0;
+        for (int j = 0; j < MG_QK / 2; j++) {
+            sumi += (x[i].qs[j] & 15) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + 16];
+        }
+        s += (float)sumi * (f16(x[i].d) * y[i].d) + f16(x[i].m) * y[i].s;
+    }
+    return s;
+}
+
+static float ref_q5_0(int64_t n, const void *w, const void *a) {
+    const mg_block_q5_0 *x = w;
+    const mg_block_q8_0 *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        int sumi = 0;
+        for (int j = 0; j < MG_QK / 2; j++) {
+            int v0 = (int)((x[i].qs[j] & 15) | (((qh >> j) & 1) << 4)) - 16;
+            int v1 = (int)((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            sumi += v0 * y[i].qs[j] + v1 * y[i].qs[j + 16];
+        }
+        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
+    }
+    return s;
+}
+
+static float ref_q5_1(int64_t n, const void *w, const void *a) {
+    const mg_block_q5_1 *x = w;
+    const mg_block_q8_1x *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        int sumi = 0;
+        for (int j = 0; j < MG_QK / 2; j++) {
+            int v0 = (int)((x[i].qs[j] & 15) | (((qh >> j) & 1) << 4));
+            int v1 = (int)((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+            sumi += v0 * y[i].qs[j] + v1 * y[i].qs[j + 16];
+        }
+        s += (float)sumi * (f16(x[i].d) * y[i].d) + f16(x[i].m) * y[i].s;
+    }
+    return s;
+}
+
+static float ref_q8_0(int64_t n, const void *w, const void *a) {
+    const mg_block_q8_0 *x = w;
+    const mg_block_q8_0 *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        int sumi = 0;
+        for (int j = 0; j < MG_QK; j++) sumi += x[i].qs[j] * y[i].qs[j];
+        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
+    }
+    return s;
+}
+
+static float ref_iq4_nl(int64_t n, const void *w, const void *a) {
+    const mg_block_iq4_nl *x = w;
+    const mg_block_q8_0 *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        int sumi = 0;
+        for (int j = 0; j < MG_QK / 2; j++) {
+            sumi += mg_kvalues_iq4nl[x[i].qs[j] & 15] * y[i].qs[j] + mg_kvalues_iq4nl[x[i].qs[j] >> 4] * y[i].qs[j + 16];
+        }
+        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
+    }
+    return s;
+}
+
+/* sum over the 16-element groups g of coef[g] * bsums[g] (the min / offset term of the K-quants) */
+static inline int bsum_dot16(const int16_t *bsums, const int *coef) {
+    int s = 0;
+    for (int g = 0; g < 16; g++) s += coef[g] * bsums[g];
+    return s;
+}
+
+static float ref_q2_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q2_K *x = w;
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        int mins[16];
+        for (int g = 0; g < 16; g++) mins[g] = x[i].scales[g] >> 4;
+        int summ = bsum_dot16(y[i].bsums, mins);
+        int isum = 0;
+        for (int h = 0; h < 2; h++) {
+            for (int j = 0; j < 4; j++) {
+                for (int b = 0; b < 2; b++) {
+                    int g = 8 * h + 2 * j + b, part = 0;
+                    for (int l = 16 * b; l < 16 * b + 16; l++) {
+                        part += ((x[i].qs[32 * h + l] >> (2 * j)) & 3) * y[i].qs[128 * h + 32 * j + l];
+                    }
+                    isum += (x[i].scales[g] & 15) * part;
+                }
+            }
+        }
+        s += y[i].d * f16(x[i].d) * (float)isum - y[i].d * f16(x[i].dmin) * (float)summ;
+    }
+    return s;
+}
+
+static float ref_q3_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q3_K *x = w;
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        int8_t sc[16];
+        unpack_q3k_scales(x[i].scales, sc);
+        int isum = 0;
+        for (int h = 0; h < 2; h++) {
+            for (int j = 0; j < 4; j++) {
+                for (int b = 0; b < 2; b++) {
+                    int g = 8 * h + 2 * j + b, part = 0;
+                    for (int l = 16 * b; l < 16 * b + 16; l++) {
+                        int q = (x[i].qs[32 * h + l] >> (2 * j)) & 3;
+                        if (!(x[i].hmask[l] & (1 << (4 * h + j)))) q -= 4;
+                        part += q * y[i].qs[128 * h + 32 * j + l];
+                    }
+                    isum += sc[g] * part;
+                }
+            }
+        }
+        s += y[i].d * f16(x[i].d) * (float)isum;
+    }
+    return s;
+}
+
+static float ref_q4_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q4_K *x = w;
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        uint8_t sc[8], mn[8];
+        unpack_k4_scales(x[i].scales, sc, mn);
+        int coef[16];
+        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
+        int summ = bsum_dot16(y[i].bsums, coef);
+        int isum = 0;
+        for (int c = 0; c < 4; c++) {
+            int lo = 0, hi = 0;
+            for (int l = 0; l < 32; l++) {
+                lo += (x[i].qs[32 * c + l] & 15) * y[i].qs[64 * c + l];
+                hi += (x[i].qs[32 * c + l] >> 4) * y[i].qs[64 * c + 32 + l];
+            }
+            isum += sc[2 * c] * lo + sc[2 * c + 1] * hi;
+        }
+        s += y[i].d * f16(x[i].d) * (float)isum - y[i].d * f16(x[i].dmin) * (float)summ;
+    }
+    return s;
+}
+
+static float ref_q5_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q5_K *x = w;
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        uint8_t sc[8], mn[8];
+        unpack_k4_scales(x[i].scales, sc, mn);
+        int coef[16];
+        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
+        int summ = bsum_dot16(y[i].bsums, coef);
+        int isum = 0;
+        for (int c = 0; c < 4; c++) {
+            int lo = 0, hi = 0;
+            for (int l = 0; l < 32; l++) {
+                int ql = (x[i].qs[32 * c + l] & 15) | (((x[i].qh[l] >> (2 * c)) & 1) << 4);
+                int qh = (x[i].qs[32 * c + l] >> 4) | (((x[i].qh[l] >> (2 * c + 1)) & 1) << 4);
+                lo += ql * y[i].qs[64 * c + l];
+                hi += qh * y[i].qs[64 * c + 32 + l];
+            }
+            isum += sc[2 * c] * lo + sc[2 * c + 1] * hi;
+        }
+        s += y[i].d * f16(x[i].d) * (float)isum - y[i].d * f16(x[i].dmin) * (float)summ;
+    }
+    return s;
+}
+
+static float ref_q6_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q6_K *x = w;
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        int isum = 0;
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
+            const int8_t *sc = x[i].scales + 8 * h, *q8 = y[i].qs + 128 * h;
+            int part[8] = {0};
+            for (int l = 0; l < 32; l++) {
+                int b = l / 16;
+                part[0 + b] += ((int)((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32) * q8[l];
+                part[2 + b] += ((int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32) * q8[l + 32];
+                part[4 + b] += ((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * q8[l + 64];
+                part[6 + b] += ((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * q8[l + 96];
+            }
+            for (int g = 0; g < 8; g++) isum += sc[g] * part[g];
+        }
+        s += y[i].d * f16(x[i].d) * (float)isum;
+    }
+    return s;
+}
+
+static float ref_iq4_xs(int64_t n, const void *w, const void *a) {
+    const mg_block_iq4_xs *x = w;
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        int isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            const uint8_t *qs = x[i].qs + 16 * ib;
+            const int8_t *q8 = y[i].qs + 32 * ib;
+            int part = 0;
+            for (int j = 0; j < 16; j++) {
+                part += mg_kvalues_iq4nl[qs[j] & 15] * q8[j] + mg_kvalues_iq4nl[qs[j] >> 4] * q8[j + 16];
+            }
+            isum += iq4xs_scale(&x[i], ib) * part;
+        }
+        s += y[i].d * f16(x[i].d) * (float)isum;
+    }
+    return s;
+}
+
+/* --------------------------------------------------------------------------------------------------------
+ * AVX2 + FMA kernels
+ * ------------------------------------------------------------------------------------------------------ */
+#if MG_X86
+
+MG_TARGET_AVX2 static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+MG_TARGET_AVX2 static inline int hsum8_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* signed int8 x signed int8 -> 16 pairwise int16 sums, as maddubs(|y|, x * sign(y)).  x must not hold -128
+ * (true for every weight code book here except raw Q8_0); y may (|y| = 128 is read as unsigned), and
+ * 2 * 128 * 127 does not saturate. */
+MG_TARGET_AVX2 static inline __m256i dot_i8_pairs16(__m256i x, __m256i y) {
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(y, y), _mm256_sign_epi8(x, y));
+}
+
+/* signed int8 x signed int8 -> 8 int32 sums of 4 products (x != -128, see dot_i8_pairs16) */
+MG_TARGET_AVX2 static inline __m256i dot_i8_quads(__m256i x, __m256i y) {
+    return _mm256_madd_epi16(dot_i8_pairs16(x, y), _mm256_set1_epi16(1));
+}
+
+/* unsigned int8 (<= 127) x signed int8 -> 8 int32 sums of 4 products */
+MG_TARGET_AVX2 static inline __m256i dot_u8_quads(__m256i x, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
+}
+
+/* 16 packed bytes -> 32 nibbles: low nibbles in the low lane (elements 0..15), high nibbles in the high lane */
+MG_TARGET_AVX2 static inline __m256i nibbles32(const uint8_t *p) {
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    return _mm256_and_si256(v, _mm256_set1_epi8(15));
+}
+
+/* 32 bits -> 32 bytes, 0xFF where bit k of x is set */
+MG_TARGET_AVX2 static inline __m256i bits_to_bytes(uint32_t x) {
+    const __m256i pick = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), pick);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+}
+
+MG_TARGET_AVX2 static inline __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+MG_TARGET_AVX2 static float avx_f32(int64_t n, const void *w, const void *a) {
+    const float *x = w, *y = a;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+MG_TARGET_AVX2 static float avx_f16(int64_t n, const void *w, const void *a) {
+    const uint16_t *x = w;
+    const float *y = a;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(x + i)));
+        __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(x + i + 8)));
+        acc0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(y + i + 8), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += f16(x[i]) * y[i];
+    return s;
+}
+
+MG_TARGET_AVX2 static inline __m256 bf16x8(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+MG_TARGET_AVX2 static float avx_bf16(int64_t n, const void *w, const void *a) {
+    const uint16_t *x = w;
+    const float *y = a;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(bf16x8(x + i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(bf16x8(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+    }
+    float s = hsum8(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += mg_bf16_to_f32(x[i]) * y[i];
+    return s;
+}
+
+MG_TARGET_AVX2 static float avx_q4_0(int64_t n, const void *w, const void *a) {
+    const mg_block_q4_0 *x = w;
+    const mg_block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        __m256i qx = _mm256_sub_epi8(nibbles32(x[i].qs), _mm256_set1_epi8(8));
+        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(qx, load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
+    }
+    return hsum8(acc);
+}
+
+MG_TARGET_AVX2 static float avx_q4_1(int64_t n, const void *w, const void *a) {
+    const mg_block_q4_1 *x = w;
+    const mg_block_q8_1x *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        __m256 p = _mm256_cvtepi32_ps(dot_u8_quads(nibbles32(x[i].qs), load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * y[i].d), p, acc);
+        summ += f16(x[i].m) * y[i].s;
+    }
+    return hsum8(acc) + summ;
+}
+
+MG_TARGET_AVX2 static float avx_q5_0(int64_t n, const void *w, const void *a) {
+    const mg_block_q5_0 *x = w;
+    const mg_block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        /* q - 16 = nibble - 16 where the 5th bit is clear: set the high nibble there (0xF0 | v == v - 16) */
+        __m256i hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8((char)0xF0));
+        __m256i qx = _mm256_or_si256(nibbles32(x[i].qs), hi);
+        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(qx, load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
+    }
+    return hsum8(acc);
+}
+
+MG_TARGET_AVX2 static float avx_q5_1(int64_t n, const void *w, const void *a) {
+    const mg_block_q5_1 *x = w;
+    const mg_block_q8_1x *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summ = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        __m256i hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        __m256i qx = _mm256_or_si256(nibbles32(x[i].qs), hi);
+        __m256 p = _mm256_cvtepi32_ps(dot_u8_quads(qx, load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * y[i].d), p, acc);
+        summ += f16(x[i].m) * y[i].s;
+    }
+    return hsum8(acc) + summ;
+}
+
+MG_TARGET_AVX2 static float avx_q8_0(int64_t n, const void *w, const void *a) {
+    const mg_block_q8_0 *x = w;
+    const mg_block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        /* Q8_0 weights may hold -128; Q8_0 activations never do (|q| <= 127), so swap the roles */
+        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(load256(y[i].qs), load256(x[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
+    }
+    return hsum8(acc);
+}
+
+/* IQ4 code book lookup of 16 packed bytes -> 32 signed values (same order as nibbles32) */
+MG_TARGET_AVX2 static inline __m256i iq4_values32(const uint8_t *p) {
+    const __m128i kv = _mm_loadu_si128((const __m128i *)(const void *)mg_kvalues_iq4nl);
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i lo = _mm_shuffle_epi8(kv, _mm_and_si128(b, _mm_set1_epi8(15)));
+    __m128i hi = _mm_shuffle_epi8(kv, _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15)));
+    return _mm256_set_m128i(hi, lo);
+}
+
+MG_TARGET_AVX2 static float avx_iq4_nl(int64_t n, const void *w, const void *a) {
+    const mg_block_iq4_nl *x = w;
+    const mg_block_q8_0 *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(iq4_values32(x[i].qs), load256(y[i].qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
+    }
+    return hsum8(acc);
+}
+
+/* int16 scale pair for a 32-element chunk: lanes 0..7 (elements 0..15) get s0, lanes 8..15 get s1 */
+MG_TARGET_AVX2 static inline __m256i scale_pair(int s0, int s1) {
+    return _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
+}
+
+MG_TARGET_AVX2 static float avx_q2_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q2_K *x = w;
+    const mg_block_q8_K *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        int mins[16];
+        for (int g = 0; g < 16; g++) mins[g] = x[i].scales[g] >> 4;
+        int summ = bsum_dot16(y[i].bsums, mins);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i q2 = load256(x[i].qs + 32 * h);
+            for (int j = 0; j < 4; j++) {
+                int g = 8 * h + 2 * j;
+                __m256i q = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * j), _mm256_set1_epi8(3));
+                __m256i p16 = _mm256_maddubs_epi16(q, load256(y[i].qs + 128 * h + 32 * j));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(x[i].scales[g] & 15, x[i].scales[g + 1] & 15)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        summs += y[i].d * f16(x[i].dmin) * (float)summ;
+    }
+    return hsum8(acc) - summs;
+}
+
+MG_TARGET_AVX2 static float avx_q3_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q3_K *x = w;
+    const mg_block_q8_K *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        int8_t sc[16];
+        unpack_q3k_scales(x[i].scales, sc);
+        __m256i hm = load256(x[i].hmask);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i q2 = load256(x[i].qs + 32 * h);
+            for (int j = 0; j < 4; j++) {
+                int g = 8 * h + 2 * j;
+                __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + j)));
+                __m256i four = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), _mm256_set1_epi8(4));
+                __m256i q = _mm256_and_si256(_mm256_srli_epi16(q2, 2 * j), _mm256_set1_epi8(3));
+                __m256i q8 = load256(y[i].qs + 128 * h + 32 * j);
+                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8), _mm256_maddubs_epi16(four, q8));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(sc[g], sc[g + 1])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
+MG_TARGET_AVX2 static float avx_q4_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q4_K *x = w;
+    const mg_block_q8_K *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        uint8_t sc[8], mn[8];
+        unpack_k4_scales(x[i].scales, sc, mn);
+        int coef[16];
+        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
+        int summ = bsum_dot16(y[i].bsums, coef);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q4 = load256(x[i].qs + 32 * c);
+            __m256i lo = _mm256_and_si256(q4, _mm256_set1_epi8(15));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), _mm256_set1_epi8(15));
+            __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c)), _mm256_set1_epi16(sc[2 * c]));
+            __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32)), _mm256_set1_epi16(sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        summs += y[i].d * f16(x[i].dmin) * (float)summ;
+    }
+    return hsum8(acc) - summs;
+}
+
+MG_TARGET_AVX2 static float avx_q5_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q5_K *x = w;
+    const mg_block_q8_K *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        uint8_t sc[8], mn[8];
+        unpack_k4_scales(x[i].scales, sc, mn);
+        int coef[16];
+        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
+        int summ = bsum_dot16(y[i].bsums, coef);
+        __m256i hb = load256(x[i].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q4 = load256(x[i].qs + 32 * c);
+            __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * c))), b1 = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+            __m256i h0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b0), b0), _mm256_set1_epi8(16));
+            __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b1), b1), _mm256_set1_epi8(16));
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, _mm256_set1_epi8(15)), h0);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), _mm256_set1_epi8(15)), h1);
+            __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c)), _mm256_set1_epi16(sc[2 * c]));
+            __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32)), _mm256_set1_epi16(sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        summs += y[i].d * f16(x[i].dmin) * (float)summ;
+    }
+    return hsum8(acc) - summs;
+}
+
+MG_TARGET_AVX2 static float avx_q6_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q6_K *x = w;
+    const mg_block_q8_K *y = a;
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h;
+            const int8_t *sc = x[i].scales + 8 * h, *q8 = y[i].qs + 128 * h;
+            __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(x[i].qh + 32 * h);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                __m256i y8 = load256(q8 + 32 * k);
+                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], y8), _mm256_maddubs_epi16(m32, y8));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(sc[2 * k], sc[2 * k + 1])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
+MG_TARGET_AVX2 static float avx_iq4_xs(int64_t n, const void *w, const void *a) {
+    const mg_block_iq4_xs *x = w;
+    const mg_block_q8_K *y = a;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        for (int ib = 0; ib < 8; ib++) {
+            __m256i p16 = dot_i8_pairs16(iq4_values32(x[i].qs + 16 * ib), load256(y[i].qs + 32 * ib));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, _mm256_set1_epi16((short)iq4xs_scale(&x[i], ib))));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum8(acc);
+}
+
+#endif /* MG_X86 */
+
+/* --------------------------------------------------------------------------------------------------------
+ * Multi-activation wrappers and the type table
+ * ------------------------------------------------------------------------------------------------------ */
+
+#define MG_MULTI(name, attr)                                                                                   \
+    attr static void multi_##name(int64_t n, const void *w, const void *a, size_t a_stride, int nt, float *s) { \
+        const char *ap = a;                                                                                    \
+        for (int t = 0; t < nt; t++) s[t] = name(n, w, ap + (size_t)t * a_stride);                              \
+    }
+
+#define MG_REF_ONLY(t) MG_MULTI(ref_##t, )
+MG_REF_ONLY(f32)
+MG_REF_ONLY(f16)
+MG_REF_ONLY(bf16)
+MG_REF_ONLY(q4_0)
+MG_REF_ONLY(q4_1)
+MG_REF_ONLY(q5_0)
+MG_REF_ONLY(q5_1)
+MG_REF_ONLY(q8_0)
+MG_REF_ONLY(iq4_nl)
+MG_REF_ONLY(q2_K)
+MG_REF_ONLY(q3_K)
+MG_REF_ONLY(q4_K)
+MG_REF_ONLY(q5_K)
+MG_REF_ONLY(q6_K)
+MG_REF_ONLY(iq4_xs)
+
+#if MG_X86
+#define MG_AVX(t) MG_MULTI(avx_##t, MG_TARGET_AVX2)
+MG_AVX(f32)
+MG_AVX(f16)
+MG_AVX(bf16)
+MG_AVX(q4_0)
+MG_AVX(q4_1)
+MG_AVX(q5_0)
+MG_AVX(q5_1)
+MG_AVX(q8_0)
+MG_AVX(iq4_nl)
+MG_AVX(q2_K)
+MG_AVX(q3_K)
+MG_AVX(q4_K)
+MG_AVX(q5_K)
+MG_AVX(q6_K)
+MG_AVX(iq4_xs)
+#define SIMD(t) multi_avx_##t
+#else
+#define SIMD(t) NULL
+#endif
+
+#define Q8_0B sizeof(mg_block_q8_0)
+#define Q8_1B sizeof(mg_block_q8_1x)
+#define Q8_KB sizeof(mg_block_q8_K)
+
+static const struct { int type; mg_dot_info info; } k_table[] = {
+    {MG_F32, {1, 4, 1, 4, multi_ref_f32, SIMD(f32)}},
+    {MG_F16, {1, 2, 1, 4, multi_ref_f16, SIMD(f16)}},
+    {MG_BF16, {1, 2, 1, 4, multi_ref_bf16, SIMD(bf16)}},
+    {MG_Q4_0, {MG_QK, sizeof(mg_block_q4_0), MG_QK, Q8_0B, multi_ref_q4_0, SIMD(q4_0)}},
+    {MG_Q4_1, {MG_QK, sizeof(mg_block_q4_1), MG_QK, Q8_1B, multi_ref_q4_1, SIMD(q4_1)}},
+    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0B, multi_ref_q5_0, SIMD(q5_0)}},
+    {MG_Q5_1, {MG_QK, sizeof(mg_block_q5_1), MG_QK, Q8_1B, multi_ref_q5_1, SIMD(q5_1)}},
+    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0B, multi_ref_q8_0, SIMD(q8_0)}},
+    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0B, multi_ref_iq4_nl, SIMD(iq4_nl)}},
+    {MG_Q2_K, {MG_QK_K, sizeof(mg_block_q2_K), MG_QK_K, Q8_KB, multi_ref_q2_K, SIMD(q2_K)}},
+    {MG_Q3_K, {MG_QK_K, sizeof(mg_block_q3_K), MG_QK_K, Q8_KB, multi_ref_q3_K, SIMD(q3_K)}},
+    {MG_Q4_K, {MG_QK_K, sizeof(mg_block_q4_K), MG_QK_K, Q8_KB, multi_ref_q4_K, SIMD(q4_K)}},
+    {MG_Q5_K, {MG_QK_K, sizeof(mg_block_q5_K), MG_QK_K, Q8_KB, multi_ref_q5_K, SIMD(q5_K)}},
+    {MG_Q6_K, {MG_QK_K, sizeof(mg_block_q6_K), MG_QK_K, Q8_KB, multi_ref_q6_K, SIMD(q6_K)}},
+    {MG_IQ4_XS, {MG_QK_K, sizeof(mg_block_iq4_xs), MG_QK_K, Q8_KB, multi_ref_iq4_xs, SIMD(iq4_xs)}},
+};
+
+const mg_dot_info *mg_dot_lookup(int wtype) {
+    for (size_t i = 0; i < sizeof(k_table) / sizeof(k_table[0]); i++) {
+        if (k_table[i].type == wtype) return &k_table[i].info;
+    }
+    return NULL;
+}
+
+mg_dot_fn mg_dot_kernel(const mg_dot_info *info) {
+    if (info->simd && mg_get_simd_level() >= 1) return info->simd;
+    return info->ref;
+}
+
+size_t mg_act_row_bytes(const mg_dot_info *info, int64_t n) {
+    return (size_t)(n / info->act_blck) * info->act_bytes;
+}
+
+void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n) {
+    switch (wtype) {
+    case MG_F32: case MG_F16: case MG_BF16:
+        memcpy(dst, x, (size_t)n * sizeof(float));
+        return;
+    case MG_Q4_1: case MG_Q5_1: {
+        mg_block_q8_1x *y = dst;
+        for (int64_t i = 0; i < n / MG_QK; i++) {
+            mg_block_q8_0 b;
+            mg_quantize_row_q8_0(x + i * MG_QK, &b, MG_QK);
+            int sum = 0;
+            for (int j = 0; j < MG_QK; j++) sum += b.qs[j];
+            y[i].d = f16(b.d);
+            y[i].s = y[i].d * (float)sum;
+            memcpy(y[i].qs, b.qs, MG_QK);
+        }
+        return;
+    }
+    case MG_Q4_0: case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL:
+        mg_quantize_row_q8_0(x, dst, n);
+        return;
+    default: /* K-quants and IQ4_XS */
+        mg_quantize_row_q8_K(x, dst, n);
+        return;
+    }
+}
+
+/* ---- exported ---- */
+
+int mg_vec_dot(int type, int64_t n, const void *w, const void *act, float *out) {
+    const mg_dot_info *info = mg_dot_lookup(type);
+    if (!info) return MG_EUNSUPPORTED;
+    if (n <= 0 || n % info->blck) return MG_ESIZE;
+    mg_dot_kernel(info)(n, w, act, 0, 1, out);
+    return MG_OK;
+}
+
+size_t mg_act_bytes(int type, int64_t n) {
+    const mg_dot_info *info = mg_dot_lookup(type);
+    if (!info || n <= 0 || n % info->blck) return 0;
+    return mg_act_row_bytes(info, n);
+}
+
+int mg_quantize_act(int type, const float *x, void *dst, int64_t n) {
+    const mg_dot_info *info = mg_dot_lookup(type);
+    if (!info) return MG_EUNSUPPORTED;
+    if (n <= 0 || n % info->blck) return MG_ESIZE;
+    mg_act_quantize_row(type, x, dst, n);
+    return MG_OK;
+}

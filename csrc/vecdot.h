@@ -1,0 +1,43 @@
+/* vecdot.h - private interface between vecdot.c (dot-product kernels) and matmul.c (not exported to Python).
+ *
+ * A weight row of type `wtype` is multiplied with an activation row prepared by mg_act_quantize_row in the
+ * weight type's activation format:
+ *   F32/F16/BF16 weights        -> float32 activations (a plain copy),
+ *   Q4_0/Q5_0/Q8_0/IQ4_NL       -> Q8_0 blocks (mg_quantize_row_q8_0),
+ *   Q4_1/Q5_1                   -> mg_block_q8_1x: Q8_0 values with the scale as f32 and the block sum d*sum(q),
+ *   Q2_K..Q6_K, IQ4_XS          -> Q8_K blocks (mg_quantize_row_q8_K).
+ */
+#ifndef MOE_GGUF_VECDOT_H
+#define MOE_GGUF_VECDOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+/* the activation block for Q4_1/Q5_1 weights (40 bytes, 4-byte aligned) */
+typedef struct { float d; float s; int8_t qs[MG_QK]; } mg_block_q8_1x;
+
+/* s[t] = dot(weight row w, activation row a + t*a_stride) for t < nt; n elements.
+ * Each s[t] is computed with exactly the arithmetic of the single dot (nt == 1), so tiling never changes results. */
+typedef void (*mg_dot_fn)(int64_t n, const void *w, const void *a, size_t a_stride, int nt, float *s);
+
+typedef struct {
+    int blck;             /* elements per weight block */
+    size_t wbytes;        /* bytes per weight block */
+    int act_blck;         /* elements per activation block */
+    size_t act_bytes;     /* bytes per activation block */
+    mg_dot_fn ref;        /* plain C reference */
+    mg_dot_fn simd;       /* AVX2+FMA path, or NULL */
+} mg_dot_info;
+
+/* The table entry of a weight type, or NULL if the type has no dot product. */
+const mg_dot_info *mg_dot_lookup(int wtype);
+/* The kernel to use now (the SIMD one when mg_get_simd_level() >= 1 and it exists). */
+mg_dot_fn mg_dot_kernel(const mg_dot_info *info);
+/* Bytes of one activation row of n elements for weight type wtype (n a multiple of the block size). */
+size_t mg_act_row_bytes(const mg_dot_info *info, int64_t n);
+/* Converts one float32 row of n elements into the activation format of weight type wtype. */
+void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n);
+
+#endif
