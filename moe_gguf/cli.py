@@ -51,12 +51,9 @@ def _open(model: str, ctx_size: int, threads: int):  # -> (model, tokenizer)
 
 def _chat_ids(m, tok, messages: list[dict[str, str]]) -> list[int]:
     from .chat import ChatTemplate
+    from .generate import encode_chat
 
-    text = ChatTemplate.from_gguf(m.file).render(messages, add_generation_prompt=True)
-    ids = tok.encode(text, add_special=True, parse_special=True)
-    if len(ids) > 1 and ids[0] == ids[1] == tok.bos_id:  # the template wrote BOS itself
-        ids = ids[1:]
-    return ids
+    return encode_chat(tok, ChatTemplate.from_gguf(m.file), messages)
 
 
 def _stream(gen) -> str:
@@ -93,7 +90,7 @@ def run(
     """Generate text from a prompt, streaming it to stdout; speed statistics go to stderr."""
     import sys
 
-    from .generate import generate
+    from .generate import encode_text, generate
     from .sampling import SamplingParams
 
     try:
@@ -108,7 +105,7 @@ def run(
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             ids = _chat_ids(m, tok, msgs)
         else:
-            ids = tok.encode(prompt, add_special=True, parse_special=True)
+            ids = encode_text(tok, prompt)
         gen = generate(m, tok, ids, params, n_predict if n_predict >= 0 else m.n_ctx, stop=stop)
         try:
             _stream(gen)
@@ -181,6 +178,29 @@ def chat(
             sys.stdout.write("\n")
             sys.stdout.flush()
             history.append({"role": "assistant", "content": reply})
+    except _user_errors() as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Path to a .gguf model file.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless told otherwise).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' on /v1/*.")] = None,
+    ctx_size: Annotated[int, typer.Option("-c", "--ctx-size", help="Context size per slot (0 = the model's).")] = 4096,
+    threads: Annotated[int, typer.Option("-t", "--threads", help="CPU threads (0 = all cores).")] = 0,
+    parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences generated at once (each has its own KV cache).")] = 1,
+    queue: Annotated[int, typer.Option("--queue", help="Requests that may wait for a slot; beyond that: 503.")] = 64,
+) -> None:
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health) with a web chat at /."""
+    try:
+        from .server.app import serve as run_server
+
+        if parallel < 1 or queue < 0:
+            raise ValueError("--parallel must be >= 1 and --queue >= 0")
+        run_server(model, host=host, port=port, api_key=api_key, ctx_size=ctx_size, threads=threads,
+                   parallel=parallel, max_queue=queue)
     except _user_errors() as e:
         raise _fail(e) from None
 

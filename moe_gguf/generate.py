@@ -8,8 +8,10 @@ server rely on this).
 """
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,7 +27,10 @@ except ImportError:  # pragma: no cover - removed once moe_gguf.models exports i
         """The prompt (or prompt + generation) does not fit the model's context."""
 
 
-__all__ = ["Chunk", "Context", "ContextFullError", "Generation", "GenerationStats", "generate"]
+__all__ = [
+    "Chunk", "Context", "ContextFullError", "Generation", "GenerationStats", "Job", "QueueFullError", "Scheduler",
+    "encode_chat", "encode_text", "generate",
+]
 
 PROMPT_BATCH = 512  # prompt tokens per forward call: bounds the model's scratch memory for long prompts
 
@@ -113,6 +118,22 @@ class Context:
             self.cache.truncate(n)
             del self.tokens[n:]
         return n
+
+
+def encode_chat(tokenizer: Any, template: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` rendered by the chat `template` with the assistant's turn opened. Special tokens
+    written by the template are parsed; a BOS both written by the template and added by the tokenizer is kept once."""
+    text = template.render(list(messages), add_generation_prompt=True)
+    ids = tokenizer.encode(text, add_special=True, parse_special=True)
+    if len(ids) > 1 and ids[0] == ids[1] == tokenizer.bos_id:
+        ids = ids[1:]
+    return list(ids)
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a plain prompt as llama.cpp tokenizes one: BOS added when the model wants it, special
+    tokens written in the text parsed."""
+    return list(tokenizer.encode(text, add_special=True, parse_special=True))
 
 
 def _check_prompt(prompt_ids: Any, n_vocab: int) -> np.ndarray:
@@ -298,3 +319,173 @@ def generate(
     full context; the last chunk carries the finish reason and `Generation.stats` the timings.
     """
     return Generation(model, tokenizer, prompt_ids, params, max_tokens, stop, context)
+
+
+# ------------------------------------------------------------------------------------------------- scheduling
+class QueueFullError(RuntimeError):
+    """The scheduler's waiting queue is full; try again later."""
+
+
+class Job:
+    """One generation request for a `Scheduler`. `on_event` is called from the scheduler's thread with each
+    `Chunk` (the last one carries `finish_reason`; `stats` is set before it is delivered) or with an exception
+    (the job is then over). `cancel()` may be called from any thread; the job's slot is freed at the next step.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        max_tokens: int,
+        stop: Sequence[str] | None,
+        on_event: Callable[[Chunk | BaseException], None],
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.max_tokens = max_tokens
+        self.stop = stop
+        self.on_event = on_event
+        self.stats: GenerationStats | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+class Scheduler:
+    """Runs jobs on one model from a worker thread: up to `n_slots` sequences are active at once, each with its
+    own KV cache (`Context`), and take turns one token each (round robin); the rest wait in a FIFO queue of at
+    most `max_queue` jobs (`submit` raises QueueFullError beyond that). A new job goes to the free slot whose
+    cache shares the longest prefix with its prompt, so a continued conversation re-evaluates only new tokens.
+    """
+
+    def __init__(self, model: _Model, tokenizer: Any, n_slots: int = 1, max_queue: int = 64) -> None:
+        if n_slots < 1:
+            raise ValueError(f"n_slots must be >= 1, got {n_slots}")
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_queue = max_queue
+        self._contexts = [Context(model) for _ in range(n_slots)]
+        self._free = list(range(n_slots))
+        self._active: list[tuple[Job, Generation, int]] = []
+        self._waiting: deque[Job] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._contexts)
+
+    @property
+    def n_active(self) -> int:
+        return len(self._active)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> "Scheduler":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="moe-gguf-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self._stopping:
+                raise QueueFullError("the server is shutting down")
+            if len(self._waiting) >= self.max_queue and not (self._free and not self._waiting):
+                raise QueueFullError(
+                    f"the server is busy: {len(self._active)} requests running and {len(self._waiting)} waiting "
+                    f"(queue limit {self.max_queue}); retry later"
+                )
+            self._waiting.append(job)
+            self._cv.notify_all()
+
+    # ---- worker thread -------------------------------------------------------------------------------------
+    def _pick_slot(self, prompt: Sequence[int]) -> int:
+        best, best_n = self._free[0], -1
+        p = np.asarray(prompt, dtype=np.int64)
+        for s in self._free:
+            toks = self._contexts[s].tokens
+            n = min(len(toks), len(p))
+            if n:
+                diff = np.flatnonzero(np.asarray(toks[:n], dtype=np.int64) != p[:n])
+                n = int(diff[0]) if diff.size else n
+            if n > best_n:
+                best, best_n = s, n
+        self._free.remove(best)
+        return best
+
+    def _admit(self) -> None:
+        while self._free and self._waiting:
+            job = self._waiting.popleft()
+            if job.cancelled:
+                continue
+            slot = self._pick_slot(job.prompt_ids)
+            try:
+                gen = Generation(
+                    self.model, self.tokenizer, job.prompt_ids, job.params, job.max_tokens, job.stop,
+                    context=self._contexts[slot],
+                )
+            except Exception as e:  # bad request that slipped past the caller's checks
+                self._free.append(slot)
+                job.on_event(e)
+                continue
+            self._active.append((job, gen, slot))
+
+    def _finish(self, i: int) -> None:
+        _, gen, slot = self._active.pop(i)
+        gen.close()
+        self._free.append(slot)
+
+    def _loop(self) -> None:
+        i = 0
+        while True:
+            with self._cv:
+                self._admit()
+                while not self._active and not self._stopping:
+                    self._cv.wait()
+                    self._admit()
+                if self._stopping:
+                    for job, _, _ in self._active:
+                        job.on_event(QueueFullError("the server is shutting down"))
+                    for job in self._waiting:
+                        job.on_event(QueueFullError("the server is shutting down"))
+                    self._waiting.clear()
+                    while self._active:
+                        self._finish(0)
+                    return
+            if i >= len(self._active):
+                i = 0
+            job, gen, _ = self._active[i]
+            if job.cancelled:
+                self._finish(i)
+                continue
+            try:
+                chunk = next(gen)
+            except Exception as e:
+                self._finish(i)
+                job.on_event(e)
+                continue
+            if chunk.finish_reason is not None:
+                job.stats = gen.stats
+                self._finish(i)
+            else:
+                i += 1
+            job.on_event(chunk)
