@@ -31,6 +31,8 @@ def build_hf(
     norm_topk_prob: bool = False,
     routed_scaling_factor: float = 1.0,
     vocab: int = 256,
+    layer_scale: float = 0.35,
+    router_scale: float = 5.0,
 ) -> Any:
     """A tiny random model. Dims: hidden 64, 4 heads, nope 32 + rope 16, v 32, kv_lora 64, 8 experts (3 used),
     2 shared, first layer dense, so every row length is a multiple of 32 (Q8_0-able)."""
@@ -82,7 +84,6 @@ def build_hf(
     else:
         from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-        common.pop("num_key_value_heads")
         common.update(n_group=n_group or 1, topk_group=topk_group or 1, rope_interleave=True)
         cfg = DeepseekV3Config(**common)
         cls = DeepseekV3ForCausalLM
@@ -94,9 +95,11 @@ def build_hf(
             if p.ndim == 1:  # norms: around 1, not exactly 1
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith("mlp.gate.weight"):  # decisive routers that still spread over experts
-                p.copy_(torch.randn(p.shape, generator=g) * (0.6 / p.shape[1] ** 0.5) * 4)
-            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (router_scale / p.shape[1] ** 0.5))
+            elif "embed_tokens" in name or "lm_head" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p.shape[-1] ** 0.5))
+            else:  # layers: strong enough to matter, calm enough that Q8_0 noise does not snowball
+                p.copy_(torch.randn(p.shape, generator=g) * (layer_scale / p.shape[-1] ** 0.5))
         for name, buf in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(0.05 * torch.randn(buf.shape, generator=g))
@@ -113,6 +116,9 @@ def _q(arr: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationTy
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if qtype == "F32" or arr.ndim == 1 or arr.shape[-1] % 32:
         return arr, gguf.GGMLQuantizationType.F32
+    if qtype.endswith("_DEQ"):  # quantize then dequantize: the same numbers as the quantized file, stored F32
+        t = getattr(gguf.GGMLQuantizationType, qtype[: -len("_DEQ")])
+        return gguf.quants.dequantize(gguf.quants.quantize(arr, t), t).astype(np.float32), gguf.GGMLQuantizationType.F32
     if qtype == "F16":
         return arr.astype(np.float16), gguf.GGMLQuantizationType.F16
     t = getattr(gguf.GGMLQuantizationType, qtype)
