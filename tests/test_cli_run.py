@@ -130,3 +130,63 @@ def test_prompt_too_long_is_a_clean_error(fake: dict) -> None:
     fake["model"].n_ctx = 1
     r = runner.invoke(cli.app, ["run", "m.gguf", "-p", "hi"])
     assert r.exit_code == 1 and "context" in r.stderr and r.stderr.startswith("error: "), r.output
+
+
+# ------------------------------------------------------------------------------------------ end to end, real model
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    """A small random-weight deepseek2 GGUF with DeepSeek's real tokenizer (moe_gguf.synth's 'tiny' preset)."""
+    synth = pytest.importorskip("moe_gguf.synth", reason="moe_gguf.synth (the synthetic model writer) is missing")
+    vocab = shared_dir / "vocab" / "ggml-vocab-deepseek-llm.gguf"
+    out = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    synth.write_synth(out, preset="tiny", qtype="q8_0", vocab=vocab)
+    return out
+
+
+def greedy_reference(path: Path, prompt_ids: list[int], n: int) -> list[int]:
+    """Greedy continuation recomputed from scratch each step (a fresh cache, the whole sequence in one batch):
+    no KV-cache reuse, no sampler, no generate()."""
+    import numpy as np
+
+    from moe_gguf.models import load_model
+
+    m = load_model(path, n_ctx=256)
+    seq = list(prompt_ids)
+    for _ in range(n):
+        logits = m.forward(np.asarray(seq, dtype=np.int32), m.new_cache())
+        seq.append(int(np.argmax(logits)))
+    return seq[len(prompt_ids):]
+
+
+def test_run_end_to_end_on_a_tiny_model(tiny_gguf: Path) -> None:
+    from moe_gguf.generate import encode_text
+    from moe_gguf.models import load_model
+    from moe_gguf.tokenizer import Tokenizer
+
+    prompt = "The capital of France is"
+    tok = Tokenizer.from_gguf(load_model(tiny_gguf, n_ctx=256).file)
+    ids = encode_text(tok, prompt)
+    ref = greedy_reference(tiny_gguf, ids, 12)
+    eog = next((i for i, t in enumerate(ref) if tok.is_eog(t)), len(ref))
+    expected = tok.decode(ref[:eog], skip_special=True)
+    # a real process, as a user runs it
+    r = subprocess.run(
+        [sys.executable, "-m", "moe_gguf.cli", "run", str(tiny_gguf), "-p", prompt, "-n", "12", "--temp", "0", "-c", "256", "-t", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected + "\n"
+    assert "prompt:" in r.stderr and "tokens/s" in r.stderr
+
+
+def test_run_chat_and_errors_on_a_tiny_model(tiny_gguf: Path, tmp_path: Path) -> None:
+    r = runner.invoke(cli.app, ["run", str(tiny_gguf), "-p", "Hi!", "--chat", "-n", "4", "--seed", "3", "-c", "256"])
+    assert r.exit_code == 0, r.output
+    assert "generation: 4 tokens" in r.stderr or "generation:" in r.stderr
+    long_prompt = tmp_path / "long.txt"
+    long_prompt.write_text("word " * 400, encoding="utf-8")
+    r = runner.invoke(cli.app, ["run", str(tiny_gguf), "-f", str(long_prompt), "-c", "64"])
+    assert r.exit_code == 1 and "context" in r.stderr and r.stderr.startswith("error: "), r.output
+    r = runner.invoke(cli.app, ["chat", str(tiny_gguf), "-n", "3", "--temp", "0", "-c", "256"], input="Hello\nAgain\n")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("\n") == 2
