@@ -56,8 +56,9 @@ static float qx_fit(int n, int nmax, const float *x, const float *w, float iscal
     return sumlx;
 }
 
-/* "qx" search: L[i] in [0, 2*nmax), x ~ scale*(L - nmax).  w: weights (length n). */
-static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const float *w) {
+/* "qx" search: L[i] in [0, 2*nmax), x ~ scale*(L - nmax).  w: weights (length n).  search = 0: plain
+ * rounding with scale max/-nmax (the naive baseline). */
+static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const float *w, int search) {
     float amax;
     const float max = signed_absmax(x, n, &amax);
     if (amax < GROUP_MAX_EPS) {
@@ -67,6 +68,7 @@ static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, const fl
     float suml2;
     float iscale = -(float)nmax / max;
     float sumlx = qx_fit(n, nmax, x, w, iscale, L, &suml2);
+    if (!search) return 1.0f / iscale;
     float scale = suml2 > 0.0f ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
@@ -187,6 +189,13 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *w, ui
     return scale;
 }
 
+/* Candidate encodings of a block; the driver keeps the one with the smallest (imatrix-weighted) error. */
+enum {
+    MODE_REF = 0,   /* ggml's weighting (or the imatrix weighting) with its search */
+    MODE_FLAT = 1,  /* the same search with unit weights (plain squared error); skipped with an imatrix */
+    MODE_NAIVE = 2, /* no search: min/max (or max-magnitude) rounding, the baseline we must never lose to */
+};
+
 /* per-element weights of one super-block from the imatrix: qw * sqrt(sigma2 + x^2) */
 static void imatrix_weights(const float *x, const float *qw, int n, float *w) {
     float sumx2 = 0.0f;
@@ -197,17 +206,20 @@ static void imatrix_weights(const float *x, const float *qw, int n, float *w) {
 
 /* ------------------------------------------------------------------------------ Q2_K ----- */
 
-static void quant_q2_K(const float *x, uint8_t *y, const float *qw) {
+static void quant_q2_K(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_q2_K b;
     memset(&b, 0, sizeof(b));
     uint8_t L[MG_QK_K];
     float w[MG_QK_K], scales[16], mins[16];
     if (qw) imatrix_weights(x, qw, MG_QK_K, w);
-    else for (int i = 0; i < MG_QK_K; i++) w[i] = fabsf(x[i]);
+    else for (int i = 0; i < MG_QK_K; i++) w[i] = mode == MODE_REF ? fabsf(x[i]) : 1.0f;
+    /* ggml: |x| weights with absolute error; with an imatrix a finer, longer search on squared error */
+    const int nstep = mode == MODE_NAIVE ? -1 : (qw ? 36 : 15);
+    const float rmin = qw ? -0.9f : -0.5f, rdelta = qw ? 0.05f : 0.1f;
+    const bool mad = !qw && mode == MODE_REF;
     float max_scale = 0.0f, max_min = 0.0f;
     for (int j = 0; j < 16; j++) {
-        scales[j] = qw ? make_qkx_quants(16, 3, x + 16 * j, w + 16 * j, L + 16 * j, &mins[j], -0.9f, 0.05f, 36, false)
-                       : make_qkx_quants(16, 3, x + 16 * j, w + 16 * j, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
+        scales[j] = make_qkx_quants(16, 3, x + 16 * j, w + 16 * j, L + 16 * j, &mins[j], rmin, rdelta, nstep, mad);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -239,17 +251,18 @@ static void quant_q2_K(const float *x, uint8_t *y, const float *qw) {
 
 /* ------------------------------------------------------------------------------ Q3_K ----- */
 
-static void quant_q3_K(const float *x, uint8_t *y, const float *qw) {
+static void quant_q3_K(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_q3_K b;
     memset(&b, 0, sizeof(b));
     int8_t L[MG_QK_K];
     float scales[16];
     float w[MG_QK_K], sw[16];
     if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    else for (int i = 0; i < MG_QK_K; i++) w[i] = 1.0f;
     float amax = 0.0f, max_scale = 0.0f;
     for (int j = 0; j < 16; j++) {
-        if (qw) {
-            scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, w + 16 * j);
+        if (qw || mode != MODE_REF) {
+            scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, w + 16 * j, mode != MODE_NAIVE);
             sw[j] = 0.0f;
             for (int i = 0; i < 16; i++) sw[j] += w[16 * j + i];
         } else {
@@ -261,8 +274,8 @@ static void quant_q3_K(const float *x, uint8_t *y, const float *qw) {
     float d = 0.0f;
     if (amax > 0.0f) {
         int8_t Ls[16];
-        if (qw) { /* search the super-block scale too, weighting each sub-block by its total weight */
-            d = make_qx_quants(16, 32, scales, Ls, sw);
+        if (qw && mode != MODE_NAIVE) { /* search the super-block scale too, weighting sub-blocks by total weight */
+            d = make_qx_quants(16, 32, scales, Ls, sw, 1);
         } else {
             const float iscale = -32.0f / max_scale;
             for (int j = 0; j < 16; j++) Ls[j] = (int8_t)(clampi(mg_nearest_int(iscale * scales[j]), -32, 31) + 32);
@@ -314,8 +327,8 @@ static void pack_k4_scales(const uint8_t ls[8], const uint8_t lm[8], uint8_t s[1
 }
 
 /* shared Q4_K (nmax 15) / Q5_K (nmax 31) core: fills d, dmin, scales[12] and codes L[256] */
-static void quant_k45_core(const float *x, const float *qw, int nmax, uint16_t *d_out, uint16_t *dmin_out,
-                           uint8_t sc_out[12], uint8_t L[MG_QK_K]) {
+static void quant_k45_core(const float *x, const float *qw, int mode, int nmax, uint16_t *d_out,
+                           uint16_t *dmin_out, uint8_t sc_out[12], uint8_t L[MG_QK_K]) {
     float w[MG_QK_K], scales[8], mins[8];
     if (qw) {
         imatrix_weights(x, qw, MG_QK_K, w);
@@ -323,11 +336,11 @@ static void quant_k45_core(const float *x, const float *qw, int nmax, uint16_t *
         float sumx2 = 0.0f;
         for (int i = 0; i < MG_QK_K; i++) sumx2 += x[i] * x[i];
         const float av_x = sqrtf(sumx2 / (float)MG_QK_K);
-        for (int i = 0; i < MG_QK_K; i++) w[i] = av_x + fabsf(x[i]);
+        for (int i = 0; i < MG_QK_K; i++) w[i] = mode == MODE_REF ? av_x + fabsf(x[i]) : 1.0f;
     }
     const float rmin = qw ? -0.9f : (nmax == 15 ? -1.0f : -0.5f);
     const float rdelta = qw ? 0.05f : 0.1f;
-    const int nstep = qw ? 36 : (nmax == 15 ? 20 : 15);
+    const int nstep = mode == MODE_NAIVE ? -1 : (qw ? 36 : (nmax == 15 ? 20 : 15));
     float max_scale = 0.0f, max_min = 0.0f;
     for (int j = 0; j < 8; j++) {
         scales[j] = make_qkx_quants(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, &mins[j], rmin, rdelta, nstep, false);
@@ -354,19 +367,19 @@ static void quant_k45_core(const float *x, const float *qw, int nmax, uint16_t *
     }
 }
 
-static void quant_q4_K(const float *x, uint8_t *y, const float *qw) {
+static void quant_q4_K(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_q4_K b;
     uint8_t L[MG_QK_K];
-    quant_k45_core(x, qw, 15, &b.d, &b.dmin, b.scales, L);
+    quant_k45_core(x, qw, mode, 15, &b.d, &b.dmin, b.scales, L);
     for (int j = 0; j < MG_QK_K; j += 64)
         for (int l = 0; l < 32; l++) b.qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
     memcpy(y, &b, sizeof(b));
 }
 
-static void quant_q5_K(const float *x, uint8_t *y, const float *qw) {
+static void quant_q5_K(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_q5_K b;
     uint8_t L[MG_QK_K];
-    quant_k45_core(x, qw, 31, &b.d, &b.dmin, b.scales, L);
+    quant_k45_core(x, qw, mode, 31, &b.d, &b.dmin, b.scales, L);
     memset(b.qh, 0, sizeof(b.qh));
     for (int j = 0, c = 0; j < MG_QK_K; j += 64, c++) {
         for (int l = 0; l < 32; l++) {
@@ -380,16 +393,16 @@ static void quant_q5_K(const float *x, uint8_t *y, const float *qw) {
 
 /* ------------------------------------------------------------------------------ Q6_K ----- */
 
-static void quant_q6_K(const float *x, uint8_t *y, const float *qw) {
+static void quant_q6_K(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_q6_K b;
     memset(&b, 0, sizeof(b));
     int8_t L[MG_QK_K];
     float w[MG_QK_K], scales[16];
     if (qw) imatrix_weights(x, qw, MG_QK_K, w);
-    else for (int i = 0; i < MG_QK_K; i++) w[i] = x[i] * x[i];
+    else for (int i = 0; i < MG_QK_K; i++) w[i] = mode == MODE_REF ? x[i] * x[i] : 1.0f;
     float amax = 0.0f, max_scale = 0.0f;
     for (int j = 0; j < 16; j++) {
-        scales[j] = make_qx_quants(16, 32, x + 16 * j, L + 16 * j, w + 16 * j);
+        scales[j] = make_qx_quants(16, 32, x + 16 * j, L + 16 * j, w + 16 * j, mode != MODE_NAIVE);
         const float a = fabsf(scales[j]);
         if (a > amax) { amax = a; max_scale = scales[j]; }
     }
@@ -418,22 +431,34 @@ static void quant_q6_K(const float *x, uint8_t *y, const float *qw) {
 
 /* ------------------------------------------------------------------------------- IQ4 ----- */
 
-/* index of the grid value nearest to v (grid sorted ascending) */
+/* iq4_lo[i] = the largest k < 15 with grid[k] <= i - 127 (i = 0..240 covers grid[0]..grid[15]) */
+static const uint8_t iq4_lo[241] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5,
+    5, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9,
+    9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11,
+    11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12,
+    12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13,
+    14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14,
+    14, /* i = 240 (v just below 113, rounded up): keep lo + 1 in range */
+};
+
+/* index of the grid value nearest to v; a tie goes to the larger value */
 static inline int iq4_best_index(float v) {
     const int8_t *g = mg_kvalues_iq4nl;
-    if (v <= (float)g[0]) return 0;
+    if (!(v > (float)g[0])) return 0; /* also NaN */
     if (v >= (float)g[15]) return 15;
-    int lo = 0, hi = 15;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (v < (float)g[mid]) hi = mid;
-        else lo = mid;
-    }
-    return v - (float)g[lo] < (float)g[hi] - v ? lo : hi;
+    /* v + 127 is in (0, 240): truncation = floor, so g[lo] <= v < g[lo + 1], except when the addition rounds
+     * v up onto a grid value g[lo] > v; then v is within an ulp of g[lo] and lo is still the nearest. */
+    const int lo = iq4_lo[(int)(v + 127.0f)];
+    return v - (float)g[lo] < (float)g[lo + 1] - v ? lo : lo + 1;
 }
 
 /* best scale of one 32-block on the IQ4 grid (0 for an all-tiny block); L gets the codes for it */
-static float iq4_block_scale(const float *x, const float *w, uint8_t *L) {
+static float iq4_block_scale(const float *x, const float *w, uint8_t *L, int mode) {
     float amax;
     const float max = signed_absmax(x, 32, &amax);
     if (amax < GROUP_MAX_EPS) {
@@ -441,6 +466,10 @@ static float iq4_block_scale(const float *x, const float *w, uint8_t *L) {
         return 0.0f;
     }
     const float g0 = (float)mg_kvalues_iq4nl[0];
+    if (mode == MODE_NAIVE) { /* the value of largest magnitude maps onto grid[0] = -127 */
+        memset(L, 8, 32);
+        return max / g0;
+    }
     float d = -max / g0;
     float id = 1.0f / d;
     float sumqx = 0.0f, sumq2 = 0.0f;
@@ -469,14 +498,14 @@ static float iq4_block_scale(const float *x, const float *w, uint8_t *L) {
     return d;
 }
 
-static void iq4_weights(const float *x, const float *qw, int n, float *w) {
+static void iq4_weights(const float *x, const float *qw, int mode, int n, float *w) {
     if (qw) {
         float sumx2 = 0.0f;
         for (int i = 0; i < n; i++) sumx2 += x[i] * x[i];
         const float sigma2 = 2.0f * sumx2 / (float)n;
         for (int i = 0; i < n; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
     } else {
-        for (int i = 0; i < n; i++) w[i] = x[i] * x[i];
+        for (int i = 0; i < n; i++) w[i] = mode == MODE_REF ? x[i] * x[i] : 1.0f;
     }
 }
 
@@ -490,27 +519,27 @@ static void iq4_codes(const float *x, float dl, uint8_t *L) {
     for (int j = 0; j < 32; j++) L[j] = (uint8_t)iq4_best_index(idl * x[j]);
 }
 
-static void quant_iq4_nl(const float *x, uint8_t *y, const float *qw) {
+static void quant_iq4_nl(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_iq4_nl b;
     float w[32];
     uint8_t L[32];
-    iq4_weights(x, qw, 32, w);
-    const float d = iq4_block_scale(x, w, L);
+    iq4_weights(x, qw, mode, 32, w);
+    const float d = iq4_block_scale(x, w, L, mode);
     b.d = mg_f32_to_f16(d);
     iq4_codes(x, d, L);
     iq4_pack(L, 32, b.qs);
     memcpy(y, &b, sizeof(b));
 }
 
-static void quant_iq4_xs(const float *x, uint8_t *y, const float *qw) {
+static void quant_iq4_xs(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_iq4_xs b;
     memset(&b, 0, sizeof(b));
     float w[MG_QK_K], scales[8];
     uint8_t L[MG_QK_K];
-    iq4_weights(x, qw, MG_QK_K, w);
+    iq4_weights(x, qw, mode, MG_QK_K, w);
     float amax = 0.0f, max_scale = 0.0f;
     for (int ib = 0; ib < 8; ib++) {
-        scales[ib] = iq4_block_scale(x + 32 * ib, w + 32 * ib, L + 32 * ib);
+        scales[ib] = iq4_block_scale(x + 32 * ib, w + 32 * ib, L + 32 * ib, mode);
         const float a = fabsf(scales[ib]);
         if (a > amax) { amax = a; max_scale = scales[ib]; }
     }
@@ -530,8 +559,20 @@ static void quant_iq4_xs(const float *x, uint8_t *y, const float *qw) {
 
 /* ------------------------------------------------------------------------------ dispatch ----- */
 
+/* error of an encoded block against x: sum qw*(x - x')^2, or the plain squared error without an imatrix */
+static double block_err(int type, const uint8_t *blk, const float *x, const float *qw, int bs) {
+    float dec[MG_QK_K];
+    mg_dequantize_row(type, blk, dec, bs);
+    double e = 0.0;
+    for (int i = 0; i < bs; i++) {
+        const double diff = (double)dec[i] - (double)x[i];
+        e += (qw ? (double)qw[i] : 1.0) * diff * diff;
+    }
+    return e;
+}
+
 int mg_quantize_row_kq(int type, const float *x, void *vy, int64_t n, const float *imatrix) {
-    void (*fn)(const float *, uint8_t *, const float *);
+    void (*fn)(const float *, uint8_t *, const float *, int);
     int bs;
     switch (type) {
     case MG_Q2_K: fn = quant_q2_K; bs = MG_QK_K; break;
@@ -546,6 +587,22 @@ int mg_quantize_row_kq(int type, const float *x, void *vy, int64_t n, const floa
     if (n < 0 || n % bs != 0) return MG_ESIZE;
     const size_t bytes = mg_type_block_bytes(type);
     uint8_t *y = (uint8_t *)vy;
-    for (int64_t i = 0; i < n / bs; i++) fn(x + i * bs, y + (size_t)i * bytes, imatrix ? imatrix + i * bs : NULL);
+    uint8_t cand[sizeof(mg_block_q8_K)];
+    for (int64_t i = 0; i < n / bs; i++) {
+        const float *xb = x + i * bs;
+        const float *qw = imatrix ? imatrix + i * bs : NULL;
+        uint8_t *yb = y + (size_t)i * bytes;
+        fn(xb, yb, qw, MODE_REF);
+        double best = block_err(type, yb, xb, qw, bs);
+        for (int mode = MODE_FLAT; mode <= MODE_NAIVE; mode++) {
+            if (mode == MODE_FLAT && qw) continue;
+            fn(xb, cand, qw, mode);
+            const double e = block_err(type, cand, xb, qw, bs);
+            if (e < best) {
+                best = e;
+                memcpy(yb, cand, bytes);
+            }
+        }
+    }
     return MG_OK;
 }
