@@ -83,17 +83,20 @@ def free_port() -> int:
 
 
 class Server:
+    """A server process on a free loopback port: the fake-model app by default, or `argv` + ["--port", port]."""
+
     def __init__(self, n_ctx: int = 256, delay: float = 0.0, parallel: int = 1, queue: int = 16, key: str = KEY,
-                 eog: bool = True):
+                 eog: bool = True, argv: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, str(self.port), str(n_ctx), str(delay), str(parallel), str(queue), key, "1" if eog else "0"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 60
+        if argv is None:
+            argv = ["-c", LAUNCH, str(self.port), str(n_ctx), str(delay), str(parallel), str(queue), key, "1" if eog else "0"]
+        else:
+            argv = argv + ["--port", str(self.port)]
+        self.proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server died: {self.proc.stdout.read().decode()}")
@@ -103,7 +106,7 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.2)
         self.close()
-        raise RuntimeError("server did not start in 60 s")
+        raise RuntimeError("server did not start in 90 s")
 
     def client(self, **kw) -> "openai.OpenAI":
         return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", self.key or "none"), max_retries=0, **kw)
@@ -291,3 +294,34 @@ def test_concurrent_clients_all_get_exact_answers(server: Server) -> None:
     for t in threads:
         t.join(60)
     assert {i: out.get(i) for i in range(6)} == {i: expected(fake_encode(p), 10)[0] for i, p in enumerate(prompts)}
+
+
+# ------------------------------------------------------------------------------------------ end to end, real model
+from test_cli_run import greedy_reference, tiny_gguf  # noqa: E402,F401  (the fixture and the no-cache reference)
+
+
+def test_serve_end_to_end_on_a_tiny_model(tiny_gguf: Path) -> None:
+    from moe_gguf.chat import ChatTemplate
+    from moe_gguf.generate import encode_chat
+    from moe_gguf.gguf import GGUFFile
+    from moe_gguf.tokenizer import Tokenizer
+
+    f = GGUFFile(tiny_gguf)
+    tok = Tokenizer.from_gguf(f)
+    msgs = [{"role": "user", "content": "What is 2 + 2?"}]
+    ids = encode_chat(tok, ChatTemplate.from_gguf(f), msgs)
+    ref = greedy_reference(tiny_gguf, ids, 8)
+    eog = next((i for i, t in enumerate(ref) if tok.is_eog(t)), len(ref))
+    s = Server(argv=["-m", "moe_gguf.cli", "serve", str(tiny_gguf), "-c", "256", "-t", "1", "--api-key", KEY])
+    try:
+        c = s.client()
+        r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0)
+        assert r.choices[0].message.content == tok.decode(ref[:eog], skip_special=True)
+        assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == min(8, eog + 1)
+        streamed = "".join(x.choices[0].delta.content or "" for x in
+                           c.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0, stream=True))
+        assert streamed == r.choices[0].message.content
+        with pytest.raises(openai.BadRequestError, match="maximum context length"):
+            c.completions.create(model="tiny", prompt="word " * 400)
+    finally:
+        s.close()
