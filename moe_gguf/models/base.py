@@ -24,6 +24,12 @@ except Exception:  # pragma: no cover - depends on what is built
     _HAVE_MATMUL = False
 
 
+try:  # C dequantizer (moe_gguf/ops/quants.py) for embedding rows
+    from ..ops.quants import dequantize as _dequantize
+except Exception:  # pragma: no cover
+    _dequantize = None
+
+
 class ModelLoadError(ValueError):
     """A GGUF file cannot be used as a model: unknown architecture, missing or inconsistent metadata or tensors."""
 
@@ -135,7 +141,13 @@ class Weight:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` of a 2-D tensor as float32 (n, n_in): embedding lookup, dequantizing only those rows."""
-        return np.ascontiguousarray(self._dequant(self._view[ids]), dtype=np.float32)
+        raw = np.ascontiguousarray(self._view[ids])
+        if _dequantize is not None and self.ggml_type != GGMLType.F32:
+            try:
+                return _dequantize(raw, self.ggml_type, (len(ids), self.shape[-1]))
+            except (TypeError, ValueError):
+                pass  # a type the C dequantizer lacks: numpy below
+        return np.ascontiguousarray(self._dequant(raw), dtype=np.float32)
 
     def mm(self, x: np.ndarray) -> np.ndarray:
         """x (n_tok, n_in) float32 -> x @ W^T, (n_tok, n_out)."""
@@ -153,10 +165,18 @@ class Weight:
         return out
 
     def mm_id(self, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Expert-indexed product: x (n_tok, n_in), ids int32 (n_tok, k) -> (n_tok, k, n_out), row t uses experts ids[t]."""
+        """Expert-indexed product: ids int32 (n_tok, k); x (n_tok, n_in) shared by the k slots or (n_tok, k, n_in)
+        one row per slot -> (n_tok, k, n_out), y[t, s] = W[ids[t, s]] @ x[t(, s)]."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int32)
-        if len(self.shape) != 3 or x.ndim != 2 or x.shape[1] != self.shape[2] or ids.ndim != 2 or ids.shape[0] != x.shape[0]:
+        if (
+            len(self.shape) != 3
+            or x.ndim not in (2, 3)
+            or x.shape[-1] != self.shape[2]
+            or ids.ndim != 2
+            or x.shape[0] != ids.shape[0]
+            or (x.ndim == 3 and x.shape[1] != ids.shape[1])
+        ):
             raise ValueError(f"{self.name}: bad mm_id shapes weight {self.shape}, x {x.shape}, ids {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
             raise ValueError(f"{self.name}: expert id out of range [0, {self.shape[0]})")
@@ -167,7 +187,7 @@ class Weight:
         for e in np.unique(ids):  # group rows per expert: each expert's weights stream once per batch
             t, s = np.nonzero(ids == e)
             w = self._dequant(self._view[e])
-            out[t, s] = x[t] @ w.T
+            out[t, s] = (x[t] if x.ndim == 2 else x[t, s]) @ w.T
         return out
 
 

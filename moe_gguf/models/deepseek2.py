@@ -240,7 +240,7 @@ class DeepseekV2Model:
         self.output_norm = b.vector("output_norm.weight", D)
         self.output = b.weight("output.weight", (cfg.n_vocab, D)) if b.has("output.weight") else self.tok_embd
         self.layers = [self._bind_layer(b, il) for il in range(cfg.n_layer)]
-        self._head_ids = np.zeros((0, 1), dtype=np.int32)
+        self._head_ids = np.zeros((0, cfg.n_head), dtype=np.int32)
 
     def _bind_layer(self, b: TensorBinder, il: int) -> _Layer:
         cfg = self.config
@@ -342,11 +342,11 @@ class DeepseekV2Model:
 
     # ------------------------------------------------------------------------------------ layers
     def _heads(self, n: int) -> np.ndarray:
-        """ids (n*H, 1) = 0..H-1 repeated: per-head matrices driven through the expert-indexed matmul."""
+        """ids (n, H) = 0..H-1 per token: per-head matrices driven through the expert-indexed matmul."""
         H = self.config.n_head
-        if self._head_ids.shape[0] < n * H:
-            self._head_ids = np.tile(np.arange(H, dtype=np.int32), n).reshape(-1, 1)
-        return self._head_ids[: n * H]
+        if self._head_ids.shape[0] < n:
+            self._head_ids = np.tile(np.arange(H, dtype=np.int32), (max(n, 64), 1))
+        return self._head_ids[:n]
 
     def _attention(self, L: _Layer, h: np.ndarray, pos: np.ndarray, kv: np.ndarray, p0: int) -> np.ndarray:
         cfg = self.config
@@ -367,13 +367,13 @@ class DeepseekV2Model:
         else:
             qa = np.empty((n, H, C + R), dtype=np.float32)
             if L.wk_b is not None:  # q_abs_h = W_UK,h^T q_nope_h, one matmul per head
-                qa[:, :, :C] = L.wk_b.mm_id(q[:, :, :NP].reshape(n * H, NP), self._heads(n)).reshape(n, H, C)
+                qa[:, :, :C] = L.wk_b.mm_id(q[:, :, :NP], self._heads(n))
             else:
                 qa[:, :, :C] = np.einsum("thd,hdc->thc", q[:, :, :NP], L.uk)
             qa[:, :, C:] = q[:, :, NP:]
             o_lat = nn.latent_attention(qa, kv, p0, C, self.kq_scale)  # (n, H, C)
             if L.wv_b is not None:
-                o = L.wv_b.mm_id(o_lat.reshape(n * H, C), self._heads(n)).reshape(n, H * cfg.v_head)
+                o = L.wv_b.mm_id(o_lat, self._heads(n)).reshape(n, H * cfg.v_head)
             else:
                 o = np.einsum("thc,hvc->thv", o_lat, L.uv).reshape(n, H * cfg.v_head)
         return L.wo.mm(np.ascontiguousarray(o, dtype=np.float32))
@@ -404,7 +404,7 @@ class DeepseekV2Model:
             router, K, cfg.gating_func, L.probs_b, cfg.n_group, cfg.n_group_used, cfg.expert_weights_norm, cfg.expert_weights_scale
         )
         a = nn.silu_mul(L.gate_exps.mm_id(h, ids), L.up_exps.mm_id(h, ids))  # (n, K, F)
-        d = L.down_exps.mm_id(a.reshape(n * K, -1), ids.reshape(n * K, 1)).reshape(n, K, cfg.n_embd)
+        d = L.down_exps.mm_id(a, ids)  # (n, K, D): one input row per (token, slot)
         y = np.einsum("tk,tkd->td", w, d).astype(np.float32)
         if L.gate_sh is not None:
             y += L.down_sh.mm(nn.silu_mul(L.gate_sh.mm(h), L.up_sh.mm(h)))
