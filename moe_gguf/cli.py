@@ -20,6 +20,29 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def info(
+    path: Annotated[str, typer.Argument(help="Path to a .gguf file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (every metadata key, every tensor).")] = False,
+    no_tensors: Annotated[bool, typer.Option("--no-tensors", help="Leave out the per-tensor table.")] = False,
+) -> None:
+    """Summarize a GGUF file: architecture, hyperparameters, tokenizer, tensors and totals per type."""
+    from .gguf import GGUFError
+    from .inspect import info as render
+
+    try:
+        text = render(path, as_json=as_json, tensors=not no_tensors)
+    except GGUFError as e:
+        msg = str(e)
+        raise _fail(msg if path in msg else f"{path}: {msg}") from None
+    try:
+        typer.echo(text)
+    except BrokenPipeError:  # `moe-gguf info x.gguf | head`
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 
 # ---------------------------------------------------------------------------------------------- run / chat
 _SAMPLING_HELP = "Sampling (llama.cpp's flags and defaults)"
@@ -180,6 +203,60 @@ def chat(
             history.append({"role": "assistant", "content": reply})
     except _user_errors() as e:
         raise _fail(e) from None
+
+
+# ---------------------------------------------------------------------------------------------- synth / bench
+@app.command()
+def synth(
+    out: Annotated[str, typer.Argument(help="Output .gguf path.")],
+    arch: Annotated[str, typer.Option("--arch", help="Architecture (deepseek2).")] = "deepseek2",
+    preset: Annotated[str, typer.Option("--preset", help="Shape preset: v2-lite (DeepSeek-V2-Lite) or tiny.")] = "v2-lite",
+    qtype: Annotated[str, typer.Option("--type", help="q4_k_m (llama.cpp's mix), q8_0, f16 or f32.")] = "q4_k_m",
+    layers: Annotated[Optional[int], typer.Option("--layers", help="Fewer layers than the preset.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="RNG seed.")] = 0,
+    vocab: Annotated[Optional[str], typer.Option("--vocab", help="GGUF to copy the tokenizer from.")] = None,
+) -> None:
+    """Write a random-weight GGUF with a real model's exact shapes, metadata and quant mix (for benchmarks)."""
+    import sys
+
+    from .synth import write_synth
+
+    def progress(done: int, total: int) -> None:
+        sys.stderr.write(f"\r{done / 2**30:6.2f} / {total / 2**30:.2f} GiB")
+        sys.stderr.flush()
+
+    try:
+        r = write_synth(out, arch=arch, preset=preset, qtype=qtype, n_layers=layers, seed=seed, vocab=vocab,
+                        progress=progress if sys.stderr.isatty() else None)
+    except (*_user_errors(), RuntimeError) as e:
+        raise _fail(e) from None
+    mix = ", ".join(f"{k} x{v}" for k, v in sorted(r.type_counts.items()))
+    typer.echo(f"wrote {r.path}: {r.n_tensors} tensors ({mix}), {r.n_params / 1e9:.3f} B params, "
+               f"{r.n_bytes / 2**30:.2f} GiB in {r.seconds:.1f} s")
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="Path to a .gguf model file.")],
+    n_prompt: Annotated[int, typer.Option("-p", "--n-prompt", help="Prompt tokens for the pp test (0 = skip).")] = 512,
+    n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="Tokens for the tg test (0 = skip).")] = 128,
+    threads: Annotated[int, typer.Option("-t", "--threads", help="CPU threads.")] = 2,
+    repetitions: Annotated[int, typer.Option("-r", "--repetitions", help="Repetitions of each test.")] = 3,
+    no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up run.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Progress on stderr.")] = False,
+) -> None:
+    """llama-bench-style prompt-processing / generation speed, with the decode memory-bandwidth roofline."""
+    import json
+
+    from .bench import format_table, run_bench
+
+    try:
+        rep = run_bench(model, n_prompt=n_prompt, n_gen=n_gen, n_threads=threads, repetitions=repetitions,
+                        warmup=not no_warmup, log=(lambda s: typer.echo(s, err=True)) if verbose else None)
+    except _user_errors() as e:
+        raise _fail(e) from None
+    typer.echo(json.dumps(rep.to_json(), indent=2) if as_json else format_table(rep))
 
 
 @app.command()

@@ -14,15 +14,18 @@ Decisions where the spec leaves room:
 - bool values must be 0 or 1; arrays may nest up to MAX_NESTING levels; `general.alignment` must be a power of two;
   a tensor has 1..4 dimensions, each < 2**63, with a product < 2**63, a row length that is a multiple of its
   type's block size, an aligned offset, and data that lies inside the file and overlaps no other tensor.
-- numpy is imported only when needed (numeric arrays, tensor views): `GGUFFile(path, lazy_arrays=True)` parses a
-  file without it, leaving every array as an `ArrayRef` (decode it with `.array(key)`), which `moe-gguf info` uses.
+- numpy is imported only when needed (numeric and long string arrays, tensor views): `GGUFFile(path,
+  lazy_arrays=True)` parses a file without it, leaving every array as an `ArrayRef` (decode it with
+  `.array(key)`); `moe-gguf info` uses it.
 """
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import stat
 import struct
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -456,7 +459,7 @@ class GGUFFile:
                     apos,
                 )
             if lazy:
-                end = self._walk_strings_py(pos, count, key, 0, collect=False)[2]
+                end = self._skip_strings(pos, count, key)
                 return ArrayRef(etype, count, pos, end - pos), end, (ValueType.ARRAY, etype)
             strings, end = self._string_array(pos, count, key)
             return strings, end, (ValueType.ARRAY, etype)
@@ -522,6 +525,28 @@ class GGUFFile:
             pos += 8 + n
         return starts, lens, pos
 
+    def _skip_strings(self, pos: int, count: int, key: str) -> int:
+        """End of `count` strings at `pos`, stepped over with as little Python per string as possible: the length
+        at offset p is read as element p >> 3 of the file cast to u64 from byte p & 7. Any problem (a length past
+        the end) is then located and reported by the checked scan."""
+        start, size = pos, self.size
+        if sys.byteorder != "little":
+            return self._walk_strings_py(pos, count, key, 0, collect=False)[2]
+        mv = memoryview(self._mmap)  # type: ignore[arg-type]
+        views = [mv[k : k + (size - k) // 8 * 8].cast("Q") for k in range(8)]
+        try:
+            for _ in itertools.repeat(None, count):
+                pos += 8 + views[pos & 7][pos >> 3]
+        except IndexError:
+            pos = size + 1
+        finally:
+            for v in views:
+                v.release()
+            mv.release()
+        if pos > size:
+            self._walk_strings_py(start, count, key, 0, collect=False)  # raises with the exact place
+        return pos
+
     def _walk_strings_np(self, pos: int, count: int) -> tuple[list[Any], list[Any], int, int]:
         """Vectorised scan of length-prefixed strings. In a window of the file, every byte offset whose 8-byte
         little-endian value is below _VEC_LEN_LIMIT is a candidate length prefix. Starting from a known real prefix,
@@ -573,27 +598,32 @@ class GGUFFile:
             pos += q
         return starts, lens, pos, done
 
+    def _scan_strings(self, pos: int, count: int, key: str) -> tuple["np.ndarray", "np.ndarray", int]:
+        """Prefix offsets, lengths and end of `count` (>= _VEC_MIN_STRINGS) strings at `pos`, all checked."""
+        np = _np()
+        starts, lens, pos, done = self._walk_strings_np(pos, count)
+        if done < count:
+            s2, l2, pos = self._walk_strings_py(pos, count - done, key, done)
+            starts.append(np.asarray(s2, dtype=np.int64))
+            lens.append(np.asarray(l2, dtype=np.int64))
+        st = np.concatenate(starts)
+        ln = np.concatenate(lens)
+        if pos > self.size:  # the last string of a vectorised run ran past the end
+            last = int(st[-1])
+            raise GGUFError(
+                f"string {count - 1} of array {key!r} at offset {last}: length {int(ln[-1])} runs past the end of "
+                f"the file",
+                last,
+            )
+        return st, ln, pos
+
     def _string_array(self, pos: int, count: int, key: str) -> tuple[list[str], int]:
         if count < _VEC_MIN_STRINGS:
             starts_l, lens_l, end = self._walk_strings_py(pos, count, key, 0)
             mm = self._mmap
             return [mm[s + 8 : s + 8 + n].decode("utf-8", errors="replace") for s, n in zip(starts_l, lens_l)], end  # type: ignore[index]
-        np = _np()
-        first = pos
-        starts, lens, pos, done = self._walk_strings_np(pos, count)
-        if done < count:
-            s2, l2, pos, = self._walk_strings_py(pos, count - done, key, done)
-            starts.append(np.asarray(s2, dtype=np.int64))
-            lens.append(np.asarray(l2, dtype=np.int64))
-        end = pos
-        if end > self.size:  # the last vectorised string ran past the end
-            last = int(starts[-1][-1])
-            raise GGUFError(
-                f"string {count - 1} of array {key!r} at offset {last}: length runs past the end of the file", last
-            )
-        st = np.concatenate(starts)
-        ln = np.concatenate(lens)
-        return self._decode_strings(st, ln, first, end), end
+        st, ln, end = self._scan_strings(pos, count, key)
+        return self._decode_strings(st, ln, pos, end), end
 
     def _decode_strings(self, st: "np.ndarray", ln: "np.ndarray", first: int, end: int) -> list[str]:
         """Decode strings whose 8-byte length prefixes are at `st` (lengths `ln`), tiling [first, end), with one
