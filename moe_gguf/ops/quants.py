@@ -20,6 +20,9 @@ Edge rows (documented behaviour, tested in tests/test_quants.py):
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from moe_gguf._kernels import ffi, lib
@@ -109,13 +112,20 @@ def dequantize(data: np.ndarray, ggml_type: int | GGMLType, shape: tuple[int, ..
     return out
 
 
-def quantize(x: np.ndarray, ggml_type: int | GGMLType, imatrix: np.ndarray | None = None) -> np.ndarray:
+# below this many elements a tensor is quantized on the calling thread only
+_PARALLEL_MIN_ELEMS = 1 << 20
+
+
+def quantize(
+    x: np.ndarray, ggml_type: int | GGMLType, imatrix: np.ndarray | None = None, n_threads: int | None = None
+) -> np.ndarray:
     """Encode float32 rows (last axis = row) as ``ggml_type``; returns uint8 of shape (rows, row_bytes).
 
     ``imatrix``: optional per-column importance weights (float32, length = row length, finite, >= 0), used by
     the K-quant and IQ4 quantizers' scale searches.  Raises ValueError for NaN/inf or out-of-range input
     to a block format (see the module docstring), for a row length that is not a multiple of the block size,
-    and for unsupported types.
+    and for unsupported types.  Large tensors are split by rows over ``n_threads`` threads (default: the CPU
+    count; the C kernel runs without the GIL); the result does not depend on the thread count.
     """
     t = _as_type(ggml_type, SUPPORTED_QUANT, "quantization")
     if not isinstance(x, np.ndarray):
@@ -151,9 +161,25 @@ def quantize(x: np.ndarray, ggml_type: int | GGMLType, imatrix: np.ndarray | Non
         if t != GGMLType.Q8_K and amax > MAX_ABS:
             raise ValueError(f"|x| up to {amax:g} exceeds {MAX_ABS:g}, the range of {t.name}'s fp16 block scales")
     out = np.empty((nrows, rb), dtype=np.uint8)
-    if x.size:
-        rc = lib.mg_quantize_rows(
-            int(t), ffi.from_buffer("float[]", rows), ffi.from_buffer(out), nrows, n_per_row, imp
-        )
-        _check_rc(rc, t)
+    if not x.size:
+        return out
+    if n_threads is None:
+        n_threads = os.cpu_count() or 1
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, not {n_threads}")
+    n_threads = min(n_threads, nrows, max(1, x.size // _PARALLEL_MIN_ELEMS))
+
+    def run(r0: int, r1: int) -> int:
+        return int(lib.mg_quantize_rows(
+            int(t), ffi.from_buffer("float[]", rows[r0:r1]), ffi.from_buffer(out[r0:r1]), r1 - r0, n_per_row, imp
+        ))
+
+    if n_threads == 1:
+        _check_rc(run(0, nrows), t)
+    else:
+        bounds = np.linspace(0, nrows, n_threads + 1).astype(int)
+        with ThreadPoolExecutor(n_threads) as pool:
+            rcs = list(pool.map(run, bounds[:-1], bounds[1:]))
+        for rc in rcs:
+            _check_rc(rc, t)
     return out
