@@ -110,8 +110,9 @@ int mg_silu_mul(float *out, const float *g, const float *u, int64_t n);
 /* Causal attention of n_head query heads over ONE shared K/V head (MLA absorbed form).
  * q: n_tok x n_head x d_k.  kv: cache rows j = 0.., row j at kv + j*kv_stride; key = row[0:d_k],
  * value = row[0:d_v] (d_v <= d_k).  Query t sits at position n_kv0 + t and attends to rows 0..n_kv0+t.
- * out: n_tok x n_head x d_v = sum_j softmax_j(scale * q.key_j) * value_j. */
-int mg_latent_attention(float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
+ * out: n_tok x n_head x d_v = sum_j softmax_j(scale * q.key_j) * value_j.  Work is split over the pool's
+ * threads by token (prefill) or by head group (decode); pool may be NULL.  Same result for any thread count. */
+int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
                         const float *kv, int64_t kv_stride, int64_t n_kv0, float scale);
 /* Top-k MoE routing of n_tok rows of n_exp router logits.  gating 1 softmax, 2 sigmoid -> probs;
  * selection = probs + bias (bias may be NULL).  n_group > 1: only the n_group_used best groups of

@@ -169,34 +169,67 @@ int mg_silu_mul(float *out, const float *g, const float *u, int64_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------ latent attention */
-int mg_latent_attention(float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
+typedef struct {
+    float *out;
+    const float *q, *kv;
+    int64_t n_tok, n_head, d_k, d_v, kv_stride, n_kv0;
+    float scale;
+    int64_t n_hgroup, hg_size; /* heads are split into n_hgroup groups of hg_size (last may be short) */
+    dot_fn dot;
+    axpy_fn axpy;
+    int failed; /* set (by any thread) when scratch allocation fails */
+} attn_args;
+
+/* One work item: query token t, heads [h0, h1).  Each cache row is read once for all heads of the item. */
+static void attn_item(const attn_args *a, float *sc, int64_t t, int64_t h0, int64_t h1) {
+    int64_t n_kv = a->n_kv0 + t + 1, nh = h1 - h0;
+    const float *qt = a->q + (t * a->n_head + h0) * a->d_k;
+    float *ot = a->out + (t * a->n_head + h0) * a->d_v;
+    for (int64_t j = 0; j < n_kv; j++) {
+        const float *row = a->kv + j * a->kv_stride;
+        for (int64_t h = 0; h < nh; h++) sc[h * n_kv + j] = a->dot(qt + h * a->d_k, row, a->d_k) * a->scale;
+    }
+    for (int64_t h = 0; h < nh; h++) softmax_inplace(sc + h * n_kv, n_kv);
+    memset(ot, 0, sizeof(float) * (size_t)(nh * a->d_v));
+    for (int64_t j = 0; j < n_kv; j++) {
+        const float *row = a->kv + j * a->kv_stride;
+        for (int64_t h = 0; h < nh; h++) a->axpy(ot + h * a->d_v, sc[h * n_kv + j], row, a->d_v);
+    }
+}
+
+static void attn_task(void *arg, int ith, int nth) {
+    attn_args *a = arg;
+    int64_t n_items = a->n_tok * a->n_hgroup;
+    if (ith >= n_items) return;
+    float *sc = malloc(sizeof(float) * (size_t)(a->hg_size * (a->n_kv0 + a->n_tok)));
+    if (!sc) {
+        a->failed = 1; /* benign race: every writer stores 1 */
+        return;
+    }
+    /* interleaved items: later tokens attend to more rows, so striding balances the load */
+    for (int64_t it = ith; it < n_items; it += nth) {
+        int64_t t = it / a->n_hgroup, g = it % a->n_hgroup;
+        int64_t h0 = g * a->hg_size, h1 = h0 + a->hg_size < a->n_head ? h0 + a->hg_size : a->n_head;
+        attn_item(a, sc, t, h0, h1);
+    }
+    free(sc);
+}
+
+int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
                         const float *kv, int64_t kv_stride, int64_t n_kv0, float scale) {
     if (!out || !q || !kv || n_tok < 0 || n_head <= 0 || d_k <= 0 || d_v <= 0 || d_v > d_k || kv_stride < d_k || n_kv0 < 0)
         return MG_ESIZE;
-    int64_t n_kv_max = n_kv0 + n_tok;
-    if (n_kv_max <= 0) return MG_OK;
-    float *sc = malloc(sizeof(float) * (size_t)(n_head * n_kv_max));
-    if (!sc) return MG_ENOMEM;
-    dot_fn dot = pick_dot();
-    axpy_fn axpy = pick_axpy();
-    for (int64_t t = 0; t < n_tok; t++) {
-        int64_t n_kv = n_kv0 + t + 1;
-        const float *qt = q + t * n_head * d_k;
-        float *ot = out + t * n_head * d_v;
-        /* scores: each cache row is read once for all heads */
-        for (int64_t j = 0; j < n_kv; j++) {
-            const float *row = kv + j * kv_stride;
-            for (int64_t h = 0; h < n_head; h++) sc[h * n_kv + j] = dot(qt + h * d_k, row, d_k) * scale;
-        }
-        for (int64_t h = 0; h < n_head; h++) softmax_inplace(sc + h * n_kv, n_kv);
-        memset(ot, 0, sizeof(float) * (size_t)(n_head * d_v));
-        for (int64_t j = 0; j < n_kv; j++) {
-            const float *row = kv + j * kv_stride;
-            for (int64_t h = 0; h < n_head; h++) axpy(ot + h * d_v, sc[h * n_kv + j], row, d_v);
-        }
+    if (n_tok == 0) return MG_OK;
+    int nth = pool ? mg_pool_n_threads(pool) : 1;
+    attn_args a = {out, q, kv, n_tok, n_head, d_k, d_v, kv_stride, n_kv0, scale, 1, n_head, pick_dot(), pick_axpy(), 0};
+    if (n_tok < nth) { /* few tokens (decode): split the heads instead */
+        a.n_hgroup = nth < n_head ? nth : n_head;
+        a.hg_size = (n_head + a.n_hgroup - 1) / a.n_hgroup;
+        a.n_hgroup = (n_head + a.hg_size - 1) / a.hg_size;
     }
-    free(sc);
-    return MG_OK;
+    int64_t n_items = n_tok * a.n_hgroup;
+    mg_pool_run(pool, attn_task, &a, (int)(n_items < nth ? n_items : nth));
+    return a.failed ? MG_ENOMEM : MG_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ MoE routing */

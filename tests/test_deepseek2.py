@@ -25,6 +25,7 @@ from moe_gguf import _kernels  # noqa: E402
 from moe_gguf.models import SUPPORTED_ARCHITECTURES, ContextFullError, ModelLoadError, load_model  # noqa: E402
 from moe_gguf.models.base import yarn_inv_freq  # noqa: E402
 from moe_gguf.ops import nn  # noqa: E402
+from moe_gguf.ops.matmul import ThreadPool  # noqa: E402
 
 VOCAB = 256
 TOL = 1e-3  # relative to max |logit|
@@ -321,6 +322,9 @@ def test_softmax_silu_kernels():
     np.testing.assert_allclose(nn.silu_mul(g, u), g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-5, atol=1e-6)
 
 
+_POOLS = [ThreadPool(2), ThreadPool(3)]
+
+
 @given(n_tok=st.integers(1, 5), n_kv0=st.integers(0, 20), n_head=st.integers(1, 4), seed=st.integers(0, 10_000))
 @settings(max_examples=40)
 def test_latent_attention_kernel(n_tok, n_kv0, n_head, seed):
@@ -337,7 +341,10 @@ def test_latent_attention_kernel(n_tok, n_kv0, n_head, seed):
         ref[t] = p @ kv[: n_kv0 + t + 1, :d_v]
     for lvl in (0, 1):
         _kernels.lib.mg_set_simd_level(lvl)
-        np.testing.assert_allclose(nn.latent_attention(q, kv, n_kv0, d_v, 0.3), ref, rtol=1e-4, atol=1e-5)
+        single = nn.latent_attention(q, kv, n_kv0, d_v, 0.3)
+        np.testing.assert_allclose(single, ref, rtol=1e-4, atol=1e-5)
+        for pool in _POOLS:  # threads split tokens or head groups: bit-identical to one thread
+            np.testing.assert_array_equal(nn.latent_attention(q, kv, n_kv0, d_v, 0.3, pool), single)
     _kernels.lib.mg_set_simd_level(99)
 
 

@@ -371,7 +371,7 @@ class DeepseekV2Model:
             else:
                 qa[:, :, :C] = np.einsum("thd,hdc->thc", q[:, :, :NP], L.uk)
             qa[:, :, C:] = q[:, :, NP:]
-            o_lat = nn.latent_attention(qa, kv, p0, C, self.kq_scale)  # (n, H, C)
+            o_lat = nn.latent_attention(qa, kv, p0, C, self.kq_scale, self.pool)  # (n, H, C)
             if L.wv_b is not None:
                 o = L.wv_b.mm_id(o_lat, self._heads(n)).reshape(n, H * cfg.v_head)
             else:

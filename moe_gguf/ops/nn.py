@@ -5,6 +5,8 @@ reaches C; the C kernels know no architecture.  All tensors are float32.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 GATING_SOFTMAX = 1
@@ -139,11 +141,12 @@ def silu_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def latent_attention(q: np.ndarray, kv: np.ndarray, n_kv0: int, d_v: int, scale: float) -> np.ndarray:
+def latent_attention(q: np.ndarray, kv: np.ndarray, n_kv0: int, d_v: int, scale: float, pool: Any = None) -> np.ndarray:
     """Causal attention of many query heads over ONE shared key/value head (MLA's absorbed form, MQA-like).
 
     q (n_tok, n_head, d_k) float32; kv (n_ctx, d_k) rows of the cache: key = row[:d_k], value = row[:d_v].
     Query token i sits at position n_kv0 + i and sees rows 0 .. n_kv0 + i.  Returns (n_tok, n_head, d_v).
+    `pool` (a moe_gguf.ops.matmul.ThreadPool or None) spreads the work over its threads.
     """
     _f32(q, "q", 3)
     _f32(kv, "kv", 2)
@@ -165,9 +168,15 @@ def latent_attention(q: np.ndarray, kv: np.ndarray, n_kv0: int, d_v: int, scale:
         p = softmax(s.astype(np.float32))
         out[...] = np.einsum("thk,kd->thd", p, kv[:n_kv, :d_v])
         return out
-    rc = _lib.mg_latent_attention(
-        _ptr(out), _ptr(q), n_tok, n_head, d_k, d_v, _ptr(kv), kv.strides[0] // 4, n_kv0, float(scale)
-    )
+    args = (_ptr(out), _ptr(q), n_tok, n_head, d_k, d_v, _ptr(kv), kv.strides[0] // 4, n_kv0, float(scale))
+    if pool is None:
+        rc = _lib.mg_latent_attention(_ffi.NULL, *args)
+    else:
+        lock, ptr = getattr(pool, "_lock", None), getattr(pool, "_ptr", None)
+        if lock is None or ptr is None:
+            raise TypeError("pool must be an open moe_gguf.ops.matmul.ThreadPool or None")
+        with lock:  # the pool runs one job at a time
+            rc = _lib.mg_latent_attention(pool._ptr, *args)
     if rc != 0:
         raise ValueError(f"mg_latent_attention failed ({rc})")
     return out
