@@ -189,6 +189,68 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *w, ui
     return scale;
 }
 
+/* "qp" search for non-negative sub-block scales (or mins) x against one super-block scale, weighted by the
+ * sub-blocks' total importance qw: try iscale = (nmax + 0.1*k)/max, k = -4..4, by weighted squared error,
+ * then coordinate descent on the codes; L in [0, nmax].  Used on the imatrix path, as ggml does. */
+static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *qw) {
+    float max = 0.0f;
+    for (int i = 0; i < n; i++) if (x[i] > max) max = x[i];
+    if (max == 0.0f) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)nmax / max, best = 0.0f;
+    for (int is = -4; is <= 4; is++) {
+        const float isc = (0.1f * (float)is + (float)nmax) / max, sc = 1.0f / isc;
+        float mse = 0.0f;
+        for (int i = 0; i < n; i++) {
+            const float diff = x[i] - sc * (float)clampi(mg_nearest_int(isc * x[i]), 0, nmax);
+            mse += qw[i] * diff * diff;
+        }
+        if (is == -4 || mse < best) { best = mse; iscale = isc; }
+    }
+    float sumlx = 0.0f, suml2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(mg_nearest_int(iscale * x[i]), 0, nmax);
+        L[i] = (uint8_t)l;
+        sumlx += qw[i] * x[i] * (float)l;
+        suml2 += qw[i] * (float)(l * l);
+    }
+    for (int itry = 0; itry < 5; itry++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - qw[i] * x[i] * (float)L[i];
+            float sl2 = suml2 - qw[i] * (float)(L[i] * L[i]);
+            if (slx > 0.0f && sl2 > 0.0f) {
+                const int nl = clampi(mg_nearest_int(x[i] * sl2 / slx), 0, nmax);
+                if (nl != L[i]) {
+                    slx += qw[i] * x[i] * (float)nl;
+                    sl2 += qw[i] * (float)(nl * nl);
+                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (uint8_t)nl;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed++;
+                    }
+                }
+            }
+        }
+        if (!changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 1.0f / iscale;
+}
+
+/* Quantizes n non-negative sub-block scales (or mins) to L in [0, nmax] against one super-block scale, which
+ * is returned: the "qp" search when sw (sub-block weights) is given, else max/nmax with plain rounding. */
+static float quantize_block_scales(int n, int nmax, const float *v, uint8_t *L, const float *sw) {
+    if (sw) return make_qp_quants(n, nmax, v, L, sw);
+    float max = 0.0f;
+    for (int i = 0; i < n; i++) if (v[i] > max) max = v[i];
+    const float iscale = max > 0.0f ? (float)nmax / max : 0.0f;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)clampi(mg_nearest_int(iscale * v[i]), 0, nmax);
+    return max / (float)nmax;
+}
+
 /* Candidate encodings of a block; the driver keeps the one with the smallest (imatrix-weighted) error. */
 enum {
     MODE_REF = 0,   /* ggml's weighting (or the imatrix weighting) with its search */
@@ -196,11 +258,12 @@ enum {
     MODE_NAIVE = 2, /* no search: min/max (or max-magnitude) rounding, the baseline we must never lose to */
 };
 
-/* per-element weights of one super-block from the imatrix: qw * sqrt(sigma2 + x^2) */
-static void imatrix_weights(const float *x, const float *qw, int n, float *w) {
+/* per-element weights of one super-block from the imatrix: qw * sqrt(sigma2 + x^2), sigma2 = k * mean(x^2)
+ * (ggml uses k = 1 for Q2_K/Q6_K and k = 2 for Q3_K/Q4_K/Q5_K/IQ4) */
+static void imatrix_weights(const float *x, const float *qw, int n, float k, float *w) {
     float sumx2 = 0.0f;
     for (int i = 0; i < n; i++) sumx2 += x[i] * x[i];
-    const float sigma2 = sumx2 / (float)n;
+    const float sigma2 = k * sumx2 / (float)n;
     for (int i = 0; i < n; i++) w[i] = qw[i] * sqrtf(sigma2 + x[i] * x[i]);
 }
 
@@ -210,32 +273,23 @@ static void quant_q2_K(const float *x, uint8_t *y, const float *qw, int mode) {
     mg_block_q2_K b;
     memset(&b, 0, sizeof(b));
     uint8_t L[MG_QK_K];
-    float w[MG_QK_K], scales[16], mins[16];
-    if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    float w[MG_QK_K], scales[16], mins[16], sw[16];
+    if (qw) imatrix_weights(x, qw, MG_QK_K, 1.0f, w);
     else for (int i = 0; i < MG_QK_K; i++) w[i] = mode == MODE_REF ? fabsf(x[i]) : 1.0f;
     /* ggml: |x| weights with absolute error; with an imatrix a finer, longer search on squared error */
     const int nstep = mode == MODE_NAIVE ? -1 : (qw ? 36 : 15);
     const float rmin = qw ? -0.9f : -0.5f, rdelta = qw ? 0.05f : 0.1f;
     const bool mad = !qw && mode == MODE_REF;
-    float max_scale = 0.0f, max_min = 0.0f;
     for (int j = 0; j < 16; j++) {
         scales[j] = make_qkx_quants(16, 3, x + 16 * j, w + 16 * j, L + 16 * j, &mins[j], rmin, rdelta, nstep, mad);
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
+        sw[j] = 0.0f;
+        for (int i = 0; i < 16; i++) sw[j] += w[16 * j + i];
     }
-    float d = 0.0f, dmin = 0.0f;
-    if (max_scale > 0.0f) {
-        const float is = 15.0f / max_scale;
-        for (int j = 0; j < 16; j++) b.scales[j] = (uint8_t)clampi(mg_nearest_int(is * scales[j]), 0, 15);
-        d = max_scale / 15.0f;
-    }
-    if (max_min > 0.0f) {
-        const float im = 15.0f / max_min;
-        for (int j = 0; j < 16; j++) b.scales[j] |= (uint8_t)(clampi(mg_nearest_int(im * mins[j]), 0, 15) << 4);
-        dmin = max_min / 15.0f;
-    }
-    b.d = mg_f32_to_f16(d);
-    b.dmin = mg_f32_to_f16(dmin);
+    uint8_t ls[16], lm[16];
+    const float *qsw = qw && mode != MODE_NAIVE ? sw : NULL;
+    b.d = mg_f32_to_f16(quantize_block_scales(16, 15, scales, ls, qsw));
+    b.dmin = mg_f32_to_f16(quantize_block_scales(16, 15, mins, lm, qsw));
+    for (int j = 0; j < 16; j++) b.scales[j] = (uint8_t)(ls[j] | (lm[j] << 4));
     const float dr = mg_f16_to_f32(b.d), dminr = mg_f16_to_f32(b.dmin);
     for (int j = 0; j < 16; j++) {
         const float dl = dr * (float)(b.scales[j] & 15);
@@ -257,7 +311,7 @@ static void quant_q3_K(const float *x, uint8_t *y, const float *qw, int mode) {
     int8_t L[MG_QK_K];
     float scales[16];
     float w[MG_QK_K], sw[16];
-    if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    if (qw) imatrix_weights(x, qw, MG_QK_K, 2.0f, w);
     else for (int i = 0; i < MG_QK_K; i++) w[i] = 1.0f;
     float amax = 0.0f, max_scale = 0.0f;
     for (int j = 0; j < 16; j++) {
@@ -329,9 +383,9 @@ static void pack_k4_scales(const uint8_t ls[8], const uint8_t lm[8], uint8_t s[1
 /* shared Q4_K (nmax 15) / Q5_K (nmax 31) core: fills d, dmin, scales[12] and codes L[256] */
 static void quant_k45_core(const float *x, const float *qw, int mode, int nmax, uint16_t *d_out,
                            uint16_t *dmin_out, uint8_t sc_out[12], uint8_t L[MG_QK_K]) {
-    float w[MG_QK_K], scales[8], mins[8];
+    float w[MG_QK_K], scales[8], mins[8], sw[8];
     if (qw) {
-        imatrix_weights(x, qw, MG_QK_K, w);
+        imatrix_weights(x, qw, MG_QK_K, 2.0f, w);
     } else {
         float sumx2 = 0.0f;
         for (int i = 0; i < MG_QK_K; i++) sumx2 += x[i] * x[i];
@@ -341,23 +395,17 @@ static void quant_k45_core(const float *x, const float *qw, int mode, int nmax, 
     const float rmin = qw ? -0.9f : (nmax == 15 ? -1.0f : -0.5f);
     const float rdelta = qw ? 0.05f : 0.1f;
     const int nstep = mode == MODE_NAIVE ? -1 : (qw ? 36 : (nmax == 15 ? 20 : 15));
-    float max_scale = 0.0f, max_min = 0.0f;
     for (int j = 0; j < 8; j++) {
         scales[j] = make_qkx_quants(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, &mins[j], rmin, rdelta, nstep, false);
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
+        sw[j] = 0.0f;
+        for (int i = 0; i < 32; i++) sw[j] += w[32 * j + i];
     }
-    const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
-    const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
     uint8_t ls[8], lm[8];
-    for (int j = 0; j < 8; j++) {
-        ls[j] = (uint8_t)clampi(mg_nearest_int(inv_scale * scales[j]), 0, 63);
-        lm[j] = (uint8_t)clampi(mg_nearest_int(inv_min * mins[j]), 0, 63);
-    }
+    const float *qsw = qw && mode != MODE_NAIVE ? sw : NULL;
+    *d_out = mg_f32_to_f16(quantize_block_scales(8, 63, scales, ls, qsw));
+    *dmin_out = mg_f32_to_f16(quantize_block_scales(8, 63, mins, lm, qsw));
     memset(sc_out, 0, 12);
     pack_k4_scales(ls, lm, sc_out);
-    *d_out = mg_f32_to_f16(max_scale / 63.0f);
-    *dmin_out = mg_f32_to_f16(max_min / 63.0f);
     const float dr = mg_f16_to_f32(*d_out), dminr = mg_f16_to_f32(*dmin_out);
     for (int j = 0; j < 8; j++) {
         const float dl = dr * (float)ls[j];
@@ -398,7 +446,7 @@ static void quant_q6_K(const float *x, uint8_t *y, const float *qw, int mode) {
     memset(&b, 0, sizeof(b));
     int8_t L[MG_QK_K];
     float w[MG_QK_K], scales[16];
-    if (qw) imatrix_weights(x, qw, MG_QK_K, w);
+    if (qw) imatrix_weights(x, qw, MG_QK_K, 1.0f, w);
     else for (int i = 0; i < MG_QK_K; i++) w[i] = mode == MODE_REF ? x[i] * x[i] : 1.0f;
     float amax = 0.0f, max_scale = 0.0f;
     for (int j = 0; j < 16; j++) {
