@@ -103,6 +103,23 @@ def test_mixed_chunks_and_truncate(lite):
     assert _rel(model.forward(toks[:10], cache, all_logits=True), ref[:10]) < TOL
 
 
+def test_context_shift_one_layer_matches_transformers(tmp):
+    """With one layer the cache rows depend only on (token, position): after a shift the next logits must equal
+    transformers on the kept tokens alone."""
+    hf = build_hf(seed=8, n_layer=1)
+    model = load_model(write_gguf(hf, tmp / "one.gguf", "mla"), n_ctx=64)
+    a, b = _toks(60, seed=20), _toks(4, seed=21)
+    cache = model.new_cache()
+    model.forward(a, cache)
+    model.shift_cache(cache, 10, 20)
+    assert cache.n_past == 40
+    out = model.forward(b, cache, all_logits=True)
+    ref = hf_logits(hf, np.concatenate([a[:10], a[30:], b]))[-4:]
+    assert _rel(out, ref) < TOL
+    with pytest.raises(ValueError):
+        model.shift_cache(cache, 40, 5)
+
+
 @pytest.mark.parametrize("which", ["lite", "v2"])
 def test_mla_layouts_and_forms_agree(request, which):
     """attn_k_b/attn_v_b vs legacy attn_kv_b, absorbed vs naive decompressed: the same logits."""

@@ -307,6 +307,26 @@ class DeepseekV2Model:
         """One sequence's latent cache: n_ctx rows of [c_kv | k_pe] per layer."""
         return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width)
 
+    def shift_cache(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
+        """Context shift: drops cached positions [n_keep, n_keep + n_discard) and moves the later ones down.
+
+        Only k_pe (the last n_rot values of each cache row) depends on the position, so the moved rows are
+        re-rotated by -n_discard; c_kv stays as it is.  As in llama.cpp, the kept rows still carry what they
+        saw of the discarded tokens in deeper layers.  cache.n_past drops by n_discard."""
+        if not isinstance(cache, KVCache) or cache.width != self.config.cache_width or cache.n_layer != self.config.n_layer:
+            raise TypeError("cache must come from this model's new_cache()")
+        n_keep, n_discard = int(n_keep), int(n_discard)
+        if n_keep < 0 or n_discard <= 0 or n_keep + n_discard > cache.n_past:
+            raise ValueError(f"cannot discard {n_discard} positions after {n_keep} from a cache holding {cache.n_past}")
+        C = self.config.kv_lora_rank
+        src0, n_move = n_keep + n_discard, cache.n_past - n_keep - n_discard
+        if n_move:
+            cache.data[:, n_keep : n_keep + n_move] = cache.data[:, src0 : src0 + n_move]  # numpy copes with the overlap
+            pos = np.full(n_move, -n_discard, dtype=np.int32)
+            for il in range(cache.n_layer):
+                nn.rope_(cache.data[il, n_keep : n_keep + n_move, None, C:], pos, self.inv_freq, 1.0)
+        cache.n_past = n_keep + n_move
+
     def forward(self, tokens: Any, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Runs `tokens` (int array (n,)) at positions cache.n_past.. and advances the cache.
         Returns float32 logits (n, n_vocab) if all_logits else (n_vocab,) for the last token."""
