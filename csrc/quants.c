@@ -391,6 +391,84 @@ MG_TARGET_AVX2 static void deq_q6_K_avx2(const uint8_t *s, float *y, int64_t nb)
         }
     }
 }
+
+/* 32 lanes: 0xFF where bit `lane` of the 32-bit little-endian word at p is set */
+MG_TARGET_AVX2 static inline __m256i bits_to_bytes_32(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000LL, 0x0101010101010101LL, 0x0202020202020202LL,
+                                            0x0303030303030303LL);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)w), shuf);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL)); /* all bits but lane%8 set */
+    return _mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1));
+}
+
+/* Q4_1 (bits 4, affine), Q5_0 (bits 5), Q5_1 (bits 5, affine); same float ops as the scalar versions */
+MG_TARGET_AVX2 static void deq_legacy_avx2(const uint8_t *s, float *y, int64_t nb, int bits, int affine) {
+    const size_t bytes = (size_t)(2 + 2 * affine + (bits == 5 ? 4 : 0) + MG_QK / 2);
+    for (int64_t i = 0; i < nb; i++, s += bytes, y += MG_QK) {
+        const uint8_t *p = s + 2 + 2 * affine;
+        __m256i q;
+        if (bits == 5) {
+            q = _mm256_or_si256(unpack_nibbles_32(p + 4), _mm256_and_si256(bits_to_bytes_32(p), _mm256_set1_epi8(16)));
+        } else {
+            q = unpack_nibbles_32(p);
+        }
+        const __m256 d = _mm256_set1_ps(ld_f16(s));
+        if (affine) { /* d*q + m, written as d*q - (-m) (exact) */
+            store_u8x32_affine(q, d, _mm256_set1_ps(-ld_f16(s + 2)), y);
+        } else {
+            store_i8x32_scaled(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), d, y);
+        }
+    }
+}
+
+MG_TARGET_AVX2 static inline __m256i iq4_lookup_32(const uint8_t *qs) {
+    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)mg_kvalues_iq4nl));
+    return _mm256_shuffle_epi8(grid, unpack_nibbles_32(qs));
+}
+
+MG_TARGET_AVX2 static void deq_iq4_nl_avx2(const uint8_t *s, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_iq4_nl), y += MG_QK)
+        store_i8x32_scaled(iq4_lookup_32(s + 2), _mm256_set1_ps(ld_f16(s)), y);
+}
+
+MG_TARGET_AVX2 static void deq_iq4_xs_avx2(const uint8_t *s, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_iq4_xs)) {
+        const float d = ld_f16(s);
+        uint16_t sh;
+        memcpy(&sh, s + offsetof(mg_block_iq4_xs, scales_h), 2);
+        const uint8_t *sl = s + offsetof(mg_block_iq4_xs, scales_l);
+        const uint8_t *qs = s + offsetof(mg_block_iq4_xs, qs);
+        for (int ib = 0; ib < MG_QK_K / 32; ib++, qs += 16, y += 32) {
+            int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
+            store_i8x32_scaled(iq4_lookup_32(qs), _mm256_set1_ps(d * (float)(ls - 32)), y);
+        }
+    }
+}
+
+MG_TARGET_AVX2 static void deq_q5_K_avx2(const uint8_t *s, float *y, int64_t nb) {
+    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+    for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_q5_K)) {
+        const float d = ld_f16(s), dmin = ld_f16(s + 2);
+        const uint8_t *scales = s + offsetof(mg_block_q5_K, scales);
+        const __m256i hb = _mm256_loadu_si256((const __m256i *)(const void *)(s + offsetof(mg_block_q5_K, qh)));
+        const uint8_t *q = s + offsetof(mg_block_q5_K, qs);
+        for (int c = 0; c < 4; c++, q += 32, y += 64) {
+            int sc, m;
+            __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)q);
+            /* bit 2c (low nibbles) and 2c+1 (high nibbles) of qh, moved to bit 4 */
+            __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hb, 2 * c), 4), b16);
+            __m256i h2 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hb, 2 * c + 1), 4), b16);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(b, m4), h1);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), h2);
+            k4_scale_min(2 * c, scales, &sc, &m);
+            store_u8x32_affine(lo, _mm256_set1_ps(d * (float)sc), _mm256_set1_ps(dmin * (float)m), y);
+            k4_scale_min(2 * c + 1, scales, &sc, &m);
+            store_u8x32_affine(hi, _mm256_set1_ps(d * (float)sc), _mm256_set1_ps(dmin * (float)m), y + 32);
+        }
+    }
+}
 #endif /* MG_X86 */
 
 int mg_dequantize_row(int type, const void *src, float *dst, int64_t n) {
@@ -400,34 +478,39 @@ int mg_dequantize_row(int type, const void *src, float *dst, int64_t n) {
     const uint8_t *s = (const uint8_t *)src;
     const int64_t nb = n / bs;
 #if MG_X86
-    const int simd = mg_get_simd_level() >= 1;
-#else
-    const int simd = 0;
+    if (mg_get_simd_level() >= 1) {
+        switch (type) {
+        case MG_F16: deq_f16_avx2(s, dst, n); return MG_OK;
+        case MG_Q4_0: deq_q4_0_avx2(s, dst, nb); return MG_OK;
+        case MG_Q4_1: deq_legacy_avx2(s, dst, nb, 4, 1); return MG_OK;
+        case MG_Q5_0: deq_legacy_avx2(s, dst, nb, 5, 0); return MG_OK;
+        case MG_Q5_1: deq_legacy_avx2(s, dst, nb, 5, 1); return MG_OK;
+        case MG_Q8_0: deq_q8_0_avx2(s, dst, nb); return MG_OK;
+        case MG_Q4_K: deq_q4_K_avx2(s, dst, nb); return MG_OK;
+        case MG_Q5_K: deq_q5_K_avx2(s, dst, nb); return MG_OK;
+        case MG_Q6_K: deq_q6_K_avx2(s, dst, nb); return MG_OK;
+        case MG_IQ4_NL: deq_iq4_nl_avx2(s, dst, nb); return MG_OK;
+        case MG_IQ4_XS: deq_iq4_xs_avx2(s, dst, nb); return MG_OK;
+        default: break; /* the rest: scalar below */
+        }
+    }
 #endif
     switch (type) {
     case MG_F32: if (n) memcpy(dst, s, (size_t)n * 4); break;
+    case MG_F16: deq_f16(s, dst, n); break;
     case MG_BF16: deq_bf16(s, dst, n); break;
-#if MG_X86
-    case MG_F16: if (simd) deq_f16_avx2(s, dst, n); else deq_f16(s, dst, n); break;
-    case MG_Q4_0: if (simd) deq_q4_0_avx2(s, dst, nb); else deq_q4_0(s, dst, nb); break;
-    case MG_Q8_0: if (simd) deq_q8_0_avx2(s, dst, nb); else deq_q8_0(s, dst, nb); break;
-    case MG_Q4_K: if (simd) deq_q4_K_avx2(s, dst, nb); else deq_q45_K(s, dst, nb, 0); break;
-    case MG_Q6_K: if (simd) deq_q6_K_avx2(s, dst, nb); else deq_q6_K(s, dst, nb); break;
-#else
-    case MG_F16: (void)simd; deq_f16(s, dst, n); break;
     case MG_Q4_0: deq_q4_0(s, dst, nb); break;
-    case MG_Q8_0: deq_q8_0(s, dst, nb); break;
-    case MG_Q4_K: deq_q45_K(s, dst, nb, 0); break;
-    case MG_Q6_K: deq_q6_K(s, dst, nb); break;
-#endif
     case MG_Q4_1: deq_q4_1(s, dst, nb); break;
     case MG_Q5_0: deq_q5_0(s, dst, nb); break;
     case MG_Q5_1: deq_q5_1(s, dst, nb); break;
+    case MG_Q8_0: deq_q8_0(s, dst, nb); break;
     case MG_Q8_K: deq_q8_K(s, dst, nb); break;
     case MG_IQ4_NL: deq_iq4_nl(s, dst, nb); break;
     case MG_Q2_K: deq_q2_K(s, dst, nb); break;
     case MG_Q3_K: deq_q3_K(s, dst, nb); break;
+    case MG_Q4_K: deq_q45_K(s, dst, nb, 0); break;
     case MG_Q5_K: deq_q45_K(s, dst, nb, 1); break;
+    case MG_Q6_K: deq_q6_K(s, dst, nb); break;
     case MG_IQ4_XS: deq_iq4_xs(s, dst, nb); break;
     default: return MG_EUNSUPPORTED;
     }
