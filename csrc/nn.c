@@ -162,8 +162,45 @@ int mg_softmax_rows(float *x, int64_t n_rows, int64_t n) {
     return MG_OK;
 }
 
+#if MG_X86
+/* exp(x) for 8 floats: Cephes-style range reduction x = k ln2 + r and a degree-7 polynomial, ~2 ulp;
+ * inputs are clamped to [-87.3, 88.7] (results stay normal and finite). */
+MG_TARGET_AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+MG_TARGET_AVX2 static void silu_mul_avx2(float *out, const float *g, const float *u, int64_t n) {
+    int64_t i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 vg = _mm256_loadu_ps(g + i);
+        __m256 d = _mm256_add_ps(one, exp256(_mm256_sub_ps(zero, vg)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(vg, d), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+#endif
+
 int mg_silu_mul(float *out, const float *g, const float *u, int64_t n) {
     if (!out || !g || !u || n < 0) return MG_ESIZE;
+#if MG_X86
+    if (mg_get_simd_level() >= 1) {
+        silu_mul_avx2(out, g, u, n);
+        return MG_OK;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     return MG_OK;
 }

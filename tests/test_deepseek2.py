@@ -330,13 +330,15 @@ def test_rope_kernel_vs_complex_rotation():
         nn.rope_(got[:, :, 24:], pos[:3], inv)
 
 
-def test_softmax_silu_kernels():
+def test_softmax_silu_kernels(simd):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 33)).astype(np.float32) * 5
     e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
     np.testing.assert_allclose(nn.softmax(x), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
-    g, u = x, rng.standard_normal(x.shape).astype(np.float32)
-    np.testing.assert_allclose(nn.silu_mul(g, u), g / (1 + np.exp(-g.astype(np.float64))) * u, rtol=1e-5, atol=1e-6)
+    g = np.concatenate([x.ravel(), np.array([-200, -90, -87, -30, 0, 30, 87, 90, 200], np.float32)])
+    u = rng.standard_normal(g.shape).astype(np.float32)
+    g64 = g.astype(np.float64)
+    np.testing.assert_allclose(nn.silu_mul(g, u), g64 / (1 + np.exp(-g64)) * u, rtol=2e-6, atol=1e-30)
 
 
 _POOLS = [ThreadPool(2), ThreadPool(3)]
