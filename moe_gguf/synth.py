@@ -462,6 +462,9 @@ class _StreamWriter:
                 if progress is not None:
                     progress(written, total)
             w.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp made it 0600
             os.replace(self.tmp, self.path)
         finally:
             w.close()

@@ -327,3 +327,29 @@ def test_model_runs_on_synth_file(tiny_q8: Path, monkeypatch: pytest.MonkeyPatch
     if seen:
         used = np.unique(np.concatenate([s.ravel() for s in seen]))
         assert used.size >= 14, used  # of 16 experts
+
+
+LLAMA_BIN = Path(os.environ.get("LLAMA_CPP_BIN", "/work/scratch/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"))
+
+
+@pytest.mark.skipif(not (LLAMA_BIN / "llama-simple").exists(), reason="no llama.cpp build (set LLAMA_CPP_BIN)")
+def test_llama_cpp_reads_the_file_as_we_do(tiny_q8: Path) -> None:
+    """llama.cpp loads the synthetic file, and its greedy continuation equals ours (same tokens, compared as
+    ASCII text since partial UTF-8 pieces are printed differently)."""
+    import subprocess
+    import sys
+
+    prompt = "The capital of France is"
+    ref = subprocess.run([str(LLAMA_BIN / "llama-simple"), "-m", str(tiny_q8), "-n", "12", prompt],
+                         capture_output=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ours = subprocess.run([sys.executable, "-m", "moe_gguf.cli", "run", str(tiny_q8), "-p", prompt, "-n", "12",
+                           "--temp", "0", "-t", "2"], capture_output=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+
+    def ascii_text(b: bytes) -> str:
+        return "".join(c for c in b.decode("utf-8", "replace") if c.isascii()).strip()
+
+    ref_text = ascii_text(ref.stdout.split(prompt.encode(), 1)[1])
+    assert len(ref_text) > 5
+    assert ascii_text(ours.stdout) == ref_text
