@@ -19,7 +19,7 @@
 #include "vecdot.h"
 
 #define ROWS_PER_CHUNK 16
-#define TOK_TILE 32
+#define TOK_TILE 8
 #define MIN_MACS_PER_THREAD (1 << 18) /* below this, extra threads cost more to wake than they save */
 #define MIN_QUANT_PER_THREAD (1 << 15)
 
@@ -208,4 +208,57 @@ done:
     free(act_src);
     free(j.act);
     return rc;
+}
+
+/* ---- read bandwidth probe (for tools/bench_kernels.py) ---- */
+
+typedef struct {
+    const uint8_t *buf;
+    size_t n;
+    double part[256];
+} sum_job;
+
+#if MG_X86
+#include <immintrin.h>
+MG_TARGET_AVX2 static double sum_bytes_avx2(const uint8_t *p, size_t n) {
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) { /* sad against zero: 4 x u64 partial sums per 32 bytes */
+        acc0 = _mm256_add_epi64(acc0, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(const void *)(p + i)), _mm256_setzero_si256()));
+        acc1 = _mm256_add_epi64(acc1, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(const void *)(p + i + 32)), _mm256_setzero_si256()));
+    }
+    uint64_t t[4];
+    _mm256_storeu_si256((__m256i *)(void *)t, _mm256_add_epi64(acc0, acc1));
+    uint64_t s = t[0] + t[1] + t[2] + t[3];
+    for (; i < n; i++) s += p[i];
+    return (double)s;
+}
+#endif
+
+static double sum_bytes(const uint8_t *p, size_t n) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) return sum_bytes_avx2(p, n);
+#endif
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; i++) s += p[i];
+    return (double)s;
+}
+
+static void sum_task(void *arg, int ith, int nth) {
+    sum_job *j = arg;
+    size_t per = (j->n / (size_t)nth) & ~(size_t)63;
+    size_t a = per * (size_t)ith, b = ith == nth - 1 ? j->n : a + per;
+    j->part[ith] = sum_bytes(j->buf + a, b - a);
+}
+
+double mg_read_sum(mg_pool *pool, int n_threads, const void *buf, size_t nbytes) {
+    sum_job j;
+    j.buf = buf;
+    j.n = nbytes;
+    int nth = n_threads < 1 ? 1 : n_threads;
+    if (nth > mg_pool_n_threads(pool)) nth = mg_pool_n_threads(pool) > 0 ? mg_pool_n_threads(pool) : 1;
+    mg_pool_run(pool, sum_task, &j, nth);
+    double s = 0.0;
+    for (int i = 0; i < nth; i++) s += j.part[i];
+    return s;
 }

@@ -91,6 +91,9 @@ int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
  * y float32 [n_tok, k, n_out] with y[t, s] = W[ids[t, s]] x[t(, s)].  Each used expert's rows stream once. */
 int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64_t n_out, int64_t n_in,
                  const float *x, int x_per_slot, const int32_t *ids, int64_t n_tok, int64_t k, float *y);
+/* Sum of the nbytes bytes of buf read by n_threads threads of the pool (pool may be NULL): a memory read
+ * bandwidth probe for the benchmarks. */
+double mg_read_sum(mg_pool *pool, int n_threads, const void *buf, size_t nbytes);
 
 /* ------------------------------------------------------- neural-net ops ----- */
 /* [section owned by csrc/nn.c] */

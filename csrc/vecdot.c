@@ -322,6 +322,9 @@ static float ref_iq4_xs(int64_t n, const void *w, const void *a) {
  * ------------------------------------------------------------------------------------------------------ */
 #if MG_X86
 
+/* exact f16 -> f32 with the F16C instruction */
+MG_TARGET_AVX2 static inline float f16c(uint16_t h) { return _cvtsh_ss(h); }
+
 MG_TARGET_AVX2 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -418,74 +421,60 @@ MG_TARGET_AVX2 static float avx_bf16(int64_t n, const void *w, const void *a) {
     return s;
 }
 
-MG_TARGET_AVX2 static float avx_q4_0(int64_t n, const void *w, const void *a) {
-    const mg_block_q4_0 *x = w;
-    const mg_block_q8_0 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        __m256i qx = _mm256_sub_epi8(nibbles32(x[i].qs), _mm256_set1_epi8(8));
-        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(qx, load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
+/* One 32-element block of a Q8_0-partnered type: acc += d_w * d_a * sum(q_w * q_a) (and *summ += m_w * s_a
+ * for the types with a min).  AVX32_KERNEL runs the blocks with two independent accumulators. */
+#define AVX32_KERNEL(name, WT, AT, step)                                                     \
+    MG_TARGET_AVX2 static float name(int64_t n, const void *w, const void *a) {              \
+        const WT *x = w;                                                                     \
+        const AT *y = a;                                                                     \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                       \
+        float summ = 0.0f;                                                                   \
+        int64_t nb = n / MG_QK, i = 0;                                                       \
+        for (; i + 1 < nb; i += 2) {                                                         \
+            acc0 = step(&x[i], &y[i], acc0, &summ);                                          \
+            acc1 = step(&x[i + 1], &y[i + 1], acc1, &summ);                                  \
+        }                                                                                    \
+        if (i < nb) acc0 = step(&x[i], &y[i], acc0, &summ);                                  \
+        return hsum8(_mm256_add_ps(acc0, acc1)) + summ;                                      \
     }
-    return hsum8(acc);
+
+MG_TARGET_AVX2 static inline __m256 scaled_dot(__m256i qx, const int8_t *qy, float d, __m256 acc) {
+    /* Q8_0 activations never hold -128 (|q| <= 127), weights may: the activation goes first */
+    __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(load256(qy), qx));
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc);
 }
 
-MG_TARGET_AVX2 static float avx_q4_1(int64_t n, const void *w, const void *a) {
-    const mg_block_q4_1 *x = w;
-    const mg_block_q8_1x *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        __m256 p = _mm256_cvtepi32_ps(dot_u8_quads(nibbles32(x[i].qs), load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * y[i].d), p, acc);
-        summ += f16(x[i].m) * y[i].s;
-    }
-    return hsum8(acc) + summ;
+MG_TARGET_AVX2 static inline __m256 step_q4_0(const mg_block_q4_0 *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    __m256i qx = _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
+    return scaled_dot(qx, y->qs, f16c(x->d) * f16c(y->d), acc);
 }
 
-MG_TARGET_AVX2 static float avx_q5_0(int64_t n, const void *w, const void *a) {
-    const mg_block_q5_0 *x = w;
-    const mg_block_q8_0 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        /* q - 16 = nibble - 16 where the 5th bit is clear: set the high nibble there (0xF0 | v == v - 16) */
-        __m256i hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8((char)0xF0));
-        __m256i qx = _mm256_or_si256(nibbles32(x[i].qs), hi);
-        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(qx, load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
-    }
-    return hsum8(acc);
+MG_TARGET_AVX2 static inline __m256 step_q4_1(const mg_block_q4_1 *x, const mg_block_q8_1x *y, __m256 acc, float *summ) {
+    *summ += f16c(x->m) * y->s;
+    return scaled_dot(nibbles32(x->qs), y->qs, f16c(x->d) * y->d, acc);
 }
 
-MG_TARGET_AVX2 static float avx_q5_1(int64_t n, const void *w, const void *a) {
-    const mg_block_q5_1 *x = w;
-    const mg_block_q8_1x *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    float summ = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        __m256i hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-        __m256i qx = _mm256_or_si256(nibbles32(x[i].qs), hi);
-        __m256 p = _mm256_cvtepi32_ps(dot_u8_quads(qx, load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * y[i].d), p, acc);
-        summ += f16(x[i].m) * y[i].s;
-    }
-    return hsum8(acc) + summ;
+MG_TARGET_AVX2 static inline __m256 step_q5_0(const mg_block_q5_0 *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    uint32_t qh;
+    memcpy(&qh, x->qh, 4);
+    /* q - 16 = nibble - 16 where the 5th bit is clear: set the high nibble there (0xF0 | v == v - 16) */
+    __m256i hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8((char)0xF0));
+    return scaled_dot(_mm256_or_si256(nibbles32(x->qs), hi), y->qs, f16c(x->d) * f16c(y->d), acc);
 }
 
-MG_TARGET_AVX2 static float avx_q8_0(int64_t n, const void *w, const void *a) {
-    const mg_block_q8_0 *x = w;
-    const mg_block_q8_0 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        /* Q8_0 weights may hold -128; Q8_0 activations never do (|q| <= 127), so swap the roles */
-        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(load256(y[i].qs), load256(x[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
-    }
-    return hsum8(acc);
+MG_TARGET_AVX2 static inline __m256 step_q5_1(const mg_block_q5_1 *x, const mg_block_q8_1x *y, __m256 acc, float *summ) {
+    uint32_t qh;
+    memcpy(&qh, x->qh, 4);
+    __m256i hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+    *summ += f16c(x->m) * y->s;
+    return scaled_dot(_mm256_or_si256(nibbles32(x->qs), hi), y->qs, f16c(x->d) * y->d, acc);
+}
+
+MG_TARGET_AVX2 static inline __m256 step_q8_0(const mg_block_q8_0 *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    return scaled_dot(load256(x->qs), y->qs, f16c(x->d) * f16c(y->d), acc);
 }
 
 /* IQ4 code book lookup of 16 packed bytes -> 32 signed values (same order as nibbles32) */
@@ -497,16 +486,17 @@ MG_TARGET_AVX2 static inline __m256i iq4_values32(const uint8_t *p) {
     return _mm256_set_m128i(hi, lo);
 }
 
-MG_TARGET_AVX2 static float avx_iq4_nl(int64_t n, const void *w, const void *a) {
-    const mg_block_iq4_nl *x = w;
-    const mg_block_q8_0 *y = a;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(iq4_values32(x[i].qs), load256(y[i].qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[i].d) * f16(y[i].d)), p, acc);
-    }
-    return hsum8(acc);
+MG_TARGET_AVX2 static inline __m256 step_iq4_nl(const mg_block_iq4_nl *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    return scaled_dot(iq4_values32(x->qs), y->qs, f16c(x->d) * f16c(y->d), acc);
 }
+
+AVX32_KERNEL(avx_q4_0, mg_block_q4_0, mg_block_q8_0, step_q4_0)
+AVX32_KERNEL(avx_q4_1, mg_block_q4_1, mg_block_q8_1x, step_q4_1)
+AVX32_KERNEL(avx_q5_0, mg_block_q5_0, mg_block_q8_0, step_q5_0)
+AVX32_KERNEL(avx_q5_1, mg_block_q5_1, mg_block_q8_1x, step_q5_1)
+AVX32_KERNEL(avx_q8_0, mg_block_q8_0, mg_block_q8_0, step_q8_0)
+AVX32_KERNEL(avx_iq4_nl, mg_block_iq4_nl, mg_block_q8_0, step_iq4_nl)
 
 /* int16 scale pair for a 32-element chunk: lanes 0..7 (elements 0..15) get s0, lanes 8..15 get s1 */
 MG_TARGET_AVX2 static inline __m256i scale_pair(int s0, int s1) {
@@ -532,8 +522,8 @@ MG_TARGET_AVX2 static float avx_q2_K(int64_t n, const void *w, const void *a) {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(x[i].scales[g] & 15, x[i].scales[g + 1] & 15)));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
-        summs += y[i].d * f16(x[i].dmin) * (float)summ;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        summs += y[i].d * f16c(x[i].dmin) * (float)summ;
     }
     return hsum8(acc) - summs;
 }
@@ -559,65 +549,87 @@ MG_TARGET_AVX2 static float avx_q3_K(int64_t n, const void *w, const void *a) {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(sc[g], sc[g + 1])));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc);
+}
+
+MG_TARGET_AVX2 static inline float hsum4(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Q4_K / Q5_K super-block scales: returns the 8 six-bit scales as int16 in both 128-bit lanes, and adds
+ * dmin * sum_j min[j] * (bsums[2j] + bsums[2j+1]) to *acc_m (same unpacking as unpack_k4_scales). */
+MG_TARGET_AVX2 static inline __m256i k4_scales(const uint8_t *scales, const int16_t *bsums, float dmin, __m128 *acc_m) {
+    uint32_t u[3];
+    memcpy(u, scales, 12);
+    uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
+    uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+    uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+    __m256i v16 = _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
+    __m256i bs = load256(bsums);
+    __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
+    *acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), *acc_m);
+    return _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
+}
+
+/* int16 lane j of v (the same in both 128-bit lanes) broadcast to all 16 lanes */
+MG_TARGET_AVX2 static inline __m256i pick16(__m256i v, int j) {
+    return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * j) | ((2 * j + 1) << 8))));
+}
+
+/* sum over a 64-element chunk: sc_lo * (lo . y[0..32]) + sc_hi * (hi . y[32..64]), lo/hi unsigned <= 31 */
+MG_TARGET_AVX2 static inline __m256i k4_chunk(__m256i lo, __m256i hi, const int8_t *q8, __m256i sc, int c) {
+    __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(q8)), pick16(sc, 2 * c));
+    __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(q8 + 32)), pick16(sc, 2 * c + 1));
+    return _mm256_add_epi32(plo, phi);
 }
 
 MG_TARGET_AVX2 static float avx_q4_K(int64_t n, const void *w, const void *a) {
     const mg_block_q4_K *x = w;
     const mg_block_q8_K *y = a;
+    const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
+    __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int coef[16];
-        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
-        int summ = bsum_dot16(y[i].bsums, coef);
+        __m256i sc = k4_scales(x[i].scales, y[i].bsums, y[i].d * f16c(x[i].dmin), &acc_m);
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q4 = load256(x[i].qs + 32 * c);
-            __m256i lo = _mm256_and_si256(q4, _mm256_set1_epi8(15));
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), _mm256_set1_epi8(15));
-            __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c)), _mm256_set1_epi16(sc[2 * c]));
-            __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32)), _mm256_set1_epi16(sc[2 * c + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc, c));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
-        summs += y[i].d * f16(x[i].dmin) * (float)summ;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(acc) - summs;
+    return hsum8(acc) - hsum4(acc_m);
 }
 
 MG_TARGET_AVX2 static float avx_q5_K(int64_t n, const void *w, const void *a) {
     const mg_block_q5_K *x = w;
     const mg_block_q8_K *y = a;
+    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc = _mm256_setzero_ps();
-    float summs = 0.0f;
+    __m128 acc_m = _mm_setzero_ps();
     for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int coef[16];
-        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
-        int summ = bsum_dot16(y[i].bsums, coef);
+        __m256i sc = k4_scales(x[i].scales, y[i].bsums, y[i].d * f16c(x[i].dmin), &acc_m);
         __m256i hb = load256(x[i].qh);
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
+            /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> on the high half */
+            __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16);
+            __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16);
+            hb = _mm256_srli_epi16(hb, 2);
             __m256i q4 = load256(x[i].qs + 32 * c);
-            __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * c))), b1 = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
-            __m256i h0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b0), b0), _mm256_set1_epi8(16));
-            __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, b1), b1), _mm256_set1_epi8(16));
-            __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, _mm256_set1_epi8(15)), h0);
-            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), _mm256_set1_epi8(15)), h1);
-            __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[i].qs + 64 * c)), _mm256_set1_epi16(sc[2 * c]));
-            __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[i].qs + 64 * c + 32)), _mm256_set1_epi16(sc[2 * c + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, m4), h0);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), h1);
+            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc, c));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
-        summs += y[i].d * f16(x[i].dmin) * (float)summ;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(acc) - summs;
+    return hsum8(acc) - hsum4(acc_m);
 }
 
 MG_TARGET_AVX2 static float avx_q6_K(int64_t n, const void *w, const void *a) {
@@ -644,7 +656,7 @@ MG_TARGET_AVX2 static float avx_q6_K(int64_t n, const void *w, const void *a) {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(sc[2 * k], sc[2 * k + 1])));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc);
 }
@@ -652,14 +664,28 @@ MG_TARGET_AVX2 static float avx_q6_K(int64_t n, const void *w, const void *a) {
 MG_TARGET_AVX2 static float avx_iq4_xs(int64_t n, const void *w, const void *a) {
     const mg_block_iq4_xs *x = w;
     const mg_block_q8_K *y = a;
+    const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)mg_kvalues_iq4nl));
+    const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        uint16_t sh;
+        uint32_t sl;
+        memcpy(&sh, &x[i].scales_h, 2);
+        memcpy(&sl, x[i].scales_l, 4);
         __m256i sumi = _mm256_setzero_si256();
-        for (int ib = 0; ib < 8; ib++) {
-            __m256i p16 = dot_i8_pairs16(iq4_values32(x[i].qs + 16 * ib), load256(y[i].qs + 32 * ib));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, _mm256_set1_epi16((short)iq4xs_scale(&x[i], ib))));
+        for (int p = 0; p < 4; p++) { /* sub-blocks 2p (low lane) and 2p+1 (high lane) together */
+            int ls0 = (int)(((sl >> (8 * p)) & 15) | (((sh >> (4 * p)) & 3) << 4)) - 32;
+            int ls1 = (int)(((sl >> (8 * p + 4)) & 15) | (((sh >> (4 * p + 2)) & 3) << 4)) - 32;
+            __m256i b = load256(x[i].qs + 32 * p);
+            __m256i qlo = _mm256_shuffle_epi8(kv, _mm256_and_si256(b, m4));                        /* elements 0..15 */
+            __m256i qhi = _mm256_shuffle_epi8(kv, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4)); /* 16..31 */
+            __m256i y0 = load256(y[i].qs + 64 * p), y1 = load256(y[i].qs + 64 * p + 32);
+            __m256i ylo = _mm256_permute2x128_si256(y0, y1, 0x20), yhi = _mm256_permute2x128_si256(y0, y1, 0x31);
+            __m256i sc = scale_pair(ls0, ls1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot_i8_pairs16(qlo, ylo), sc));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot_i8_pairs16(qhi, yhi), sc));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum8(acc);
 }
