@@ -325,3 +325,59 @@ def test_serve_end_to_end_on_a_tiny_model(tiny_gguf: Path) -> None:
             c.completions.create(model="tiny", prompt="word " * 400)
     finally:
         s.close()
+
+
+# ------------------------------------------------------------------------------------------ the web page, in a browser
+@pytest.mark.slow
+def test_web_chat_in_headless_chromium(server: Server) -> None:
+    import shutil
+
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        pytest.skip("needs selenium (pip install selenium) and Debian's chromium + chromium-driver")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if not browser or not driver_bin:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        d.get(server.url + "/")
+        # record what the page sends, to check that it keeps the conversation
+        d.execute_script(
+            "window.__bodies = []; const f = window.fetch;"
+            "window.fetch = (u, o) => { if (o && o.body) window.__bodies.push(JSON.parse(o.body)); return f(u, o); };"
+        )
+        d.find_element(By.ID, "key").send_keys(KEY)
+        d.find_element(By.ID, "temp").clear()
+        d.find_element(By.ID, "temp").send_keys("0")
+        conv: list[dict] = []
+        for turn, text in enumerate(["hello browser", "and again"]):
+            d.find_element(By.ID, "input").send_keys(text, Keys.ENTER)
+            WebDriverWait(d, 30).until(
+                lambda drv: len(drv.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-done='1']")) == turn + 1
+            )
+            assert not d.find_elements(By.CSS_SELECTOR, ".msg.error")
+            conv.append({"role": "user", "content": text})
+            want, _, _ = expected(chat_ids(conv), 256 - len(chat_ids(conv)))  # the page sends no max_tokens
+            got = d.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")[turn].text
+            assert got == want.strip() or got == want  # innerText trims trailing whitespace
+            conv.append({"role": "assistant", "content": want})
+            sent = d.execute_script("return window.__bodies")[-1]
+            assert sent["stream"] is True and sent["messages"] == conv[:-1]
+        # a wrong key shows the server's message instead of a reply
+        d.find_element(By.ID, "key").clear()
+        d.find_element(By.ID, "key").send_keys("nope")
+        d.find_element(By.ID, "input").send_keys("x", Keys.ENTER)
+        WebDriverWait(d, 30).until(lambda drv: drv.find_elements(By.CSS_SELECTOR, ".msg.error"))
+        assert "API key" in d.find_element(By.CSS_SELECTOR, ".msg.error .text").text
+    finally:
+        d.quit()
