@@ -261,16 +261,20 @@ static void deq_q6_K(const uint8_t *s, float *y, int64_t nb) {
     }
 }
 
+/* signed 6-bit scale (ls - 32) of sub-block ib of the IQ4_XS block at s */
+static inline int iq4xs_sub_scale(const uint8_t *s, int ib) {
+    uint16_t sh;
+    memcpy(&sh, s + offsetof(mg_block_iq4_xs, scales_h), 2);
+    const uint8_t *sl = s + offsetof(mg_block_iq4_xs, scales_l);
+    return (((sl[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)) - 32;
+}
+
 static void deq_iq4_xs(const uint8_t *s, float *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_iq4_xs)) {
         const float d = ld_f16(s);
-        uint16_t sh;
-        memcpy(&sh, s + offsetof(mg_block_iq4_xs, scales_h), 2);
-        const uint8_t *sl = s + offsetof(mg_block_iq4_xs, scales_l);
         const uint8_t *qs = s + offsetof(mg_block_iq4_xs, qs);
         for (int ib = 0; ib < MG_QK_K / 32; ib++, qs += 16, y += 32) {
-            int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
-            const float dl = d * (float)(ls - 32);
+            const float dl = d * (float)iq4xs_sub_scale(s, ib);
             for (int j = 0; j < 16; j++) {
                 y[j] = dl * (float)mg_kvalues_iq4nl[qs[j] & 15];
                 y[j + 16] = dl * (float)mg_kvalues_iq4nl[qs[j] >> 4];
@@ -436,14 +440,9 @@ MG_TARGET_AVX2 static void deq_iq4_nl_avx2(const uint8_t *s, float *y, int64_t n
 MG_TARGET_AVX2 static void deq_iq4_xs_avx2(const uint8_t *s, float *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_iq4_xs)) {
         const float d = ld_f16(s);
-        uint16_t sh;
-        memcpy(&sh, s + offsetof(mg_block_iq4_xs, scales_h), 2);
-        const uint8_t *sl = s + offsetof(mg_block_iq4_xs, scales_l);
         const uint8_t *qs = s + offsetof(mg_block_iq4_xs, qs);
-        for (int ib = 0; ib < MG_QK_K / 32; ib++, qs += 16, y += 32) {
-            int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
-            store_i8x32_scaled(iq4_lookup_32(qs), _mm256_set1_ps(d * (float)(ls - 32)), y);
-        }
+        for (int ib = 0; ib < MG_QK_K / 32; ib++, qs += 16, y += 32)
+            store_i8x32_scaled(iq4_lookup_32(qs), _mm256_set1_ps(d * (float)iq4xs_sub_scale(s, ib)), y);
     }
 }
 
