@@ -235,7 +235,8 @@ class GGUFWriter:
         try:
             self._file.write(header)
             self._pos = len(header)
-            self._write_padding()
+            if self._order:  # a file without tensors ends right after its header, as llama.cpp writes it
+                self._write_padding()
             self._data_pos = self._pos
         except BaseException:
             self.abort()
@@ -524,33 +525,39 @@ def _encode_value(value: Any, spec: tuple[int, ...], key: str, out: list[bytes],
 
 
 def _encode_numbers(values: Any, t: int, key: str, scalar: bool = False) -> bytes:
+    """Little-endian bytes of numbers of value type `t`, after checking their kind and range."""
     what = "value" if scalar else "array elements"
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{key!r}: {what} must be a flat sequence, got shape {arr.shape}")
-    if arr.size == 0:
-        return b""
-    if t == ValueType.BOOL:
-        if arr.dtype != np.bool_:
-            if arr.dtype.kind not in "iub" or not np.isin(arr, (0, 1)).all():
+    name = VALUE_TYPE_NAMES[t]
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise ValueError(f"{key!r}: {what} must be a flat sequence, got shape {values.shape}")
+        kind = values.dtype.kind
+        if t == ValueType.BOOL:
+            if kind != "b" and not (kind in "iu" and np.isin(values, (0, 1)).all()):
                 raise TypeError(f"{key!r}: BOOL {what} must be bools (or 0/1)")
-        return arr.astype(np.uint8).tobytes()
-    if t in (ValueType.FLOAT32, ValueType.FLOAT64):
-        if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
-            raise TypeError(f"{key!r}: {VALUE_TYPE_NAMES[t]} {what} must be numbers, got {arr.dtype}")
-        return arr.astype(_DTYPE[t]).tobytes()
-    lo, hi = _INT_RANGES[t]
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise TypeError(f"{key!r}: {VALUE_TYPE_NAMES[t]} {what} must be integers")
-    elif arr.dtype.kind == "O":
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.tolist()):
-            raise TypeError(f"{key!r}: {VALUE_TYPE_NAMES[t]} {what} must be integers")
-        if any(v < lo or v > hi for v in arr.tolist()):
-            raise ValueError(f"{key!r}: {what} out of range for {VALUE_TYPE_NAMES[t]} [{lo}, {hi}]")
-        return np.array(arr.tolist(), dtype=_DTYPE[t]).tobytes()
-    elif arr.dtype.kind not in "iu":
-        raise TypeError(f"{key!r}: {VALUE_TYPE_NAMES[t]} {what} must be integers, got {arr.dtype}")
-    if arr.min() < lo or arr.max() > hi:
-        raise ValueError(f"{key!r}: {what} out of range for {VALUE_TYPE_NAMES[t]} [{lo}, {hi}]")
-    return arr.astype(_DTYPE[t]).tobytes()
+        elif t in (ValueType.FLOAT32, ValueType.FLOAT64):
+            if kind not in "iuf":
+                raise TypeError(f"{key!r}: {name} {what} must be numbers, got {values.dtype}")
+        else:
+            if kind not in "iu":
+                raise TypeError(f"{key!r}: {name} {what} must be integers, got {values.dtype}")
+            lo, hi = _INT_RANGES[t]
+            if values.size and (int(values.min()) < lo or int(values.max()) > hi):
+                raise ValueError(f"{key!r}: {what} out of range for {name} [{lo}, {hi}]")
+        return values.astype(_DTYPE[t]).tobytes()
+    vals = list(values)
+    if t == ValueType.BOOL:
+        if not all(isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)) for v in vals):
+            raise TypeError(f"{key!r}: BOOL {what} must be bools (or 0/1)")
+    elif t in (ValueType.FLOAT32, ValueType.FLOAT64):
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   for v in vals):
+            raise TypeError(f"{key!r}: {name} {what} must be numbers")
+    else:
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in vals):
+            raise TypeError(f"{key!r}: {name} {what} must be integers")
+        lo, hi = _INT_RANGES[t]
+        if any(v < lo or v > hi for v in vals):
+            raise ValueError(f"{key!r}: {what} out of range for {name} [{lo}, {hi}]")
+        vals = [int(v) for v in vals]
+    return np.array(vals, dtype=_DTYPE[t]).tobytes()
