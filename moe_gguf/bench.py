@@ -80,6 +80,7 @@ class BenchReport:
     load_seconds: float
     rss_after_load: int  # VmRSS right after loading (bytes)
     rss_anon_after_bench: int  # private (anonymous) memory after the tests: KV cache, scratch, Python
+    machine: str = ""  # CPU count and load average when the tests started (other load skews the numbers)
     tests: list[TestResult] = field(default_factory=list)
     roofline: Roofline | None = None
 
@@ -234,6 +235,7 @@ def run_bench(
         if n_gen:
             _time_tg(model, rng.integers(0, n_vocab, 1, dtype=np.int32))
 
+    machine = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     tests: list[TestResult] = []
     for name, n_p, n_g in (("pp", n_prompt, 0), ("tg", 0, n_gen)):
         n = n_p or n_g
@@ -263,6 +265,7 @@ def run_bench(
         load_seconds=load_s,
         rss_after_load=rss_load,
         rss_anon_after_bench=rss_anon,
+        machine=machine,
         tests=tests,
         roofline=roof,
     )
@@ -303,7 +306,7 @@ def format_table(rep: BenchReport) -> str:
         if r.fraction is not None:
             out.append(f"  tg at {100 * r.fraction:.1f}% of the roofline")
     out.append(f"load {rep.load_seconds:.2f} s, RSS after load {_size(rep.rss_after_load)}, "
-               f"private memory after the tests {_size(rep.rss_anon_after_bench)}")
+               f"private memory after the tests {_size(rep.rss_anon_after_bench)}; {rep.machine}")
     return "\n".join(out)
 
 

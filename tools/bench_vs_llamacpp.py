@@ -25,10 +25,11 @@ DEFAULT_LLAMA_BENCH = "/work/scratch/llama_cpp_python-0.3.36/vendor/llama.cpp/bu
 
 
 def _run(cmd: list[str], timeout: float) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout)
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {p.returncode}:\n{p.stderr[-3000:]}")
-    return p.stdout
+        err = p.stderr.decode("utf-8", "replace")[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {p.returncode}:\n{err}")
+    return p.stdout.decode("utf-8", "replace")  # generated text may end inside a UTF-8 sequence
 
 
 def _json_from(out: str) -> Any:
