@@ -134,6 +134,14 @@ def test_mla_layouts_and_forms_agree(request, which):
         assert _rel(o, outs[0]) < 2e-5
 
 
+def test_merged_gate_up_exps(tmp, v2):
+    hf, path, _ = v2
+    merged = load_model(write_gguf(hf, tmp / "v2_merged.gguf", "mla", merge_gate_up=True))
+    assert "blk.1.ffn_gate_up_exps.weight" in merged.file.tensors and "blk.1.ffn_up_exps.weight" not in merged.file.tensors
+    toks = _toks(40, seed=14)
+    assert _rel(merged.forward(toks, merged.new_cache(), all_logits=True), hf_logits(hf, toks)) < TOL
+
+
 @pytest.mark.parametrize("which", ["lite", "v2"])
 def test_greedy_continuation_identical(request, which):
     hf, path, _ = request.getfixturevalue(which)

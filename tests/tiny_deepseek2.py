@@ -125,7 +125,7 @@ def _q(arr: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationTy
     return gguf.quants.quantize(arr, t), t
 
 
-def gguf_tensors(model: Any, layout: str = "mla") -> dict[str, np.ndarray]:
+def gguf_tensors(model: Any, layout: str = "mla", merge_gate_up: bool = False) -> dict[str, np.ndarray]:
     """HF state dict -> llama.cpp deepseek2 tensor names (numpy order, float32)."""
     cfg = model.config
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
@@ -167,8 +167,11 @@ def gguf_tensors(model: Any, layout: str = "mla") -> dict[str, np.ndarray]:
             out[b + "ffn_gate_inp.weight"] = sd[m + "gate.weight"]
             if m + "gate.e_score_correction_bias" in sd:
                 out[b + "exp_probs_b.bias"] = sd[m + "gate.e_score_correction_bias"]
-            out[b + "ffn_gate_exps.weight"] = np.ascontiguousarray(gu[:, :F])
-            out[b + "ffn_up_exps.weight"] = np.ascontiguousarray(gu[:, F:])
+            if merge_gate_up:  # newer llama.cpp files: one (E, 2F, D) tensor, gate rows first
+                out[b + "ffn_gate_up_exps.weight"] = np.ascontiguousarray(gu)
+            else:
+                out[b + "ffn_gate_exps.weight"] = np.ascontiguousarray(gu[:, :F])
+                out[b + "ffn_up_exps.weight"] = np.ascontiguousarray(gu[:, F:])
             out[b + "ffn_down_exps.weight"] = sd[m + "experts.down_proj"]
             out[b + "ffn_gate_shexp.weight"] = sd[m + "shared_experts.gate_proj.weight"]
             out[b + "ffn_up_shexp.weight"] = sd[m + "shared_experts.up_proj.weight"]
@@ -179,7 +182,9 @@ def gguf_tensors(model: Any, layout: str = "mla") -> dict[str, np.ndarray]:
 _KEEP_F32 = ("_norm.weight", "ffn_gate_inp.weight", "exp_probs_b.bias")
 
 
-def write_gguf(model: Any, path: str | Path, layout: str = "mla", qtype: str = "F32", drop: tuple[str, ...] = ()) -> Path:
+def write_gguf(
+    model: Any, path: str | Path, layout: str = "mla", qtype: str = "F32", drop: tuple[str, ...] = (), merge_gate_up: bool = False
+) -> Path:
     """Writes `model` as a llama.cpp-style deepseek2 GGUF. `drop` removes tensors (to test error paths)."""
     cfg = model.config
     H, NP, R, V, C = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
@@ -227,7 +232,7 @@ def write_gguf(model: Any, path: str | Path, layout: str = "mla", qtype: str = "
         w.add_rope_scaling_factor(rp["factor"])
         w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
         w.add_float32(f"{ARCH}.rope.scaling.yarn_log_multiplier", 0.1 * float(rp.get("mscale_all_dim") or 0.0))
-    for name, arr in gguf_tensors(model, layout).items():
+    for name, arr in gguf_tensors(model, layout, merge_gate_up).items():
         if name in drop:
             continue
         qt = "F32" if name.endswith(_KEEP_F32) else qtype

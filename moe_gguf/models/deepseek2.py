@@ -5,7 +5,7 @@ default ("absorbed") path folds W_UK into the query and applies W_UV after atten
 `mla="naive"` decompresses K/V per head from the same cache (the textbook form; kept as the test reference).
 Both tensor layouts load: `attn_k_b` + `attn_v_b` (current files) and `attn_kv_b` (files converted before the
 MLA split; their W_UK/W_UV are unpacked to float32 at load, H*(nope+v)*kv_lora*4 bytes per layer).
-MoE: softmax (V2) or sigmoid + selection bias (V3) gating, greedy or group-limited top-k, norm_topk, the
+MoE (split `ffn_{gate,up}_exps` or merged `ffn_gate_up_exps`): softmax (V2) or sigmoid + selection bias (V3) gating, greedy or group-limited top-k, norm_topk, the
 routed scaling factor and always-on shared experts.  RoPE is GGML "NORM" (adjacent pairs) with YaRN
 frequencies; the YaRN attention magnitude is folded into the softmax scale as DeepSeek defines it.
 """
@@ -208,6 +208,7 @@ class _Layer:
     probs_b: np.ndarray | None = None
     gate_exps: Weight | None = None
     up_exps: Weight | None = None
+    gate_up_exps: Weight | None = None  # newer files: merged (E, 2F, D), gate rows then up rows
     down_exps: Weight | None = None
     gate_sh: Weight | None = None
     up_sh: Weight | None = None
@@ -292,8 +293,11 @@ class DeepseekV2Model:
             L.gate_inp = b.weight(p + "ffn_gate_inp.weight", (E, D))
             if b.has(p + "exp_probs_b.bias"):
                 L.probs_b = b.vector(p + "exp_probs_b.bias", E)
-            L.gate_exps = b.weight(p + "ffn_gate_exps.weight", (E, F, D))
-            L.up_exps = b.weight(p + "ffn_up_exps.weight", (E, F, D))
+            if b.has(p + "ffn_gate_up_exps.weight"):
+                L.gate_up_exps = b.weight(p + "ffn_gate_up_exps.weight", (E, 2 * F, D))
+            else:
+                L.gate_exps = b.weight(p + "ffn_gate_exps.weight", (E, F, D))
+                L.up_exps = b.weight(p + "ffn_up_exps.weight", (E, F, D))
             L.down_exps = b.weight(p + "ffn_down_exps.weight", (E, D, F))
             if cfg.n_expert_shared > 0:
                 Fs = F * cfg.n_expert_shared
@@ -423,7 +427,11 @@ class DeepseekV2Model:
         ids, w = nn.moe_route(
             router, K, cfg.gating_func, L.probs_b, cfg.n_group, cfg.n_group_used, cfg.expert_weights_norm, cfg.expert_weights_scale
         )
-        a = nn.silu_mul(L.gate_exps.mm_id(h, ids), L.up_exps.mm_id(h, ids))  # (n, K, F)
+        if L.gate_up_exps is not None:  # one expert-indexed matmul for both halves
+            gu = L.gate_up_exps.mm_id(h, ids)
+            a = nn.silu_mul(np.ascontiguousarray(gu[..., : cfg.n_ff_exp]), np.ascontiguousarray(gu[..., cfg.n_ff_exp :]))
+        else:
+            a = nn.silu_mul(L.gate_exps.mm_id(h, ids), L.up_exps.mm_id(h, ids))  # (n, K, F)
         d = L.down_exps.mm_id(a, ids)  # (n, K, D): one input row per (token, slot)
         y = np.einsum("tk,tkd->td", w, d).astype(np.float32)
         if L.gate_sh is not None:
