@@ -39,6 +39,7 @@ DEFAULT_ALIGNMENT = 32
 MAX_NESTING = 8  # arrays of arrays deeper than this are refused
 MAX_DIMS = 4
 _INT64_MAX = (1 << 63) - 1
+_MAX_SPAN = 1 << 60  # elements: every 8-byte-per-element view of it still fits int64
 _HEADER_BYTES = 24
 
 
@@ -351,14 +352,15 @@ class GGUFFile:
             if gtype not in TYPE_INFO:
                 raise GGUFError(f"tensor {name!r} has unknown ggml type id {gtype} (offset {pos})", pos)
             pos += 12
-            n_el = 1
+            n_el = n_span = 1
             for d in ne:
                 if d > _INT64_MAX:
                     raise GGUFError(f"tensor {name!r}: dimension {d} at offset {dpos} overflows int64", dpos)
                 n_el *= d
-            if n_el > _INT64_MAX:
+                n_span *= max(d, 1)
+            if n_span > _MAX_SPAN:  # zero dims count as 1: numpy (and ggml) multiply all the others too
                 raise GGUFError(
-                    f"tensor {name!r}: dimensions {tuple(ne)} at offset {dpos} overflow (product {n_el} > 2^63-1)", dpos
+                    f"tensor {name!r}: dimensions {tuple(ne)} at offset {dpos} overflow (product {n_span} > 2^60)", dpos
                 )
             info = TYPE_INFO[gtype]
             if ne[0] % info.block_size:

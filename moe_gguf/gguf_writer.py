@@ -412,7 +412,7 @@ def _tensor_bytes(arr: np.ndarray, t: _Tensor) -> memoryview:
     arr = np.ascontiguousarray(arr)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return memoryview(arr).cast("B")
+    return memoryview(arr.reshape(-1).view(np.uint8))
 
 
 # ---------------------------------------------------------------------- metadata encoding

@@ -181,6 +181,8 @@ def test_tensors_round_trip_against_gguf_reader(tmp_path: Path) -> None:
         "f64": (np.arange(5, dtype=np.float64), {}),
         "4d": (np.ones((2, 1, 3, 4), np.float32), {}),
         "lazy": (lambda: x32 * 2, {"ggml_type": GGMLType.F32, "shape": (3, 64)}),
+        "empty": (np.zeros((0, 4), np.float32), {}),
+        "big_endian": (np.arange(4, dtype=">f4"), {}),
     }
     p = tmp_path / "t.gguf"
     with GGUFWriter(p, alignment=64) as w:
@@ -206,6 +208,8 @@ def test_tensors_round_trip_against_gguf_reader(tmp_path: Path) -> None:
         np.testing.assert_array_equal(f.tensor("i32"), np.arange(24).reshape(2, 3, 4))
         np.testing.assert_array_equal(f.tensor("4d"), np.ones((2, 1, 3, 4)))
         np.testing.assert_array_equal(f.tensor("lazy"), x32 * 2)
+        assert f.tensor("empty").shape == (0, 4) and f.tensors["empty"].nbytes == 0
+        np.testing.assert_array_equal(f.tensor("big_endian"), np.arange(4, dtype=np.float32))
         assert f.tensors["q4_0"].shape == (3, 64)
 
 
