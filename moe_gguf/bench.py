@@ -79,6 +79,7 @@ class BenchReport:
     n_threads: int
     load_seconds: float
     rss_after_load: int  # VmRSS right after loading (bytes)
+    rss_after_bench: int  # VmRSS after the tests: includes the mapped weight pages that were touched
     rss_anon_after_bench: int  # private (anonymous) memory after the tests: KV cache, scratch, Python
     machine: str = ""  # CPU count and load average when the tests started (other load skews the numbers)
     tests: list[TestResult] = field(default_factory=list)
@@ -282,7 +283,7 @@ def run_bench(
             samples.append(n / dt)
             say(f"{name}{n} run {r + 1}/{repetitions}: {n / dt:.2f} t/s")
         tests.append(TestResult(f"{name}{n}", n_p, n_g, samples))
-    rss_anon = _rss("RssAnon")
+    rss_bench, rss_anon = _rss(), _rss("RssAnon")
     del model
 
     active, parts = active_weight_bytes(f)
@@ -298,6 +299,7 @@ def run_bench(
         n_threads=n_threads,
         load_seconds=load_s,
         rss_after_load=rss_load,
+        rss_after_bench=rss_bench,
         rss_anon_after_bench=rss_anon,
         machine=machine,
         tests=tests,
@@ -339,8 +341,8 @@ def format_table(rep: BenchReport) -> str:
         out.append("  " + ", ".join(f"{k} {_size(v)}" for k, v in r.breakdown.items() if v))
         if r.fraction is not None:
             out.append(f"  tg at {100 * r.fraction:.1f}% of the roofline")
-    out.append(f"load {rep.load_seconds:.2f} s, RSS after load {_size(rep.rss_after_load)}, "
-               f"private memory after the tests {_size(rep.rss_anon_after_bench)}; {rep.machine}")
+    out.append(f"load {rep.load_seconds:.2f} s; RSS after load {_size(rep.rss_after_load)}, after the tests "
+               f"{_size(rep.rss_after_bench)} (of which private {_size(rep.rss_anon_after_bench)}); {rep.machine}")
     return "\n".join(out)
 
 
