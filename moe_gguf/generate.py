@@ -8,6 +8,7 @@ server rely on this).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -31,6 +32,8 @@ __all__ = [
     "Chunk", "Context", "ContextFullError", "Generation", "GenerationStats", "Job", "QueueFullError", "Scheduler",
     "encode_chat", "encode_text", "generate",
 ]
+
+log = logging.getLogger(__name__)
 
 PROMPT_BATCH = 512  # prompt tokens per forward call: bounds the model's scratch memory for long prompts
 
@@ -162,7 +165,13 @@ def _stop_holdback(text: str, stops: Sequence[str]) -> int:
 
 
 class Generation:
-    """An iterator of `Chunk`s; `.stats` is complete once it is exhausted. `close()` stops it early."""
+    """An iterator of `Chunk`s; `.stats` is complete once it is exhausted. `close()` stops it early.
+
+    Iterating drives the steps below; a scheduler may drive them itself instead (to interleave sequences and
+    batch their decode steps): `prefill_step()` until it returns True, then repeat `sample_step()` (returns a
+    Chunk; the one with a finish_reason is the last) and, while `pending_token` is not None, either
+    `forward_pending()` or a batched forward followed by `feed_logits(logits)`.
+    """
 
     def __init__(
         self,
@@ -202,6 +211,17 @@ class Generation:
         self.stats = GenerationStats(prompt_tokens=len(prompt))
         self.finish_reason: str | None = None
         self.tokens: list[int] = []  # sampled token ids
+        self.pending_token: int | None = None  # sampled, emitted, not yet run through the model
+        self.finished = False
+        self._sampler = Sampler(model.n_vocab, self.params, n_ctx=n_ctx)
+        self._sampler.reset(int(t) for t in prompt)  # llama.cpp's penalty window includes the prompt
+        self._dec = tokenizer.stream_decoder(skip_special=True)  # like llama.cpp, control tokens are not printed
+        self._step = np.empty(1, dtype=np.int32)  # the decode step's input, reused every token
+        self._held = ""  # decoded text not yet emitted (it may be the start of a stop string)
+        self._rest: np.ndarray | None = None  # prompt tokens not in the cache
+        self._pos = 0
+        self._logits: np.ndarray | None = None
+        self._t0 = self._t1 = 0.0
         self._it = self._run()
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -217,74 +237,104 @@ class Generation:
         """Run to completion and return the whole generated text."""
         return "".join(c.text for c in self)
 
-    def _run(self) -> Iterator[Chunk]:
-        model, tok, ctx, st = self.model, self.tokenizer, self.context, self.stats
-        cache = ctx.cache
-        n_ctx = int(model.n_ctx)
-        sampler = Sampler(model.n_vocab, self.params, n_ctx=n_ctx)
-        sampler.reset(int(t) for t in self.prompt)  # llama.cpp's penalty window includes the prompt
+    @property
+    def prefilled(self) -> bool:
+        return self._logits is not None or self.finished
 
-        t0 = time.perf_counter()
-        n_keep = ctx.reuse_prefix(self.prompt)
-        rest = self.prompt[n_keep:]
-        logits = None
+    @property
+    def cache(self) -> Any:
+        return self.context.cache
+
+    def _run(self) -> Iterator[Chunk]:
+        while not self.prefill_step():
+            pass
+        while True:
+            chunk = self.sample_step()
+            yield chunk
+            if chunk.finish_reason is not None:
+                return
+            self.forward_pending()
+
+    # ---- steps ---------------------------------------------------------------------------------------------
+    def prefill_step(self) -> bool:
+        """Evaluate the next batch of prompt tokens (the cached prefix is skipped). True once the prompt is in."""
+        if self.prefilled:
+            return True
+        ctx = self.context
+        if self._rest is None:
+            self._t0 = time.perf_counter()
+            self._rest = self.prompt[ctx.reuse_prefix(self.prompt) :]
+        part = np.ascontiguousarray(self._rest[self._pos : self._pos + PROMPT_BATCH])
         try:
-            for i in range(0, len(rest), PROMPT_BATCH):
-                part = np.ascontiguousarray(rest[i : i + PROMPT_BATCH])
-                logits = model.forward(part, cache)
-                ctx.tokens.extend(int(t) for t in part)
+            logits = self.model.forward(part, ctx.cache)
         except BaseException:
             ctx.reset()  # the cache may hold part of a batch: do not let a later call trust it
             raise
-        st.prompt_evaluated = len(rest)
-        t1 = time.perf_counter()
-        st.prompt_seconds = t1 - t0
+        ctx.tokens.extend(int(t) for t in part)
+        self._pos += len(part)
+        if self._pos >= len(self._rest):
+            self._logits = logits
+            self.stats.prompt_evaluated = len(self._rest)
+            self._t1 = time.perf_counter()
+            self.stats.prompt_seconds = self._t1 - self._t0
+            return True
+        return False
 
-        dec = tok.stream_decoder(skip_special=True)  # like llama.cpp, control tokens are not printed
-        step = np.empty(1, dtype=np.int32)  # the decode step's input, reused every token
-        pending = ""  # decoded text not yet emitted (it may be the start of a stop string)
-        finish = "length"
-        stopped_by_string = False
+    def sample_step(self) -> Chunk:
+        """Sample the next token from the current logits and return its text (see `Chunk`)."""
+        if self.finished or self._logits is None or self.pending_token is not None:
+            raise RuntimeError("sample_step() needs fresh logits: finish the prefill / forward the pending token")
+        if len(self.tokens) >= self.max_tokens:
+            return self._finish("length", "")
+        token = self._sampler.sample(self._logits)
+        self._sampler.accept(token)
+        self.tokens.append(token)
+        self.stats.completion_tokens += 1
+        if self.tokenizer.is_eog(token):
+            return self._finish("stop", "")
+        out, self._held, hit = self._split_stop(self._held + self._dec.feed(token))
+        if hit:
+            return self._finish("stop", out, stopped=True)
+        if len(self.tokens) >= self.max_tokens or self.context.cache.n_past >= int(self.model.n_ctx):
+            return self._finish("length", out)  # no forward for a token nobody will sample from
+        self.pending_token = token
+        return Chunk(out, token)
+
+    def feed_logits(self, logits: np.ndarray) -> None:
+        """The model has run `pending_token` (appending it to this sequence's cache); these are its logits."""
+        if self.pending_token is None:
+            raise RuntimeError("no pending token")
+        self.context.tokens.append(self.pending_token)
+        self.pending_token = None
+        self._logits = logits
+
+    def forward_pending(self) -> None:
+        """Run `pending_token` through the model on this sequence's own cache."""
+        if self.pending_token is None:
+            raise RuntimeError("no pending token")
+        self._step[0] = self.pending_token
         try:
-            for i in range(self.max_tokens):
-                assert logits is not None
-                token = sampler.sample(logits)
-                sampler.accept(token)
-                self.tokens.append(token)
-                st.completion_tokens += 1
-                if tok.is_eog(token):
-                    finish = "stop"
-                    break
-                pending += dec.feed(token)
-                out, pending, stopped_by_string = self._split_stop(pending)
-                if out or not stopped_by_string:
-                    yield Chunk(out, token)
-                if stopped_by_string:
-                    finish = "stop"
-                    break
-                if i + 1 == self.max_tokens or cache.n_past >= n_ctx:
-                    break  # finish stays "length"; do not evaluate a token nobody will sample from
-                step[0] = token
-                try:
-                    logits = model.forward(step, cache)
-                except BaseException:
-                    ctx.reset()
-                    raise
-                ctx.tokens.append(token)
-            out = ""
-            if not stopped_by_string:
-                # The stream ended without completing a stop string: whatever was held back is real output.
-                out, pending, stopped_by_string = self._split_stop(pending + dec.flush())
-                if stopped_by_string:
-                    finish = "stop"
-                else:
-                    out += pending
-            st.generation_seconds = time.perf_counter() - t1
-            self.finish_reason = finish
-            yield Chunk(out, None, finish)
-        finally:
-            if not st.generation_seconds:
-                st.generation_seconds = time.perf_counter() - t1
+            logits = self.model.forward(self._step, self.context.cache)
+        except BaseException:
+            self.context.reset()
+            raise
+        self.feed_logits(logits)
+
+    def _finish(self, reason: str, out: str, stopped: bool = False) -> Chunk:
+        if not stopped:
+            # The stream ended without completing a stop string: whatever was held back is real output.
+            more, held, hit = self._split_stop(self._held + self._dec.flush())
+            out += more
+            if hit:
+                reason = "stop"
+            else:
+                out += held
+        self._held = ""
+        self.finished = True
+        self.finish_reason = reason
+        self._logits = None
+        self.stats.generation_seconds = time.perf_counter() - self._t1
+        return Chunk(out, None, reason)
 
     def _split_stop(self, pending: str) -> tuple[str, str, bool]:
         """(text safe to emit, text to hold back, whether a stop string was found)."""
@@ -445,17 +495,31 @@ class Scheduler:
                 )
             except Exception as e:  # bad request that slipped past the caller's checks
                 self._free.append(slot)
-                job.on_event(e)
+                self._emit(job, e)
                 continue
             self._active.append((job, gen, slot))
 
-    def _finish(self, i: int) -> None:
-        _, gen, slot = self._active.pop(i)
-        gen.close()
-        self._free.append(slot)
+    def _release(self, job: Job) -> None:
+        for k, (j, gen, slot) in enumerate(self._active):
+            if j is job:
+                del self._active[k]
+                gen.close()
+                self._free.append(slot)
+                return
+
+    def _fail(self, job: Job, e: BaseException) -> None:
+        self._release(job)
+        self._emit(job, e)
+
+    def _emit(self, job: Job, ev: Chunk | BaseException) -> None:
+        try:
+            job.on_event(ev)
+        except Exception:  # a broken consumer must not take the scheduler down with it
+            log.exception("job callback failed; cancelling the job")
+            job.cancel()
 
     def _loop(self) -> None:
-        i = 0
+        batch_forward = getattr(self.model, "forward_batch", None)
         while True:
             with self._cv:
                 self._admit()
@@ -463,29 +527,57 @@ class Scheduler:
                     self._cv.wait()
                     self._admit()
                 if self._stopping:
-                    for job, _, _ in self._active:
-                        job.on_event(QueueFullError("the server is shutting down"))
-                    for job in self._waiting:
-                        job.on_event(QueueFullError("the server is shutting down"))
+                    for job in [j for j, _, _ in self._active] + list(self._waiting):
+                        self._emit(job, QueueFullError("the server is shutting down"))
                     self._waiting.clear()
                     while self._active:
-                        self._finish(0)
+                        self._release(self._active[0][0])
                     return
-            if i >= len(self._active):
-                i = 0
-            job, gen, _ = self._active[i]
-            if job.cancelled:
-                self._finish(i)
-                continue
-            try:
-                chunk = next(gen)
-            except Exception as e:
-                self._finish(i)
-                job.on_event(e)
-                continue
-            if chunk.finish_reason is not None:
-                job.stats = gen.stats
-                self._finish(i)
+                active = list(self._active)
+            for job, _, _ in active:
+                if job.cancelled:
+                    self._release(job)
+            active = [a for a in active if not a[0].cancelled]
+            # 1. one prompt batch, for the oldest sequence still reading its prompt (decoding streams keep
+            #    flowing between the batches of a long prompt)
+            for job, gen, _ in active:
+                if not gen.prefilled:
+                    try:
+                        gen.prefill_step()
+                    except Exception as e:
+                        self._fail(job, e)
+                    break
+            # 2. one token for every decoding sequence
+            ready: list[tuple[Job, Generation]] = []
+            for job, gen, _ in active:
+                if gen.finished or not gen.prefilled or gen.pending_token is not None:
+                    continue
+                try:
+                    chunk = gen.sample_step()
+                except Exception as e:
+                    self._fail(job, e)
+                    continue
+                if chunk.finish_reason is not None:
+                    job.stats = gen.stats
+                    self._release(job)
+                else:
+                    ready.append((job, gen))
+                self._emit(job, chunk)
+            # 3. run the sampled tokens: one batched pass over the weights when the model offers it
+            if len(ready) > 1 and batch_forward is not None:
+                toks = np.fromiter((g.pending_token for _, g in ready), dtype=np.int32, count=len(ready))
+                try:
+                    logits = batch_forward(toks, [g.cache for _, g in ready])
+                except Exception as e:
+                    for job, g in ready:
+                        g.context.reset()
+                        self._fail(job, e)
+                    continue
+                for i, (_, g) in enumerate(ready):
+                    g.feed_logits(logits[i])
             else:
-                i += 1
-            job.on_event(chunk)
+                for job, g in ready:
+                    try:
+                        g.forward_pending()
+                    except Exception as e:
+                        self._fail(job, e)

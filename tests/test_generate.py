@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moe_gguf.generate import Context, ContextFullError, generate
+from moe_gguf.generate import Chunk, Context, ContextFullError, generate
 from moe_gguf.sampling import Sampler, SamplingParams
 
 EOG = 0
@@ -175,14 +175,14 @@ def test_stop_strings_cut_and_never_leak(start: int, length: int, n: int) -> Non
 def test_stop_prefix_held_back_then_released() -> None:
     nxt = cycle_next(ORDER)
     model = FakeModel(nxt)
-    ids = chain(1, nxt, 4)
+    ids = chain(1, nxt, 5)
     full = TOK.decode(ids)
-    last = TOK.decode(ids[-1:])
-    stop = last + "\x00never"  # its start is the last piece: held back, then released when the stream ends
-    text, chunks, _ = run(model, [1], 4, stop=stop)
+    tail = TOK.decode(ids[3:])
+    stop = tail + "\x00never"  # the last two pieces start it: held back, then released when the stream ends
+    text, chunks, _ = run(model, [1], 5, stop=stop)
     assert text == full
     assert chunks[-1].finish_reason == "length"
-    assert chunks[-2].text == "" and chunks[-1].text.endswith(last)
+    assert [c.text for c in chunks[-2:]] == ["", tail]
 
 
 def test_prompt_too_long_fails_before_any_work() -> None:
@@ -273,3 +273,128 @@ def test_close_early_and_bad_inputs() -> None:
         generate(model, TOK, [1], None, 3, stop=[1])  # type: ignore[list-item]
     out = list(generate(model, TOK, [1], None, 0))
     assert len(out) == 1 and out[0].finish_reason == "length" and out[0].text == ""
+
+
+# ------------------------------------------------------------------------------------------------- scheduler
+import threading  # noqa: E402
+
+from moe_gguf.generate import Job, QueueFullError, Scheduler  # noqa: E402
+
+
+class BatchingModel(FakeModel):
+    """FakeModel plus forward_batch (one token for each of several caches), recording every call."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.log: list[tuple[str, int]] = []
+
+    def forward(self, tokens, cache, all_logits=False):
+        self.log.append(("forward", int(tokens.size)))
+        return super().forward(tokens, cache, all_logits)
+
+    def forward_batch(self, tokens: np.ndarray, caches: list) -> np.ndarray:
+        assert tokens.dtype == np.int32 and tokens.shape == (len(caches),)
+        assert len({id(c) for c in caches}) == len(caches), "two rows for one sequence"
+        self.log.append(("batch", len(caches)))
+        for t, c in zip(tokens, caches):
+            c.tokens.append(int(t))
+        return self.table[tokens].copy()
+
+
+def run_jobs(sched: Scheduler, prompts: list[list[int]], max_tokens: int, params=None) -> list[tuple[str, list]]:
+    done = [threading.Event() for _ in prompts]
+    events: list[list] = [[] for _ in prompts]
+
+    def cb(i):
+        def on(ev):
+            events[i].append(ev)
+            if isinstance(ev, BaseException) or ev.finish_reason is not None:
+                done[i].set()
+        return on
+
+    jobs = [Job(p, params or SamplingParams(temperature=0), max_tokens, None, cb(i)) for i, p in enumerate(prompts)]
+    for j in jobs:
+        sched.submit(j)
+    for d in done:
+        assert d.wait(20)
+    return [("".join(e.text for e in evs if isinstance(e, Chunk)), evs) for evs in events]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_scheduler_matches_single_generation(batching: bool) -> None:
+    nxt = cycle_next(ORDER)
+    model = BatchingModel(nxt) if batching else FakeModel(nxt)
+    prompts = [[1, 2], [3], [4, 5, 9], [7]]
+    sched = Scheduler(model, TOK, n_slots=3, max_queue=8).start()
+    try:
+        got = run_jobs(sched, prompts, 15)
+    finally:
+        sched.stop()
+    for p, (text, evs) in zip(prompts, got):
+        assert text == TOK.decode(chain(p[-1], nxt, 15))
+        assert evs[-1].finish_reason == "length"
+    if batching:
+        sizes = [n for kind, n in model.log if kind == "batch"]
+        assert max(sizes) == 3  # three slots decode in one pass over the weights
+
+
+def test_scheduler_interleaves_long_prefill_with_decoding() -> None:
+    nxt = cycle_next(ORDER)
+    model = BatchingModel(nxt, n_ctx=4096)
+    long_prompt = [int(x) for x in np.random.default_rng(0).integers(1, V, 1500)]
+    # the short job starts first, so it is decoding when the long prompt arrives
+    sched = Scheduler(model, TOK, n_slots=2, max_queue=8)
+    first = threading.Event()
+    out: list = []
+
+    def on_short(ev):
+        out.append(ev)
+        first.set()
+
+    long_done = threading.Event()
+    short = Job([1], SamplingParams(temperature=0), 2500, None, on_short)  # still running when the long one ends
+    sched.submit(short)
+    sched.start()
+    assert first.wait(10)
+    sched.submit(Job(long_prompt, SamplingParams(temperature=0), 2, None,
+                     lambda ev: long_done.set() if not isinstance(ev, Chunk) or ev.finish_reason else None))
+    assert long_done.wait(20)
+    assert out[-1].finish_reason is None
+    short.cancel()
+    sched.stop()
+    prefill = [i for i, (k, n) in enumerate(model.log) if k == "forward" and n > 1]
+    assert len(prefill) == 3  # 1500 tokens in batches of 512
+    between = model.log[prefill[0] : prefill[-1]]
+    assert ("forward", 1) in between, "the short sequence stalled during the long prompt"
+
+
+def test_scheduler_queue_limit_and_cancel() -> None:
+    nxt = cycle_next(ORDER)
+    model = FakeModel(nxt, n_ctx=4096)
+    sched = Scheduler(model, TOK, n_slots=1, max_queue=1)  # not started: nothing is taken off the queue
+    sched.submit(Job([1], SamplingParams(), 5, None, lambda ev: None))
+    with pytest.raises(QueueFullError, match="busy"):
+        sched.submit(Job([1], SamplingParams(), 5, None, lambda ev: None))
+    sched.stop()
+    # a cancelled job frees its slot for the next one
+    sched = Scheduler(model, TOK, n_slots=1, max_queue=4)
+    got_one = threading.Event()
+    j1 = Job([1], SamplingParams(temperature=0), 4000, None, lambda ev: got_one.set())
+    sched.submit(j1)
+    sched.start()
+    assert got_one.wait(10)
+    j1.cancel()
+    res = run_jobs(sched, [[3]], 5)
+    sched.stop()
+    assert res[0][0] == TOK.decode(chain(3, nxt, 5))
+    assert sched.n_active == 0 and sched.n_waiting == 0
+
+
+def test_scheduler_reports_bad_jobs() -> None:
+    model = FakeModel(cycle_next(ORDER), n_ctx=8)
+    sched = Scheduler(model, TOK, n_slots=1).start()
+    try:
+        (text, evs), = run_jobs(sched, [list(range(1, 10))], 3)
+    finally:
+        sched.stop()
+    assert len(evs) == 1 and isinstance(evs[0], ContextFullError)
