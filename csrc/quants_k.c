@@ -21,16 +21,13 @@
 #include "moe_gguf.h"
 #include "internal.h"
 
+#if MG_X86
+#include <immintrin.h>
+#endif
+
 #define GROUP_MAX_EPS 1e-15f
 
 static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
-static inline void put_f16(uint8_t *p, float f) {
-    uint16_t h = mg_f32_to_f16(f);
-    memcpy(p, &h, 2);
-}
-
-static inline float f16_round(float f) { return mg_f16_to_f32(mg_f32_to_f16(f)); }
 
 /* value of largest magnitude (first occurrence) and its magnitude */
 static inline float signed_absmax(const float *x, int n, float *amax_out) {
@@ -43,17 +40,59 @@ static inline float signed_absmax(const float *x, int n, float *amax_out) {
     return max;
 }
 
-/* weighted least-squares fit of a symmetric scale for codes from iscale; returns sum w*x*l, sets *suml2 */
-static float qx_fit(int n, int nmax, const float *x, const float *w, float iscale, int8_t *L, float *suml2) {
-    float sumlx = 0.0f, s2 = 0.0f;
+/* 8-lane partial sums (lane k takes the elements i = k mod 8, in order) reduced in a fixed order, so the
+ * scalar and AVX2 versions below give bit-identical sums */
+static inline float lane_sum8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* symmetric codes l = clamp(nearest(iscale*x), -nmax, nmax-1), stored as l + nmax in L (if L); returns
+ * sum w*l*x and sets *suml2 = sum w*l*l (8-lane sums, scalar and AVX2 bit-identical); n % 8 == 0 */
+static float qx_fit_scalar(int n, int nmax, const float *x, const float *w, float iscale, int8_t *L, float *suml2) {
+    float a[2][8] = {{0}};
     for (int i = 0; i < n; i++) {
-        int l = clampi(mg_nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        const int l = clampi(mg_nearest_int(iscale * x[i]), -nmax, nmax - 1);
         if (L) L[i] = (int8_t)(l + nmax);
-        sumlx += w[i] * x[i] * (float)l;
-        s2 += w[i] * (float)(l * l);
+        const float wl = w[i] * (float)l;
+        a[0][i & 7] += wl * x[i];
+        a[1][i & 7] += wl * (float)l;
     }
-    *suml2 = s2;
-    return sumlx;
+    *suml2 = lane_sum8(a[1]);
+    return lane_sum8(a[0]);
+}
+
+#if MG_X86
+MG_TARGET_AVX2 static float qx_fit_avx2(int n, int nmax, const float *x, const float *w, float iscale, int8_t *L,
+                                        float *suml2) {
+    const __m256 vis = _mm256_set1_ps(iscale);
+    const __m256 lo = _mm256_set1_ps((float)-nmax), hi = _mm256_set1_ps((float)(nmax - 1));
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        const __m256 vx = _mm256_loadu_ps(x + i);
+        __m256 l = _mm256_round_ps(_mm256_mul_ps(vis, vx), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        l = _mm256_min_ps(_mm256_max_ps(l, lo), hi);
+        const __m256 wl = _mm256_mul_ps(_mm256_loadu_ps(w + i), l);
+        s0 = _mm256_add_ps(s0, _mm256_mul_ps(wl, vx));
+        s1 = _mm256_add_ps(s1, _mm256_mul_ps(wl, l));
+        if (L) {
+            int32_t li[8];
+            _mm256_storeu_si256((__m256i *)(void *)li, _mm256_cvtps_epi32(l));
+            for (int k = 0; k < 8; k++) L[i + k] = (int8_t)(li[k] + nmax);
+        }
+    }
+    float a[8];
+    _mm256_storeu_ps(a, s1);
+    *suml2 = lane_sum8(a);
+    _mm256_storeu_ps(a, s0);
+    return lane_sum8(a);
+}
+#endif
+
+static inline float qx_fit(int n, int nmax, const float *x, const float *w, float iscale, int8_t *L, float *suml2) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) return qx_fit_avx2(n, nmax, x, w, iscale, L, suml2);
+#endif
+    return qx_fit_scalar(n, nmax, x, w, iscale, L, suml2);
 }
 
 /* "qx" search: L[i] in [0, 2*nmax), x ~ scale*(L - nmax).  w: weights (length n).  search = 0: plain
@@ -127,17 +166,68 @@ static float make_q3_quants(int n, int nmax, const float *x, int8_t *L) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-/* weighted error of codes L for x ~ scale*L + min (mad: |e| else e^2) */
-static float qkx_err(int n, const float *x, const float *w, const uint8_t *L, float scale, float min, bool mad) {
+/* weighted absolute error of codes L for x ~ scale*L + min */
+static float qkx_mad(int n, const float *x, const float *w, const uint8_t *L, float scale, float min) {
     float e = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float diff = scale * (float)L[i] + min - x[i];
-        e += w[i] * (mad ? fabsf(diff) : diff * diff);
-    }
+    for (int i = 0; i < n; i++) e += w[i] * fabsf(scale * (float)L[i] + min - x[i]);
     return e;
 }
 
-/* "qkx" search: x ~ scale*L - the_min with L in [0, nmax], the_min >= 0 (returned through *the_min). */
+/* codes L[i] = clamp(nearest(iscale*(x[i]-min)), 0, nmax) and out = {sum w*l, sum w*l*l, sum w*l*x}; n % 8 == 0 */
+static void qkx_codes_scalar(int n, const float *x, const float *w, float min, float iscale, int nmax, uint8_t *L,
+                             float out[3]) {
+    float a[3][8] = {{0}};
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(mg_nearest_int(iscale * (x[i] - min)), 0, nmax);
+        L[i] = (uint8_t)l;
+        const float wl = w[i] * (float)l;
+        a[0][i & 7] += wl;
+        a[1][i & 7] += wl * (float)l;
+        a[2][i & 7] += wl * x[i];
+    }
+    for (int k = 0; k < 3; k++) out[k] = lane_sum8(a[k]);
+}
+
+#if MG_X86
+MG_TARGET_AVX2 static void qkx_codes_avx2(int n, const float *x, const float *w, float min, float iscale, int nmax,
+                                          uint8_t *L, float out[3]) {
+    const __m256 vmin = _mm256_set1_ps(min), vis = _mm256_set1_ps(iscale);
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps((float)nmax);
+    __m256 s0 = zero, s1 = zero, s2 = zero;
+    for (int i = 0; i < n; i += 8) {
+        const __m256 vx = _mm256_loadu_ps(x + i);
+        __m256 l = _mm256_round_ps(_mm256_mul_ps(vis, _mm256_sub_ps(vx, vmin)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        l = _mm256_min_ps(_mm256_max_ps(l, zero), top);
+        const __m256 wl = _mm256_mul_ps(_mm256_loadu_ps(w + i), l);
+        s0 = _mm256_add_ps(s0, wl);
+        s1 = _mm256_add_ps(s1, _mm256_mul_ps(wl, l));
+        s2 = _mm256_add_ps(s2, _mm256_mul_ps(wl, vx));
+        int32_t li[8];
+        _mm256_storeu_si256((__m256i *)(void *)li, _mm256_cvtps_epi32(l));
+        for (int k = 0; k < 8; k++) L[i + k] = (uint8_t)li[k];
+    }
+    float a[8];
+    _mm256_storeu_ps(a, s0); out[0] = lane_sum8(a);
+    _mm256_storeu_ps(a, s1); out[1] = lane_sum8(a);
+    _mm256_storeu_ps(a, s2); out[2] = lane_sum8(a);
+}
+#endif
+
+static inline void qkx_codes(int n, const float *x, const float *w, float min, float iscale, int nmax, uint8_t *L,
+                             float out[3]) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) { qkx_codes_avx2(n, x, w, min, iscale, nmax, L, out); return; }
+#endif
+    qkx_codes_scalar(n, x, w, min, iscale, nmax, L, out);
+}
+
+/* weighted squared error sum w*(s*l + m - x)^2 from the sums (the constant sum w*x^2 left out) */
+static inline double qkx_sq_err(const float sums[3], double sw, double sx, double s, double m) {
+    return s * s * sums[1] + 2.0 * s * m * sums[0] - 2.0 * s * sums[2] + m * m * sw - 2.0 * m * sx;
+}
+
+/* "qkx" search: x ~ scale*L - the_min with L in [0, nmax], the_min >= 0 (returned through *the_min).
+ * n is a multiple of 8.  With mad the error is sum w*|e|, else sum w*e^2 (evaluated from the sums). */
 static float make_qkx_quants(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
                              float rmin, float rdelta, int nstep, bool mad) {
     float min = x[0], max = x[0], sum_w = w[0], sum_x = w[0] * x[0];
@@ -153,21 +243,20 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *w, ui
         *the_min = -min;
         return 0.0f;
     }
+    float sums[3];
     float iscale = (float)nmax / (max - min);
     float scale = 1.0f / iscale;
-    for (int i = 0; i < n; i++) L[i] = (uint8_t)clampi(mg_nearest_int(iscale * (x[i] - min)), 0, nmax);
-    float best = qkx_err(n, x, w, L, scale, min, mad);
+    qkx_codes(n, x, w, min, iscale, nmax, L, sums);
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    double best = mad ? (double)qkx_mad(n, x, w, L, scale, min) : qkx_sq_err(sums, sum_w, sum_x, scale, min);
     uint8_t Laux[MG_QK_K];
     for (int is = 0; is <= nstep; is++) {
         iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
-        float sum_l = 0.0f, sum_l2 = 0.0f, sum_xl = 0.0f;
-        for (int i = 0; i < n; i++) {
-            int l = clampi(mg_nearest_int(iscale * (x[i] - min)), 0, nmax);
-            Laux[i] = (uint8_t)l;
-            sum_l += w[i] * (float)l;
-            sum_l2 += w[i] * (float)(l * l);
-            sum_xl += w[i] * (float)l * x[i];
-        }
+        qkx_codes(n, x, w, min, iscale, nmax, Laux, sums);
+        const float sum_l = sums[0], sum_l2 = sums[1], sum_xl = sums[2];
         const float D = sum_w * sum_l2 - sum_l * sum_l;
         if (D > 0.0f) {
             float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
@@ -176,7 +265,8 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *w, ui
                 this_min = 0.0f;
                 this_scale = sum_xl / sum_l2;
             }
-            const float e = qkx_err(n, x, w, Laux, this_scale, this_min, mad);
+            const double e = mad ? (double)qkx_mad(n, x, w, Laux, this_scale, this_min)
+                                 : qkx_sq_err(sums, sum_w, sum_x, this_scale, this_min);
             if (e < best) {
                 memcpy(L, Laux, (size_t)n);
                 best = e;
@@ -505,42 +595,78 @@ static inline int iq4_best_index(float v) {
     return v - (float)g[lo] < (float)g[lo + 1] - v ? lo : lo + 1;
 }
 
-/* best scale of one 32-block on the IQ4 grid (0 for an all-tiny block); L gets the codes for it */
-static float iq4_block_scale(const float *x, const float *w, uint8_t *L, int mode) {
+/* midpoints between neighbouring IQ4 grid values (exact in float) */
+static const float iq4_mid[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
+                                  7.0f,    19.0f,  31.5f,  45.5f,  61.0f,  79.0f,  101.0f};
+
+/* For the scale search of one 32-block: with code index = number of midpoints <= id*x (nearest grid value,
+ * ties up), out = {sum w*q*x, sum w*q*q} as 8-lane partial sums (scalar and AVX2 bit-identical). */
+static void iq4_sums_scalar(const float *x, const float *w, float id, float out[2]) {
+    float a[2][8] = {{0}};
+    for (int j = 0; j < 32; j++) {
+        const float v = id * x[j];
+        int k = 0;
+        for (int m = 0; m < 15; m++) k += v >= iq4_mid[m];
+        const float q = (float)mg_kvalues_iq4nl[k];
+        const float wq = w[j] * q;
+        a[0][j & 7] += wq * x[j];
+        a[1][j & 7] += wq * q;
+    }
+    out[0] = lane_sum8(a[0]);
+    out[1] = lane_sum8(a[1]);
+}
+
+#if MG_X86
+MG_TARGET_AVX2 static void iq4_sums_avx2(const float *x, const float *w, float id, float out[2]) {
+    const __m256 vid = _mm256_set1_ps(id);
+    float g[16];
+    for (int k = 0; k < 16; k++) g[k] = (float)mg_kvalues_iq4nl[k];
+    const __m256 glo = _mm256_loadu_ps(g), ghi = _mm256_loadu_ps(g + 8);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int j = 0; j < 32; j += 8) {
+        const __m256 vx = _mm256_loadu_ps(x + j);
+        const __m256 v = _mm256_mul_ps(vid, vx);
+        __m256i k = _mm256_setzero_si256();
+        for (int m = 0; m < 15; m++) /* each true compare is -1 */
+            k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_set1_ps(iq4_mid[m]), _CMP_GE_OQ)));
+        const __m256 qlo = _mm256_permutevar8x32_ps(glo, k), qhi = _mm256_permutevar8x32_ps(ghi, k);
+        const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, _mm256_set1_epi32(7)));
+        const __m256 q = _mm256_blendv_ps(qlo, qhi, upper);
+        const __m256 wq = _mm256_mul_ps(_mm256_loadu_ps(w + j), q);
+        s0 = _mm256_add_ps(s0, _mm256_mul_ps(wq, vx));
+        s1 = _mm256_add_ps(s1, _mm256_mul_ps(wq, q));
+    }
+    float a[8];
+    _mm256_storeu_ps(a, s0); out[0] = lane_sum8(a);
+    _mm256_storeu_ps(a, s1); out[1] = lane_sum8(a);
+}
+#endif
+
+static inline void iq4_sums(const float *x, const float *w, float id, float out[2]) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) { iq4_sums_avx2(x, w, id, out); return; }
+#endif
+    iq4_sums_scalar(x, w, id, out);
+}
+
+/* best scale of one 32-block on the IQ4 grid (0 for an all-tiny block): starting from max -> +127 (clipped
+ * to the grid), try max -> grid[0] + k for k = -7..7, each with its weighted least-squares scale */
+static float iq4_block_scale(const float *x, const float *w, int mode) {
     float amax;
     const float max = signed_absmax(x, 32, &amax);
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 8, 32);
-        return 0.0f;
-    }
+    if (amax < GROUP_MAX_EPS) return 0.0f;
     const float g0 = (float)mg_kvalues_iq4nl[0];
-    if (mode == MODE_NAIVE) { /* the value of largest magnitude maps onto grid[0] = -127 */
-        memset(L, 8, 32);
-        return max / g0;
-    }
+    if (mode == MODE_NAIVE) return max / g0; /* the value of largest magnitude maps onto grid[0] = -127 */
     float d = -max / g0;
-    float id = 1.0f / d;
-    float sumqx = 0.0f, sumq2 = 0.0f;
-    for (int j = 0; j < 32; j++) {
-        int l = iq4_best_index(id * x[j]);
-        L[j] = (uint8_t)l;
-        const float q = (float)mg_kvalues_iq4nl[l];
-        sumqx += w[j] * q * x[j];
-        sumq2 += w[j] * q * q;
-    }
-    d = sumq2 > 0.0f ? sumqx / sumq2 : d;
-    float best = d * sumqx;
+    float sums[2];
+    iq4_sums(x, w, 1.0f / d, sums);
+    d = sums[1] > 0.0f ? sums[0] / sums[1] : d;
+    float best = d * sums[0];
     for (int itry = -7; itry <= 7; itry++) {
-        id = ((float)itry + g0) / max;
-        sumqx = sumq2 = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            const float q = (float)mg_kvalues_iq4nl[iq4_best_index(id * x[j])];
-            sumqx += w[j] * q * x[j];
-            sumq2 += w[j] * q * q;
-        }
-        if (sumq2 > 0.0f && sumqx * sumqx > best * sumq2) {
-            d = sumqx / sumq2;
-            best = d * sumqx;
+        iq4_sums(x, w, ((float)itry + g0) / max, sums);
+        if (sums[1] > 0.0f && sums[0] * sums[0] > best * sums[1]) {
+            d = sums[0] / sums[1];
+            best = d * sums[0];
         }
     }
     return d;
@@ -572,7 +698,7 @@ static void quant_iq4_nl(const float *x, uint8_t *y, const float *qw, int mode) 
     float w[32];
     uint8_t L[32];
     iq4_weights(x, qw, mode, 32, w);
-    const float d = iq4_block_scale(x, w, L, mode);
+    const float d = iq4_block_scale(x, w, mode);
     b.d = mg_f32_to_f16(d);
     iq4_codes(x, d, L);
     iq4_pack(L, 32, b.qs);
@@ -587,7 +713,7 @@ static void quant_iq4_xs(const float *x, uint8_t *y, const float *qw, int mode) 
     iq4_weights(x, qw, mode, MG_QK_K, w);
     float amax = 0.0f, max_scale = 0.0f;
     for (int ib = 0; ib < 8; ib++) {
-        scales[ib] = iq4_block_scale(x + 32 * ib, w + 32 * ib, L + 32 * ib, mode);
+        scales[ib] = iq4_block_scale(x + 32 * ib, w + 32 * ib, mode);
         const float a = fabsf(scales[ib]);
         if (a > amax) { amax = a; max_scale = scales[ib]; }
     }
