@@ -98,6 +98,11 @@ def test_mixed_chunks_and_truncate(lite):
     cache.truncate(20)  # drop positions 20.. and recompute them from a different split
     out = model.forward(toks[20:70], cache, all_logits=True)
     assert _rel(out, ref[20:]) < TOL
+    chunked = load_model(path)
+    chunked.max_batch = 16  # internal causal chunks give the same logits
+    assert _rel(chunked.forward(toks, chunked.new_cache(), all_logits=True), ref) < TOL
+    last = chunked.forward(toks, chunked.new_cache())
+    assert last.shape == (VOCAB,) and _rel(last, ref[-1]) < TOL
     cache.clear()
     assert cache.n_past == 0
     assert _rel(model.forward(toks[:10], cache, all_logits=True), ref[:10]) < TOL

@@ -106,13 +106,16 @@ class DeepseekV2Config:
             n_vocab = te.shape[0]
         n_expert = m.int("expert_count", 0)
         scaling = m.str("rope.scaling.type", "none")
-        gating = m.int("expert_gating_func", 1)
+        n_layer = m.int("block_count")
+        # absent -> softmax (the V2 rule), except GLM-4.7-Lite (47/48 layers, vocab 154880): sigmoid, as llama.cpp does
+        glm_lite = n_layer in (47, 48) and n_vocab == 154880
+        gating = m.int("expert_gating_func", 2 if glm_lite else 1)
         if gating not in (1, 2):
             raise ModelLoadError(f"{f.path}: {ARCH}.expert_gating_func {gating} unsupported (1 softmax, 2 sigmoid)")
         cfg = cls(
             n_vocab=n_vocab,
             n_embd=m.int("embedding_length"),
-            n_layer=m.int("block_count"),
+            n_layer=n_layer,
             n_ff=m.int("feed_forward_length", 0),
             n_head=n_head,
             context_length=m.int("context_length"),
@@ -232,6 +235,7 @@ class DeepseekV2Model:
         self.n_ctx = int(n_ctx)
         self.n_vocab = cfg.n_vocab
         self.mla = mla
+        self.max_batch = 512  # tokens per internal forward chunk (bounds activation scratch)
         self.pool = _make_pool(n_threads)
         self.inv_freq, self.rope_mag = cfg.rope_table()
         self.kq_scale = cfg.kq_scale()
@@ -349,7 +353,20 @@ class DeepseekV2Model:
             raise ContextFullError(
                 f"context full: {p0} cached + {n} new tokens > n_ctx {cache.n_ctx} (truncate or clear the cache, or load with a larger n_ctx)"
             )
+        outs = []
+        for c0 in range(0, n, self.max_batch):  # bounded scratch: long inputs run in causal chunks
+            part = toks[c0 : c0 + self.max_batch]
+            last = c0 + len(part) == n
+            logits = self._forward_chunk(part, cache, all_logits or last, all_logits)
+            if logits is not None:
+                outs.append(logits)
+        if all_logits:
+            return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return outs[-1][0]
+
+    def _forward_chunk(self, toks: np.ndarray, cache: KVCache, want_logits: bool, all_rows: bool) -> np.ndarray | None:
         cfg = self.config
+        n, p0 = toks.shape[0], cache.n_past
         pos = np.arange(p0, p0 + n, dtype=np.int32)
         x = self.tok_embd.rows(toks)
         for il, L in enumerate(self.layers):
@@ -358,11 +375,12 @@ class DeepseekV2Model:
             h = nn.rms_norm(x, L.ffn_norm, cfg.rms_eps)
             x += self._ffn(L, h, il)
         cache.n_past = p0 + n
-        if not all_logits:
+        if not want_logits:
+            return None
+        if not all_rows:
             x = x[-1:]
         x = nn.rms_norm(np.ascontiguousarray(x), self.output_norm, cfg.rms_eps)
-        logits = self.output.mm(x)
-        return logits if all_logits else logits[0]
+        return self.output.mm(x)
 
     # ------------------------------------------------------------------------------------ layers
     def _heads(self, n: int) -> np.ndarray:
