@@ -34,18 +34,22 @@ int mg_set_simd_level(int level);
 int mg_get_simd_level(void);
 
 /* ---------------------------------------------------------- quant formats ----- */
-/* [section owned by csrc/quants.c] */
+/* [section owned by csrc/quants.c, csrc/quants_k.c]  src/dst need no alignment (blocks are read with memcpy). */
 
 /* Block size (elements per block) of a ggml type, or 0 if the type is not supported by these kernels. */
 int mg_type_block_size(int type);
 /* Bytes per block of a ggml type, or 0 if unsupported. */
 size_t mg_type_block_bytes(int type);
-/* Dequantizes `n` elements (a whole number of blocks) of type `type` from `src` into float32 `dst`.
+/* Dequantizes `n` elements (a whole number of blocks) of type `type` from `src` into float32 `dst`, bit-exactly
+ * as ggml's reference (and gguf-py's numpy) dequantizers; AVX2 paths give the same bits as the scalar ones.
  * Supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS. */
 int mg_dequantize_row(int type, const void *src, float *dst, int64_t n);
 /* Quantizes `n` float32 elements (a whole number of blocks) from `src` into `dst` in type `type`.
  * Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q8_K, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS.
- * `imatrix` (may be NULL) gives per-column importance weights of length n for the K/IQ quantizers. */
+ * Q4_0..Q8_0 give the bytes of ggml's reference quantizers (= gguf-py's); Q8_K uses ggml's activation convention;
+ * the K/IQ4 quantizers search block scales (ggml-style) and keep the best of that, a unit-weight search and
+ * naive rounding per block.  `imatrix` (may be NULL) gives per-column importance weights of length n for the
+ * K/IQ quantizers (ignored by the others).  Block formats return -4 if src or imatrix holds inf/NaN. */
 int mg_quantize_row(int type, const float *src, void *dst, int64_t n, const float *imatrix);
 /* Quantizes `nrows` contiguous rows of `n_per_row` float32 elements each into `dst` (rows of row-bytes each),
  * one mg_quantize_row per row with the same `imatrix` (length n_per_row, may be NULL).
@@ -111,12 +115,13 @@ int mg_softmax_rows(float *x, int64_t n_rows, int64_t n);
 /* out[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]. */
 int mg_silu_mul(float *out, const float *g, const float *u, int64_t n);
 /* Causal attention of n_head query heads over ONE shared K/V head (MLA absorbed form).
- * q: n_tok x n_head x d_k.  kv: cache rows j = 0.., row j at kv + j*kv_stride; key = row[0:d_k],
- * value = row[0:d_v] (d_v <= d_k).  Query t sits at position n_kv0 + t and attends to rows 0..n_kv0+t.
- * out: n_tok x n_head x d_v = sum_j softmax_j(scale * q.key_j) * value_j.  Work is split over the pool's
- * threads by token (prefill) or by head group (decode); pool may be NULL.  Same result for any thread count. */
+ * q: n_tok x n_head x d_k float32.  kv: cache rows of type kv_type (F32 0 or F16 1), row j at element
+ * j*kv_stride; key = row[0:d_k], value = row[0:d_v] (d_v <= d_k).  Query t sits at position n_kv0 + t and
+ * attends to rows 0..n_kv0+t.  out: n_tok x n_head x d_v = sum_j softmax_j(scale * q.key_j) * value_j.
+ * Work is split over the pool's threads by token (prefill) or by head group (decode); pool may be NULL.
+ * Same result for any thread count. */
 int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
-                        const float *kv, int64_t kv_stride, int64_t n_kv0, float scale);
+                        const void *kv, int kv_type, int64_t kv_stride, int64_t n_kv0, float scale);
 /* Top-k MoE routing of n_tok rows of n_exp router logits.  gating 1 softmax, 2 sigmoid -> probs;
  * selection = probs + bias (bias may be NULL).  n_group > 1: only the n_group_used best groups of
  * n_exp/n_group experts compete (group score: max for softmax, sum of top-2 for sigmoid).  ids[t] get the

@@ -219,6 +219,7 @@ def test_legacy_edge_rows(name):
         np.r_[np.full(bs, 60000.0), -np.full(bs, 65504.0)],  # huge but within MAX_ABS
         np.full(bs * 2, 1e-41),  # subnormal: scale underflows / 1/d overflows
         np.r_[np.full(bs, 3e-39), np.linspace(-1e-30, 1e-30, bs)],
+        np.r_[127.0, np.arange(-15, 16) + 0.5, -127.0, np.arange(-15, 16) - 0.5],  # exact .5 ties for Q8_0 (d = 1)
     ]).astype(np.float32)
     with np.errstate(all="ignore"):
         expect = gguf_quantize(rows, GQ[name])
@@ -227,6 +228,9 @@ def test_legacy_edge_rows(name):
         np.testing.assert_array_equal(got, expect, err_msg=f"level {level}")
     deq = Q.dequantize(got, GGMLType[name], rows.shape)
     assert np.all(deq[0] == 0)
+    if name == "Q8_0":  # ties round half away from zero (roundf), not half to even
+        q = got[-1, 2:34].view(np.int8)
+        np.testing.assert_array_equal(q[1:], np.trunc(rows[-1, 1:32] + np.copysign(0.5, rows[-1, 1:32])))
     np.testing.assert_allclose(deq[1:3], rows[1:3], rtol=2e-3)
 
 
@@ -492,10 +496,14 @@ def test_searched_quantizers_rmse_bound_and_never_worse_than_naive(name, kind, r
 
 @pytest.mark.parametrize("name", SEARCHED)
 def test_searched_quantizers_same_bytes_on_scalar_and_simd(name):
-    x = _kind_rows(np.random.default_rng(11), "student_t", 4, 1024)
+    rng = np.random.default_rng(11)
+    x = _kind_rows(rng, "student_t", 4, 1024)
+    imp = rng.lognormal(0.0, 1.0, 1024).astype(np.float32)
     outs = [_with_level(level, Q.quantize, x, GGMLType[name]) for level in LEVELS]
-    for o in outs[1:]:
+    outs_im = [_with_level(level, Q.quantize, x, GGMLType[name], imatrix=imp) for level in LEVELS]
+    for o, oi in zip(outs[1:], outs_im[1:]):
         np.testing.assert_array_equal(o, outs[0])
+        np.testing.assert_array_equal(oi, outs_im[0])
     # threads split rows only: same bytes
     big = np.tile(x, (300, 1))
     np.testing.assert_array_equal(Q.quantize(big, GGMLType[name], n_threads=2)[:4], outs[0])

@@ -5,6 +5,21 @@
 Both work on whole tensors with a single C call (the row loop runs in C); every argument is checked
 here, before any pointer reaches C.
 
+Exactness (tested in tests/test_quants.py):
+  * ``dequantize`` is bit-for-bit ggml's reference dequantization (= gguf-py's numpy ``dequantize``) on both
+    the scalar and the AVX2 path.
+  * Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 quantization gives the same bytes as ``gguf.quants.quantize`` and ggml's
+    reference quantizers: they agree with each other.  Q8_0 rounds half away from zero (C ``roundf``; gguf-py's
+    ``np_roundf``, *not* ``np.round``, which rounds half to even); the 4/5-bit types truncate ``x/d + offset + 0.5``
+    (``(int8_t)`` cast in C, ``np.trunc`` in gguf-py).  Note: llama.cpp's *AVX2* Q8_0 activation quantizer
+    rounds half to even with ``id = 127/amax``, so on exact ties it can differ by one code from the reference
+    convention used here.
+  * Q8_K: ``iscale = -128/max`` (max = first value of largest magnitude), codes rounded half to even
+    (ggml's ``nearest_int``) and clamped to 127, ``d = 1/iscale`` (f32), bsums = sums of 16 codes.
+  * K-quants and IQ4: no byte-exact oracle exists; per block we keep the encoding with the smallest squared
+    error (imatrix-weighted if given) among ggml's weighted scale search, the same search with unit weights,
+    and naive min/max rounding, so the result is never worse than naive rounding to the same format.
+
 Edge rows (documented behaviour, tested in tests/test_quants.py):
   * NaN or +-inf input to a block format raises ValueError (there is no meaningful encoding).  F32/F16/BF16
     pass NaN/inf through as IEEE conversions do (F16 rounds to nearest even, overflowing to inf like numpy;
