@@ -544,3 +544,43 @@ def test_searched_quantizers_edge_rows(name):
     assert rel < 2 * max(RMSE_BOUND[name])
     assert np.all(np.abs(dec[4:]) <= 1e-38)  # tiny blocks: scales underflow fp16, decode (near) zero
     assert np.all(_row_rmse(dec, rows) <= _row_rmse(NAIVE[name](rows), rows) * (1 + 1e-6))
+
+
+# ---------------------------------------------------------------------- with the GGUF reader (views)
+
+
+def test_dequantize_gguf_file_tensor_views(tmp_path):
+    """Tensors written by gguf-py's GGUFWriter, read back as zero-copy (read-only, mmap) views by our reader,
+    decode as gguf-py decodes the same bytes."""
+    import gguf as gguf_py
+
+    from moe_gguf.gguf import GGUFFile
+
+    rng = np.random.default_rng(21)
+    path = tmp_path / "q.gguf"
+    w = gguf_py.GGUFWriter(str(path), "test")
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    expected = {"f32": x, "f16": x.astype(np.float16).astype(np.float32)}
+    w.add_tensor("f32", x)
+    w.add_tensor("f16", x.astype(np.float16))
+    bf = gguf_quantize(x, GQ.BF16)
+    w.add_tensor("bf16", bf, raw_dtype=GQ.BF16)
+    expected["bf16"] = gguf_dequantize(bf, GQ.BF16).reshape(x.shape)
+    for name in BLOCK_TYPES:
+        if name == "Q8_K":
+            continue  # not a weight type; gguf-py cannot decode it
+        q = Q.quantize(x, GGMLType[name])
+        w.add_tensor(name.lower(), q, raw_dtype=GQ[name])
+        expected[name.lower()] = gguf_dequantize(q, GQ[name]).reshape(x.shape)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with GGUFFile(path) as f:
+        for tname, exp in expected.items():
+            info = f.tensors[tname]
+            view = f.tensor(tname)
+            out = Q.dequantize(view, info.ggml_type, info.shape)
+            assert out.shape == x.shape
+            np.testing.assert_array_equal(out.view(np.uint32), exp.view(np.uint32), err_msg=tname)
+            del view
