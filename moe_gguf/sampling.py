@@ -82,14 +82,18 @@ class Sampler:
         self._last_n = int(last_n)
         seed = None if p.seed is None or p.seed == -1 else int(p.seed)
         self._rng = np.random.default_rng(seed)
+        self._k = p.top_k if 0 < p.top_k < self.n_vocab else self.n_vocab
+        self._log_min_p = math.log(p.min_p) if p.min_p > 0.0 else -math.inf
         # Reused every token: the working logits, the history ring, and the full index range.
         self._work = np.empty(self.n_vocab, dtype=np.float32)
+        self._scratch = np.empty(self.n_vocab, dtype=np.float32)
+        self._buf = np.empty(self.n_vocab, dtype=np.float32)
+        self._mask = np.empty(self.n_vocab, dtype=bool)
+        self._unfiltered = self._k == self.n_vocab and p.top_p >= 1.0 and p.min_p == 0.0
+        self._cum = np.empty(self.n_vocab if self._unfiltered else 0, dtype=np.float64)
         self._hist = np.zeros(max(self._last_n, 1), dtype=np.int64)
         self._n_hist = 0
         self._hist_pos = 0
-        self._all = np.arange(self.n_vocab, dtype=np.int64)
-        self._k = p.top_k if 0 < p.top_k < self.n_vocab else self.n_vocab
-        self._log_min_p = math.log(p.min_p) if p.min_p > 0.0 else -math.inf
 
     # ---- history -------------------------------------------------------------------------------------------
     def reset(self, history: Iterable[int] = ()) -> None:
@@ -129,48 +133,94 @@ class Sampler:
             work[ids] = np.where(v <= 0, v * pen, v / pen)
         return work
 
+    def _kth_largest(self, work: np.ndarray, k: int) -> float:
+        """The k-th largest working logit (in-place partition of a reused scratch copy: O(n), no allocation)."""
+        scratch = self._scratch
+        np.copyto(scratch, work)
+        scratch.partition(self.n_vocab - k)
+        return float(scratch[self.n_vocab - k])
+
+    def _at_least(self, work: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and float64 logits of the tokens with logit >= threshold, sorted most likely first (ties by id)."""
+        np.greater_equal(work, threshold, out=self._mask)
+        idx = np.flatnonzero(self._mask)
+        vals = work[idx].astype(np.float64)
+        order = np.argsort(-vals, kind="stable")
+        return idx[order], vals[order]
+
+    def _select(self, work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """top-k -> top-p -> min-p on the penalised logits: the kept ids and logits, most likely first.
+
+        Never sorts the vocabulary: top-k is a partition; top-p and min-p both keep a prefix of the sorted
+        list, so they are found on the top-kk tokens for growing kk until the prefix is known to end inside."""
+        p = self.params
+        n, k = self.n_vocab, self._k
+        m = float(work.max())
+        if not math.isfinite(m):
+            raise ValueError("logits contain no finite maximum (NaN or all -inf)")
+        lo = m + self._log_min_p  # min-p: keep logit >= max + log(min_p)
+        if k < n:
+            idx, vals = self._at_least(work, self._kth_largest(work, k))
+            idx, vals = idx[:k], vals[:k]  # ties at the threshold: the first k by (logit desc, id)
+            ex = np.exp(vals - m)
+            z = float(ex.sum())
+        else:
+            buf = self._buf
+            np.subtract(work, np.float32(m), out=buf)
+            np.exp(buf, out=buf)
+            z = float(buf.sum(dtype=np.float64))  # normaliser of the whole vocabulary
+            kk = 64
+            while True:
+                thr = self._kth_largest(work, kk) if kk < n else -math.inf
+                if thr < lo:  # every token min-p keeps is in the top-kk set
+                    idx, vals = self._at_least(work, lo)
+                    break
+                idx, vals = self._at_least(work, thr)
+                if kk >= n or (p.top_p < 1.0 and float(np.exp(vals - m).sum()) / z >= p.top_p):
+                    break  # the top-p cut falls inside these
+                kk *= 4
+            ex = np.exp(vals - m)
+        keep = vals >= lo
+        if not keep.all():
+            idx, vals, ex = idx[keep], vals[keep], ex[keep]
+        if p.top_p < 1.0:
+            cum = np.cumsum(ex / z)
+            cut = int(np.searchsorted(cum, p.top_p, side="left")) + 1
+            if cut < len(idx):
+                idx, vals = idx[:cut], vals[:cut]
+        return idx, vals
+
     def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokens the chain keeps and their final probabilities (after temperature), most likely first.
         Greedy returns the single argmax with probability 1."""
         work = self._prepare(logits)
         if self.params.greedy:
             return np.array([int(np.argmax(work))], dtype=np.int64), np.ones(1, dtype=np.float64)
-        # top-k (argpartition touches every logit once; only the k survivors are sorted later).
-        if self._k < self.n_vocab:
-            idx = np.argpartition(work, self.n_vocab - self._k)[self.n_vocab - self._k :]
-        else:
-            idx = self._all
-        vals = work[idx].astype(np.float64)
-        m = float(vals.max())
-        if not math.isfinite(m):
-            raise ValueError("logits contain no finite maximum (NaN or all -inf)")
-        ex = np.exp(vals - m)
-        z = float(ex.sum())  # normaliser of the top-k set: what top-p's probabilities are relative to
-        # min-p keeps a prefix of the sorted list (logit >= max + log(min_p)); top-p keeps a prefix too, and
-        # its cut depends only on the top-k set, so filtering min-p first (to sort less) gives the same result.
-        if self._log_min_p > -math.inf:
-            keep = vals >= m + self._log_min_p
-            idx, vals, ex = idx[keep], vals[keep], ex[keep]
-        order = np.argsort(-vals, kind="stable")
-        idx, vals, ex = idx[order], vals[order], ex[order]
-        if self.params.top_p < 1.0:
-            cum = np.cumsum(ex / z)
-            cut = int(np.searchsorted(cum, self.params.top_p, side="left")) + 1
-            if cut < len(idx):
-                idx, vals = idx[:cut], vals[:cut]
+        idx, vals = self._select(work)
         t = vals / self.params.temperature
-        p = np.exp(t - t[0])
-        p /= p.sum()
-        return idx, p
+        prob = np.exp(t - t[0])
+        prob /= prob.sum()
+        return idx, prob
 
     def sample(self, logits: np.ndarray) -> int:
         """Draw one token id from `logits` (shape (n_vocab,)). Does not accept it."""
         if self.params.greedy:
+            return int(np.argmax(self._prepare(logits)))
+        if self._unfiltered:  # the whole vocabulary: draw from the tempered softmax without sorting anything
             work = self._prepare(logits)
-            return int(np.argmax(work))
-        idx, p = self.candidates(logits)
+            m = float(work.max())
+            if not math.isfinite(m):
+                raise ValueError("logits contain no finite maximum (NaN or all -inf)")
+            buf, cum = self._buf, self._cum
+            np.subtract(work, np.float32(m), out=buf)
+            buf *= np.float32(1.0 / self.params.temperature)
+            np.exp(buf, out=buf)
+            np.cumsum(buf, out=cum)
+            i = int(np.searchsorted(cum, self._rng.random() * cum[-1], side="right"))
+            return min(i, self.n_vocab - 1)
+        idx, prob = self.candidates(logits)
         if len(idx) == 1:
             return int(idx[0])
-        cum = np.cumsum(p)
+        cum = np.cumsum(prob)
         i = int(np.searchsorted(cum, self._rng.random() * cum[-1], side="right"))
         return int(idx[min(i, len(idx) - 1)])

@@ -60,7 +60,7 @@ params_strategy = st.builds(
 )
 
 
-@given(params=params_strategy, data_seed=st.integers(0, 2**31), n_vocab=st.sampled_from([5, 37, 300]))
+@given(params=params_strategy, data_seed=st.integers(0, 2**31), n_vocab=st.sampled_from([5, 37, 300, 2000]))
 def test_candidates_match_reference(params: SamplingParams, data_seed: int, n_vocab: int) -> None:
     rng = np.random.default_rng(data_seed)
     logits = (rng.standard_normal(n_vocab) * 3).astype(np.float32)
@@ -160,6 +160,30 @@ def test_full_vocab_path_large() -> None:
     ids, probs = Sampler(n, p).candidates(logits)
     ref = reference_chain(logits, [], p)
     assert sorted(ids.tolist()) == sorted(ref)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.99])
+def test_top_p_without_top_k_or_min_p_large_vocab(top_p: float) -> None:
+    # the growing top-kk search must find exactly the sorted-prefix cut
+    rng = np.random.default_rng(4)
+    n = 102400
+    logits = (rng.standard_normal(n) * 2.5).astype(np.float32)
+    p = SamplingParams(temperature=1.0, top_k=0, top_p=top_p, min_p=0.0)
+    ids, probs = Sampler(n, p).candidates(logits)
+    ref = reference_chain(logits, [], p)
+    assert len(ids) == len(ref) and set(ids.tolist()) == set(ref)
+
+
+def test_unfiltered_sampling_distribution() -> None:
+    # top_k = 0, top_p = 1, min_p = 0: the fast path draws from the whole tempered softmax
+    logits = np.array([1.0, 0.0, -1.0, 2.0, 0.5], dtype=np.float32)
+    p = SamplingParams(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0, seed=21)
+    s = Sampler(5, p)
+    n = 20000
+    counts = np.bincount([s.sample(logits) for _ in range(n)], minlength=5)
+    ref = reference_chain(logits, [], p)
+    expected = np.array([ref[i] * n for i in range(5)])
+    assert float((((counts - expected) ** 2) / expected).sum()) < 18.47  # chi-square df 4, p = 0.001
 
 
 def test_bad_inputs() -> None:
