@@ -132,9 +132,16 @@ def run(
         gen = generate(m, tok, ids, params, n_predict if n_predict >= 0 else m.n_ctx, stop=stop)
         try:
             _stream(gen)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
         except KeyboardInterrupt:
             gen.close()
-        sys.stdout.write("\n")
+            sys.stdout.write("\n")
+        except BrokenPipeError:  # `moe-gguf run ... | head`: the reader left; stop quietly
+            gen.close()
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         typer.echo(gen.stats.summary(), err=True)
     except _user_errors() as e:
         raise _fail(e) from None

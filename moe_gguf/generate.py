@@ -231,7 +231,10 @@ class Generation:
         return next(self._it)
 
     def close(self) -> None:
+        """Stop early (the cache keeps what was evaluated); the stats cover the work done so far."""
         self._it.close()
+        if not self.finished and self._t1:
+            self.stats.generation_seconds = time.perf_counter() - self._t1
 
     def text(self) -> str:
         """Run to completion and return the whole generated text."""
