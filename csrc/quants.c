@@ -468,6 +468,57 @@ MG_TARGET_AVX2 static void deq_q5_K_avx2(const uint8_t *s, float *y, int64_t nb)
         }
     }
 }
+
+/* y[0..15] = d * float(q) - m for 16 unsigned bytes q */
+MG_TARGET_AVX2 static inline void store_u8x16_affine(__m128i q, __m256 d, __m256 m, float *y) {
+    __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+    __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8)));
+    _mm256_storeu_ps(y, _mm256_sub_ps(_mm256_mul_ps(d, f0), m));
+    _mm256_storeu_ps(y + 8, _mm256_sub_ps(_mm256_mul_ps(d, f1), m));
+}
+
+MG_TARGET_AVX2 static void deq_q2_K_avx2(const uint8_t *s, float *y, int64_t nb) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_q2_K)) {
+        const uint8_t *sc = s + offsetof(mg_block_q2_K, scales);
+        const uint8_t *q = s + offsetof(mg_block_q2_K, qs);
+        const float d = ld_f16(s + offsetof(mg_block_q2_K, d));
+        const float dmin = ld_f16(s + offsetof(mg_block_q2_K, dmin));
+        int is = 0;
+        for (int n = 0; n < MG_QK_K; n += 128, q += 32) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)q);
+            for (int shift = 0; shift < 8; shift += 2, is += 2, y += 32) {
+                const __m256i v = _mm256_and_si256(_mm256_srli_epi16(b, shift), m3);
+                store_u8x16_affine(_mm256_castsi256_si128(v), _mm256_set1_ps(d * (float)(sc[is] & 15)),
+                                   _mm256_set1_ps(dmin * (float)(sc[is] >> 4)), y);
+                store_u8x16_affine(_mm256_extracti128_si256(v, 1), _mm256_set1_ps(d * (float)(sc[is + 1] & 15)),
+                                   _mm256_set1_ps(dmin * (float)(sc[is + 1] >> 4)), y + 16);
+            }
+        }
+    }
+}
+
+MG_TARGET_AVX2 static void deq_q3_K_avx2(const uint8_t *s, float *y, int64_t nb) {
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+    for (int64_t i = 0; i < nb; i++, s += sizeof(mg_block_q3_K)) {
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)(const void *)(s + offsetof(mg_block_q3_K, hmask)));
+        const uint8_t *q = s + offsetof(mg_block_q3_K, qs);
+        const float d_all = ld_f16(s + offsetof(mg_block_q3_K, d));
+        int sc[16];
+        q3k_scales(s + offsetof(mg_block_q3_K, scales), sc);
+        int is = 0, bit = 0;
+        for (int n = 0; n < MG_QK_K; n += 128, q += 32) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)q);
+            for (int shift = 0; shift < 8; shift += 2, bit++, is += 2, y += 32) {
+                const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(b, shift), m3);
+                const __m256i h = _mm256_and_si256(_mm256_srli_epi16(hm, bit), one); /* 1: no offset */
+                const __m256i v = _mm256_add_epi8(_mm256_sub_epi8(lo, four), _mm256_slli_epi16(h, 2));
+                store_i8x16_scaled(_mm256_castsi256_si128(v), _mm256_set1_ps(d_all * (float)sc[is]), y);
+                store_i8x16_scaled(_mm256_extracti128_si256(v, 1), _mm256_set1_ps(d_all * (float)sc[is + 1]), y + 16);
+            }
+        }
+    }
+}
 #endif /* MG_X86 */
 
 int mg_dequantize_row(int type, const void *src, float *dst, int64_t n) {
@@ -485,6 +536,8 @@ int mg_dequantize_row(int type, const void *src, float *dst, int64_t n) {
         case MG_Q5_0: deq_legacy_avx2(s, dst, nb, 5, 0); return MG_OK;
         case MG_Q5_1: deq_legacy_avx2(s, dst, nb, 5, 1); return MG_OK;
         case MG_Q8_0: deq_q8_0_avx2(s, dst, nb); return MG_OK;
+        case MG_Q2_K: deq_q2_K_avx2(s, dst, nb); return MG_OK;
+        case MG_Q3_K: deq_q3_K_avx2(s, dst, nb); return MG_OK;
         case MG_Q4_K: deq_q4_K_avx2(s, dst, nb); return MG_OK;
         case MG_Q5_K: deq_q5_K_avx2(s, dst, nb); return MG_OK;
         case MG_Q6_K: deq_q6_K_avx2(s, dst, nb); return MG_OK;
