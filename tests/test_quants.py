@@ -584,3 +584,35 @@ def test_dequantize_gguf_file_tensor_views(tmp_path):
             assert out.shape == x.shape
             np.testing.assert_array_equal(out.view(np.uint32), exp.view(np.uint32), err_msg=tname)
             del view
+
+
+# ------------------------------------------------------------------------------------- slow, larger
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+def test_slow_dequant_many_random_blocks(name):
+    bs, bb = GGML_QUANT_SIZES[GQ[name]]
+    rng = np.random.default_rng(31)
+    raw = rng.integers(0, 256, size=(20000, bb), dtype=np.uint8)
+    if name == "Q8_K":
+        raw[:, :4] = rng.standard_normal(raw.shape[0]).astype(np.float32).view(np.uint8).reshape(-1, 4)
+    else:
+        raw = _finite_f16_fields(raw, name)
+    with np.errstate(all="ignore"):
+        ref = _ref_dequant(raw, name).reshape(-1)
+    for level in LEVELS:
+        out = _with_level(level, Q.dequantize, raw, GGMLType[name], (20000 * bs,))
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SEARCHED)
+@pytest.mark.parametrize("kind", KINDS)
+def test_slow_searched_quantizers_wide_rows(name, kind):
+    x = _kind_rows(np.random.default_rng(32), kind, 64, 4096)
+    dec = gguf_dequantize(Q.quantize(x, GGMLType[name]), GQ[name]).reshape(x.shape)
+    err = _row_rmse(dec, x)
+    rel = err / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1))
+    assert np.all(rel <= RMSE_BOUND[name][KINDS.index(kind)])
+    assert np.all(err <= _row_rmse(NAIVE[name](x), x) * (1 + 1e-6))
