@@ -227,6 +227,8 @@ def _post(server: Server, path: str, body: bytes | dict, key: str | None = KEY) 
         ("/v1/chat/completions", {"messages": MSGS, "n": 3}, "n = 1"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 300}]}, "maximum context length"),
         ("/v1/chat/completions", {"messages": MSGS, "max_tokens": 250}, "max_tokens is too large"),
+        ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "content"),
+        ("/v1/chat/completions", [MSGS], "JSON object"),
         ("/v1/completions", {"prompt": 5}, "prompt"),
         ("/v1/completions", {"prompt": [1, 999]}, "outside the vocabulary"),
         ("/v1/completions", {"prompt": ""}, "empty"),
@@ -246,6 +248,10 @@ def test_errors_through_the_openai_client(server: Server) -> None:
         server.client(api_key="wrong").models.list()
     r = _post(server, "/v1/completions", {"prompt": "a"}, key=None)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    # no JSON content type (curl -d sends a form type): the body is still read as JSON
+    r = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "abc", "max_tokens": 2, "temperature": 0}',
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected(fake_encode("abc"), 2)[0]
     r = httpx.get(server.url + "/v1/nowhere", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 404 and "error" in r.json()
 

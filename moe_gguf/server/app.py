@@ -14,15 +14,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -51,6 +51,7 @@ class APIError(Exception):
 
 # ------------------------------------------------------------------------------------------------ request bodies
 Num = Union[StrictFloat, StrictInt]
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 
 class _Sampling(BaseModel):
@@ -128,20 +129,35 @@ class CompletionRequest(_Sampling):
     echo: StrictBool = False
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errs = exc.errors()
+def _validation_message(errs: Sequence[Any]) -> tuple[str, str | None]:
     if not errs:
         return "invalid request body", None
     e = errs[0]
     if e.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request: it is not valid JSON.", None
-    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     # drop pydantic's union-branch names (e.g. 'str', 'list[...]') so the path reads like the JSON
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     loc = [x for x in loc if not any(c in x for c in "[]") and x not in ("str", "int", "float", "bool")]
     where = ".".join(loc) or "body"
     if e.get("type") == "missing":
         return f"'{where}' is a required field", where
     return f"'{where}': {e.get('msg', 'invalid value')}", where
+
+
+async def _parse(request: Request, model: type[BaseModelT]) -> BaseModelT:
+    """The JSON body as `model`, whatever Content-Type the client sent; 400 in OpenAI's shape otherwise."""
+    raw = await request.body()
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(400, "We could not parse the JSON body of your request: it is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        msg, param = _validation_message(e.errors())
+        raise APIError(400, msg, param=param) from None
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -184,7 +200,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        msg, param = _validation_message(exc)
+        msg, param = _validation_message(exc.errors())
         return APIError(400, msg, param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
@@ -225,9 +241,13 @@ def create_app(
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+    async def chat_completions(request: Request) -> Any:
+        body = await _parse(request, ChatRequest)
         if st.template is None:
             raise APIError(400, "this model has no chat template; use /v1/completions")
+        for i, m in enumerate(body.messages):
+            if m.content is None and m.role != "assistant":
+                raise APIError(400, f"'messages.{i}.content' is required for role {m.role!r}", param=f"messages.{i}.content")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             ids = await run_in_threadpool(encode_chat, tokenizer, st.template, messages)
@@ -239,7 +259,8 @@ def create_app(
         return await _complete(request, body, ids, max_tokens, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
+    async def completions(request: Request) -> Any:
+        body = await _parse(request, CompletionRequest)
         if body.echo:
             raise APIError(400, "'echo' is not supported", param="echo")
         p = body.prompt
