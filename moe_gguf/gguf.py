@@ -221,6 +221,7 @@ class GGUFFile:
         self.metadata: dict[str, Any] = {}
         self.metadata_types: dict[str, int] = {}
         self._specs: dict[str, tuple[int, ...]] = {}
+        self._key_offsets: dict[str, int] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.alignment = DEFAULT_ALIGNMENT
         self.data_offset = 0
@@ -308,6 +309,7 @@ class GGUFFile:
             self.metadata[key] = value
             self.metadata_types[key] = vtype
             self._specs[key] = spec
+            self._key_offsets[key] = kpos
 
         self._check_alignment()
         pos = self._parse_tensor_infos(pos, n_tensors)
@@ -319,13 +321,14 @@ class GGUFFile:
             return
         a = self.metadata["general.alignment"]
         vt = self.metadata_types["general.alignment"]
+        at = self._key_offsets["general.alignment"]
         if vt not in (ValueType.UINT8, ValueType.UINT16, ValueType.UINT32, ValueType.UINT64, ValueType.INT32,
                       ValueType.INT64, ValueType.INT16, ValueType.INT8):
             raise GGUFError(
-                f"general.alignment must be an integer, got a {VALUE_TYPE_NAMES.get(vt, vt)} value (offset 24+)", 24
+                f"general.alignment (key at offset {at}) must be an integer, got a {VALUE_TYPE_NAMES.get(vt, vt)}", at
             )
         if a <= 0 or a & (a - 1) or a > 1 << 30:
-            raise GGUFError(f"general.alignment must be a power of two, got {a} (metadata at offset 24+)", 24)
+            raise GGUFError(f"general.alignment (key at offset {at}) must be a power of two, got {a}", at)
         self.alignment = int(a)
 
     def _parse_tensor_infos(self, pos: int, n_tensors: int) -> int:
@@ -604,20 +607,16 @@ class GGUFFile:
         """Prefix offsets, lengths and end of `count` (>= _VEC_MIN_STRINGS) strings at `pos`, all checked."""
         np = _np()
         starts, lens, pos, done = self._walk_strings_np(pos, count)
+        if pos > self.size:  # the last string of a vectorised run ran past the end
+            last, n = int(starts[-1][-1]), int(lens[-1][-1])
+            raise GGUFError(
+                f"string {done - 1} of array {key!r} at offset {last}: length {n} runs past the end of the file", last
+            )
         if done < count:
             s2, l2, pos = self._walk_strings_py(pos, count - done, key, done)
             starts.append(np.asarray(s2, dtype=np.int64))
             lens.append(np.asarray(l2, dtype=np.int64))
-        st = np.concatenate(starts)
-        ln = np.concatenate(lens)
-        if pos > self.size:  # the last string of a vectorised run ran past the end
-            last = int(st[-1])
-            raise GGUFError(
-                f"string {count - 1} of array {key!r} at offset {last}: length {int(ln[-1])} runs past the end of "
-                f"the file",
-                last,
-            )
-        return st, ln, pos
+        return np.concatenate(starts), np.concatenate(lens), pos
 
     def _string_array(self, pos: int, count: int, key: str) -> tuple[list[str], int]:
         if count < _VEC_MIN_STRINGS:
@@ -670,6 +669,8 @@ class GGUFFile:
     def array(self, key: str, *, as_list: bool = False) -> Any:
         """The decoded value of an array key (decoding an ArrayRef left by lazy_arrays=True). `as_list=True`
         returns plain Python lists (numbers as int/float/bool) and does not need numpy."""
+        if self.metadata_types[key] != ValueType.ARRAY:
+            raise TypeError(f"metadata {key!r} is a {VALUE_TYPE_NAMES[self.metadata_types[key]]}, not an array")
         v = self.metadata[key]
         if not isinstance(v, ArrayRef):
             if as_list:

@@ -115,6 +115,7 @@ def test_numeric_bool_and_nested_arrays(tmp_path: Path) -> None:
     kvs.append(kv("nested", V.ARRAY, arr(V.ARRAY, inner, raw=True)))
     kvs.append(kv("nested3", V.ARRAY, arr(V.ARRAY, [arr(V.ARRAY, [arr(V.STRING, ["x", "yz"])], raw=True)], raw=True)))
     kvs.append(kv("nested_empty", V.ARRAY, arr(V.ARRAY, [])))
+    kvs.append(kv("scalar", V.UINT8, scalar(V.UINT8, 1)))
     p = write(tmp_path, build(kvs))
     with GGUFFile(p) as f:
         for k, a in want.items():
@@ -135,6 +136,8 @@ def test_numeric_bool_and_nested_arrays(tmp_path: Path) -> None:
         assert [x.tolist() for x in f.array("nested")] == [[1, 2], [3]]
         assert f.array("nested3", as_list=True) == [[["x", "yz"]]]
         assert len(f.metadata["nested"]) == 2
+        with pytest.raises(TypeError, match="not an array"):
+            f.array("scalar")
 
 
 # strings that stress the vectorised scan: empty ones (their zero prefix bytes look like lengths), long ones (>= 256),
@@ -351,6 +354,8 @@ CASES: list[tuple[str, bytes, str, int]] = [
     ("nested count past EOF", build([kv("k", V.ARRAY, u32(V.ARRAY) + u64(2**62))]), r"nested arrays run past", 37),
     ("string in array past EOF", build([kv("k", V.ARRAY, u32(V.STRING) + u64(2) + gstr("a") + u64(99))]),
      r"string 1 of array 'k' .*runs past", 58),
+    ("long string array past EOF", build([kv("k", V.ARRAY, u32(V.STRING) + u64(100) + gstr("a") * 99 + u64(50))]),
+     r"string 99 of array 'k' at offset 940: length 50 runs past", 940),
     ("bool array 7", build([kv("k", V.ARRAY, arr(V.BOOL, [0, 1, 7]))]), r"element 2 .* is 7", 51),
     ("nesting too deep", build([kv("k", V.ARRAY, u32(V.ARRAY) + u64(1)) + (u32(V.ARRAY) + u64(1)) * 9 + u32(0) + u64(0)]),
      r"nested more than 8 deep", 37 + 12 * 8),
