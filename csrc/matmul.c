@@ -1,16 +1,18 @@
 /* matmul.c - y = x W^T straight from the (mmap'd) weight rows, and the expert-indexed variant.
  *
  * 1. Activations are converted once per call into the weight type's activation format (vecdot.h).
- * 2. Output rows are cut into chunks of ROWS_PER_CHUNK; threads take chunks from an atomic counter, so a
- *    slow (shared) core simply takes fewer chunks.  Inside a chunk, tokens are processed in tiles of
- *    TOK_TILE: the chunk's weight rows stay in L1/L2 while they meet every activation row of the tile,
- *    and each weight row is streamed from memory once per call.
+ * 2. Work items are (block of up to TOK_BLOCK tokens) x (ROWS_PER_CHUNK output rows); threads take items from
+ *    an atomic counter, so a slow (shared) core simply takes fewer.  Inside an item, tokens are processed
+ *    in tiles of TOK_TILE: the item's weight rows stay in L1/L2 while they meet every activation row of
+ *    the tile, and the dot kernels unpack each weight block once for up to 4 tokens.  Weights stream from
+ *    memory once per token block (once per call for decode and for each expert of matmul_id).
  * 3. Every output element is computed by one dot-product call with a fixed block order, so results are
  *    bit-identical for any thread count and any chunk/tile assignment.
  * The expert variant sorts (token, slot) pairs by expert (counting sort), lays their activation rows out in
  * that order, and then runs the same chunked loop per expert, so each expert's weights stream once per call.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -20,6 +22,7 @@
 
 #define ROWS_PER_CHUNK 16
 #define TOK_TILE 8
+#define TOK_BLOCK 32 /* work items are (up to 32 tokens) x (ROWS_PER_CHUNK rows), token blocks outermost */
 #define MIN_MACS_PER_THREAD (1 << 18) /* below this, extra threads cost more to wake than they save */
 #define MIN_QUANT_PER_THREAD (1 << 15)
 
@@ -39,11 +42,11 @@ typedef struct {
     const int32_t *act_src; /* id variant: x row of each activation row (NULL: identity) */
     /* output */
     float *y;
-    /* id variant: activation rows [start[u], start[u+1]) belong to expert used[u]; out_row gives the y row */
-    const int32_t *used;
-    const int64_t *start;
+    /* id variant: activation rows [seg_a[g], seg_a[g+1]) (at most TOK_BLOCK) belong to expert seg_e[g];
+     * out_row gives the y row of each activation row */
+    const int32_t *seg_e;
+    const int64_t *seg_a;
     const int32_t *out_row;
-    int n_used;
     int64_t chunks_per_expert, n_chunks;
     _Atomic int64_t next;
 } mm_job;
@@ -82,11 +85,12 @@ static void compute_task(void *arg, int ith, int nth) {
         if (c >= j->n_chunks) break;
         int64_t u = c / j->chunks_per_expert, rb = c % j->chunks_per_expert;
         int64_t r0 = rb * ROWS_PER_CHUNK, r1 = r0 + ROWS_PER_CHUNK < j->n_out ? r0 + ROWS_PER_CHUNK : j->n_out;
-        if (j->used) {
-            const char *w = j->w + (size_t)j->used[u] * j->w_expert_bytes;
-            run_block(j, w, r0, r1, j->start[u], j->start[u + 1]);
-        } else {
-            run_block(j, j->w, r0, r1, 0, j->n_act);
+        if (j->seg_e) {
+            const char *w = j->w + (size_t)j->seg_e[u] * j->w_expert_bytes;
+            run_block(j, w, r0, r1, j->seg_a[u], j->seg_a[u + 1]);
+        } else { /* u indexes a block of TOK_BLOCK activation rows (token-block-major order) */
+            int64_t a0 = u * TOK_BLOCK, a1 = a0 + TOK_BLOCK < j->n_act ? a0 + TOK_BLOCK : j->n_act;
+            run_block(j, j->w, r0, r1, a0, a1);
         }
     }
 }
@@ -125,11 +129,43 @@ static int setup(mm_job *j, int type, const void *w, int64_t n_out, int64_t n_in
     return MG_OK;
 }
 
-static void *alloc64(size_t n) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
-    return p;
+/* Per-thread scratch buffer (activation rows, expert lists), grown on demand and reused across calls: a fresh
+ * allocation per call costs page faults that can exceed a small GEMM's compute.  Freed at thread exit. */
+typedef struct { void *p; size_t n; } scratch_t;
+static pthread_key_t g_scratch_key;
+static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *v) {
+    scratch_t *s = v;
+    free(s->p);
+    free(s);
 }
+
+static void scratch_init(void) { (void)pthread_key_create(&g_scratch_key, scratch_free); }
+
+static void *scratch_get(size_t n) {
+    pthread_once(&g_scratch_once, scratch_init);
+    scratch_t *s = pthread_getspecific(g_scratch_key);
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        if (!s) return NULL;
+        if (pthread_setspecific(g_scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->n < n) {
+        void *p = NULL;
+        size_t want = n + n / 4 + 4096;
+        if (posix_memalign(&p, 64, want) != 0) return NULL;
+        free(s->p);
+        s->p = p;
+        s->n = want;
+    }
+    return s->p;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_in, const float *x, int64_t n_tok,
               float *y) {
@@ -139,13 +175,12 @@ int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     if (n_tok < 0) return MG_ESIZE;
     if (n_tok == 0) return MG_OK;
     j.n_act = n_tok;
-    j.act = alloc64(j.act_row_bytes * (size_t)n_tok);
+    j.act = scratch_get(j.act_row_bytes * (size_t)n_tok);
     if (!j.act) return MG_ENOMEM;
     quantize_all(pool, &j);
-    j.n_chunks = j.chunks_per_expert;
+    j.n_chunks = j.chunks_per_expert * ((n_tok + TOK_BLOCK - 1) / TOK_BLOCK);
     atomic_init(&j.next, 0);
     mg_pool_run(pool, compute_task, &j, threads_for(&j, n_out * n_in * n_tok, mg_pool_n_threads(pool)));
-    free(j.act);
     return MG_OK;
 }
 
@@ -160,31 +195,37 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     for (int64_t p = 0; p < n_pairs; p++) {
         if (ids[p] < 0 || ids[p] >= n_expert) return MG_ESIZE;
     }
-    int64_t *count = calloc((size_t)n_expert + 1, sizeof(int64_t));
-    int64_t *start = malloc(((size_t)n_expert + 1) * sizeof(int64_t));
-    int32_t *used = malloc((size_t)n_expert * sizeof(int32_t));
-    int32_t *out_row = malloc((size_t)n_pairs * sizeof(int32_t));
-    int32_t *act_src = malloc((size_t)n_pairs * sizeof(int32_t));
-    j.act = alloc64(j.act_row_bytes * (size_t)n_pairs);
-    if (!count || !start || !used || !out_row || !act_src || !j.act) {
-        rc = MG_ENOMEM;
-        goto done;
-    }
+    /* one scratch block: activation rows, then the expert lists */
+    size_t sz_act = align64(j.act_row_bytes * (size_t)n_pairs);
+    size_t sz_cnt = align64(((size_t)n_expert + 1) * sizeof(int64_t));
+    int64_t max_seg = n_expert + n_pairs / TOK_BLOCK + 1;
+    size_t sz_seg_a = align64(((size_t)max_seg + 1) * sizeof(int64_t));
+    size_t sz_seg_e = align64((size_t)max_seg * sizeof(int32_t));
+    size_t sz_pairs = align64((size_t)n_pairs * sizeof(int32_t));
+    char *mem = scratch_get(sz_act + sz_cnt + sz_seg_a + sz_seg_e + 2 * sz_pairs);
+    if (!mem) return MG_ENOMEM;
+    j.act = mem;
+    char *m = mem + sz_act;
+    int64_t *count = (int64_t *)(void *)m;
+    int64_t *seg_a = (int64_t *)(void *)(m += sz_cnt);
+    int32_t *seg_e = (int32_t *)(void *)(m += sz_seg_a);
+    int32_t *out_row = (int32_t *)(void *)(m += sz_seg_e);
+    int32_t *act_src = (int32_t *)(void *)(m += sz_pairs);
+    memset(count, 0, ((size_t)n_expert + 1) * sizeof(int64_t));
     /* counting sort of the (token, slot) pairs by expert; stable, so each expert's pairs stay in token order */
     for (int64_t p = 0; p < n_pairs; p++) count[ids[p]]++;
-    int n_used = 0;
-    int64_t acc = 0;
+    /* segments: each used expert's rows in blocks of at most TOK_BLOCK, consecutive in activation-row order */
+    int64_t n_seg = 0, acc = 0;
     for (int64_t e = 0; e < n_expert; e++) {
-        if (count[e]) {
-            used[n_used] = (int32_t)e;
-            start[n_used] = acc;
-            n_used++;
-        }
         int64_t c = count[e];
+        for (int64_t a0 = acc; a0 < acc + c; a0 += TOK_BLOCK) {
+            seg_e[n_seg] = (int32_t)e;
+            seg_a[n_seg++] = a0;
+        }
         count[e] = acc; /* now: the next free position of expert e */
         acc += c;
     }
-    start[n_used] = acc;
+    seg_a[n_seg] = acc;
     for (int64_t p = 0; p < n_pairs; p++) {
         int64_t pos = count[ids[p]]++;
         out_row[pos] = (int32_t)p;
@@ -193,20 +234,12 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     j.n_act = n_pairs;
     j.act_src = act_src;
     j.out_row = out_row;
-    j.used = used;
-    j.start = start;
-    j.n_used = n_used;
+    j.seg_e = seg_e;
+    j.seg_a = seg_a;
     quantize_all(pool, &j);
-    j.n_chunks = j.chunks_per_expert * n_used;
+    j.n_chunks = j.chunks_per_expert * n_seg;
     atomic_init(&j.next, 0);
     mg_pool_run(pool, compute_task, &j, threads_for(&j, n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
-done:
-    free(count);
-    free(start);
-    free(used);
-    free(out_row);
-    free(act_src);
-    free(j.act);
     return rc;
 }
 

@@ -444,10 +444,9 @@ MG_TARGET_AVX2 static inline __m256 scaled_dot(__m256i qx, const int8_t *qy, flo
     return _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc);
 }
 
-MG_TARGET_AVX2 static inline __m256 step_q4_0(const mg_block_q4_0 *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
-    (void)summ;
-    __m256i qx = _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
-    return scaled_dot(qx, y->qs, f16c(x->d) * f16c(y->d), acc);
+/* weight block -> 32 signed values (element order of the activation block) */
+MG_TARGET_AVX2 static inline __m256i unpack_q4_0(const mg_block_q4_0 *x) {
+    return _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
 }
 
 MG_TARGET_AVX2 static inline __m256 step_q4_1(const mg_block_q4_1 *x, const mg_block_q8_1x *y, __m256 acc, float *summ) {
@@ -455,13 +454,12 @@ MG_TARGET_AVX2 static inline __m256 step_q4_1(const mg_block_q4_1 *x, const mg_b
     return scaled_dot(nibbles32(x->qs), y->qs, f16c(x->d) * y->d, acc);
 }
 
-MG_TARGET_AVX2 static inline __m256 step_q5_0(const mg_block_q5_0 *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
-    (void)summ;
+MG_TARGET_AVX2 static inline __m256i unpack_q5_0(const mg_block_q5_0 *x) {
     uint32_t qh;
     memcpy(&qh, x->qh, 4);
     /* q - 16 = nibble - 16 where the 5th bit is clear: set the high nibble there (0xF0 | v == v - 16) */
     __m256i hi = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8((char)0xF0));
-    return scaled_dot(_mm256_or_si256(nibbles32(x->qs), hi), y->qs, f16c(x->d) * f16c(y->d), acc);
+    return _mm256_or_si256(nibbles32(x->qs), hi);
 }
 
 MG_TARGET_AVX2 static inline __m256 step_q5_1(const mg_block_q5_1 *x, const mg_block_q8_1x *y, __m256 acc, float *summ) {
@@ -472,10 +470,7 @@ MG_TARGET_AVX2 static inline __m256 step_q5_1(const mg_block_q5_1 *x, const mg_b
     return scaled_dot(_mm256_or_si256(nibbles32(x->qs), hi), y->qs, f16c(x->d) * y->d, acc);
 }
 
-MG_TARGET_AVX2 static inline __m256 step_q8_0(const mg_block_q8_0 *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
-    (void)summ;
-    return scaled_dot(load256(x->qs), y->qs, f16c(x->d) * f16c(y->d), acc);
-}
+MG_TARGET_AVX2 static inline __m256i unpack_q8_0(const mg_block_q8_0 *x) { return load256(x->qs); }
 
 /* IQ4 code book lookup of 16 packed bytes -> 32 signed values (same order as nibbles32) */
 MG_TARGET_AVX2 static inline __m256i iq4_values32(const uint8_t *p) {
@@ -486,17 +481,63 @@ MG_TARGET_AVX2 static inline __m256i iq4_values32(const uint8_t *p) {
     return _mm256_set_m128i(hi, lo);
 }
 
-MG_TARGET_AVX2 static inline __m256 step_iq4_nl(const mg_block_iq4_nl *x, const mg_block_q8_0 *y, __m256 acc, float *summ) {
-    (void)summ;
-    return scaled_dot(iq4_values32(x->qs), y->qs, f16c(x->d) * f16c(y->d), acc);
-}
+MG_TARGET_AVX2 static inline __m256i unpack_iq4_nl(const mg_block_iq4_nl *x) { return iq4_values32(x->qs); }
 
-AVX32_KERNEL(avx_q4_0, mg_block_q4_0, mg_block_q8_0, step_q4_0)
+/* Tiles of M <= MT_MAX activation rows: each weight block is unpacked once for all M rows.  Per row the
+ * arithmetic does not depend on M (even blocks into acc0, odd into acc1), so results never depend on how
+ * tokens are grouped, and the single dot is M = 1. */
+#define MT_MAX 4
+#define Q8_0_TILE(name, WT, unpack)                                                                          \
+    MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const void *w, const char *a, \
+                                                                          size_t stride, int M, float *s) {  \
+        const WT *x = w;                                                                                     \
+        __m256 acc0[MT_MAX], acc1[MT_MAX];                                                                   \
+        for (int j = 0; j < M; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();                                 \
+        int64_t i = 0;                                                                                       \
+        for (; i + 1 < nb; i += 2) {                                                                         \
+            __m256i q0 = unpack(&x[i]), q1 = unpack(&x[i + 1]);                                              \
+            float d0 = f16c(x[i].d), d1 = f16c(x[i + 1].d);                                                  \
+            for (int j = 0; j < M; j++) {                                                                    \
+                const mg_block_q8_0 *y = (const mg_block_q8_0 *)(const void *)(a + (size_t)j * stride) + i;  \
+                acc0[j] = scaled_dot(q0, y[0].qs, d0 * f16c(y[0].d), acc0[j]);                               \
+                acc1[j] = scaled_dot(q1, y[1].qs, d1 * f16c(y[1].d), acc1[j]);                               \
+            }                                                                                                \
+        }                                                                                                    \
+        if (i < nb) {                                                                                        \
+            __m256i q0 = unpack(&x[i]);                                                                      \
+            float d0 = f16c(x[i].d);                                                                         \
+            for (int j = 0; j < M; j++) {                                                                    \
+                const mg_block_q8_0 *y = (const mg_block_q8_0 *)(const void *)(a + (size_t)j * stride) + i;  \
+                acc0[j] = scaled_dot(q0, y[0].qs, d0 * f16c(y[0].d), acc0[j]);                               \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int j = 0; j < M; j++) s[j] = hsum8(_mm256_add_ps(acc0[j], acc1[j]));                           \
+    }
+
+/* multi_<name>: all nt activation rows, MT_MAX at a time, through tile(nb, w, a, stride, M, s) */
+#define MULTI_TILES(name, tile, blck)                                                                        \
+    MG_TARGET_AVX2 static void name(int64_t n, const void *w, const void *a, size_t a_stride, int nt, float *s) { \
+        const char *ap = a;                                                                                  \
+        int t = 0;                                                                                           \
+        for (; t + MT_MAX <= nt; t += MT_MAX) tile(n / (blck), w, ap + (size_t)t * a_stride, a_stride, MT_MAX, s + t); \
+        switch (nt - t) {                                                                                    \
+        case 3: tile(n / (blck), w, ap + (size_t)t * a_stride, a_stride, 3, s + t); break;                   \
+        case 2: tile(n / (blck), w, ap + (size_t)t * a_stride, a_stride, 2, s + t); break;                   \
+        case 1: tile(n / (blck), w, ap + (size_t)t * a_stride, a_stride, 1, s + t); break;                   \
+        default: break;                                                                                      \
+        }                                                                                                    \
+    }
+
+Q8_0_TILE(tile_q4_0, mg_block_q4_0, unpack_q4_0)
+Q8_0_TILE(tile_q5_0, mg_block_q5_0, unpack_q5_0)
+Q8_0_TILE(tile_q8_0, mg_block_q8_0, unpack_q8_0)
+Q8_0_TILE(tile_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl)
+MULTI_TILES(multi_avx_q4_0, tile_q4_0, MG_QK)
+MULTI_TILES(multi_avx_q5_0, tile_q5_0, MG_QK)
+MULTI_TILES(multi_avx_q8_0, tile_q8_0, MG_QK)
+MULTI_TILES(multi_avx_iq4_nl, tile_iq4_nl, MG_QK)
 AVX32_KERNEL(avx_q4_1, mg_block_q4_1, mg_block_q8_1x, step_q4_1)
-AVX32_KERNEL(avx_q5_0, mg_block_q5_0, mg_block_q8_0, step_q5_0)
 AVX32_KERNEL(avx_q5_1, mg_block_q5_1, mg_block_q8_1x, step_q5_1)
-AVX32_KERNEL(avx_q8_0, mg_block_q8_0, mg_block_q8_0, step_q8_0)
-AVX32_KERNEL(avx_iq4_nl, mg_block_iq4_nl, mg_block_q8_0, step_iq4_nl)
 
 /* int16 scale pair for a 32-element chunk: lanes 0..7 (elements 0..15) get s0, lanes 8..15 get s1 */
 MG_TARGET_AVX2 static inline __m256i scale_pair(int s0, int s1) {
@@ -588,24 +629,51 @@ MG_TARGET_AVX2 static inline __m256i k4_chunk(__m256i lo, __m256i hi, const int8
     return _mm256_add_epi32(plo, phi);
 }
 
-MG_TARGET_AVX2 static float avx_q4_K(int64_t n, const void *w, const void *a) {
+/* Q4_K tile (see Q8_0_TILE): each super-block's nibbles and scales are unpacked once for all M rows. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
+                                                                         size_t stride, int M, float *s) {
     const mg_block_q4_K *x = w;
-    const mg_block_q8_K *y = a;
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        __m256i sc = k4_scales(x[i].scales, y[i].bsums, y[i].d * f16c(x[i].dmin), &acc_m);
-        __m256i sumi = _mm256_setzero_si256();
+    __m256 acc[MT_MAX];
+    __m128 acc_m[MT_MAX];
+    for (int j = 0; j < M; j++) {
+        acc[j] = _mm256_setzero_ps();
+        acc_m[j] = _mm_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        uint32_t u[3];
+        memcpy(u, x[i].scales, 12);
+        uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
+        uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+        uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+        __m256i v16 = _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
+        __m128i mins = _mm256_extracti128_si256(v16, 1);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
+        __m256i q[8];
         for (int c = 0; c < 4; c++) {
             __m256i q4 = load256(x[i].qs + 32 * c);
-            __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc, c));
+            q[2 * c] = _mm256_and_si256(q4, m4);
+            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        float dx = f16c(x[i].d), dmx = f16c(x[i].dmin);
+        for (int j = 0; j < M; j++) {
+            const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
+            __m256i bs = load256(y->bsums);
+            __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            __m128i prod = _mm_madd_epi16(mins, pairs);
+            acc_m[j] = _mm_fmadd_ps(_mm_set1_ps(y->d * dmx), _mm_cvtepi32_ps(prod), acc_m[j]);
+            __m256i sumi = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), pick16(sc, c));
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
+        }
     }
-    return hsum8(acc) - hsum4(acc_m);
+    for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]) - hsum4(acc_m[j]);
 }
+
+MULTI_TILES(multi_avx_q4_K, q4_K_tile, MG_QK_K)
 
 MG_TARGET_AVX2 static float avx_q5_K(int64_t n, const void *w, const void *a) {
     const mg_block_q5_K *x = w;
@@ -632,34 +700,44 @@ MG_TARGET_AVX2 static float avx_q5_K(int64_t n, const void *w, const void *a) {
     return hsum8(acc) - hsum4(acc_m);
 }
 
-MG_TARGET_AVX2 static float avx_q6_K(int64_t n, const void *w, const void *a) {
+/* Q6_K tile (see Q8_0_TILE).  q - 32 is handled as sum(sc * q * y) - 32 * sum_g(sc_g * bsums_g), exact in int32. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_tile(int64_t nb, const void *w, const char *a,
+                                                                         size_t stride, int M, float *s) {
     const mg_block_q6_K *x = w;
-    const mg_block_q8_K *y = a;
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        __m256i sumi = _mm256_setzero_si256();
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+    __m256 acc[MT_MAX];
+    for (int j = 0; j < M; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i q[8], sp[8];
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[i].ql + 64 * h;
-            const int8_t *sc = x[i].scales + 8 * h, *q8 = y[i].qs + 128 * h;
             __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(x[i].qh + 32 * h);
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-            for (int k = 0; k < 4; k++) {
-                __m256i y8 = load256(q8 + 32 * k);
-                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], y8), _mm256_maddubs_epi16(m32, y8));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scale_pair(sc[2 * k], sc[2 * k + 1])));
-            }
+            q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        for (int c = 0; c < 8; c++) sp[c] = scale_pair(x[i].scales[2 * c], x[i].scales[2 * c + 1]);
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)x[i].scales));
+        float dx = f16c(x[i].d);
+        for (int j = 0; j < M; j++) {
+            const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
+            __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y->bsums)), 5); /* 32 * offsets */
+            sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
+            for (int c = 0; c < 8; c++) {
+                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), sp[c]);
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
+        }
     }
-    return hsum8(acc);
+    for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]);
 }
+
+MULTI_TILES(multi_avx_q6_K, q6_K_tile, MG_QK_K)
 
 MG_TARGET_AVX2 static float avx_iq4_xs(int64_t n, const void *w, const void *a) {
     const mg_block_iq4_xs *x = w;
@@ -724,17 +802,11 @@ MG_REF_ONLY(iq4_xs)
 MG_AVX(f32)
 MG_AVX(f16)
 MG_AVX(bf16)
-MG_AVX(q4_0)
 MG_AVX(q4_1)
-MG_AVX(q5_0)
 MG_AVX(q5_1)
-MG_AVX(q8_0)
-MG_AVX(iq4_nl)
 MG_AVX(q2_K)
 MG_AVX(q3_K)
-MG_AVX(q4_K)
 MG_AVX(q5_K)
-MG_AVX(q6_K)
 MG_AVX(iq4_xs)
 #define SIMD(t) multi_avx_##t
 #else

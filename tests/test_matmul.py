@@ -234,6 +234,35 @@ def test_matmul_id_vs_per_token_loop(tname: str, per_slot: bool, pools) -> None:
             check_against_numpy(tname, y[sel, s], deq[e], np.ascontiguousarray(xs[sel, s]))
 
 
+@pytest.mark.parametrize("tname", ALL_TYPES)
+def test_token_grouping_never_changes_results(tname: str, pools) -> None:
+    """Each row of a GEMM (tokens in tiles and blocks) equals the GEMV of that token alone, bit for bit."""
+    rng = np.random.default_rng(13)
+    n_in = 512 if tname not in FLOAT_TYPES else 96
+    raw, _ = make_weight(tname, (24, n_in), rng)
+    w = QWeight(raw, GGMLType[tname], (24, n_in))
+    x = rng.standard_normal((71, n_in)).astype(np.float32)
+    y = matmul(pools[2], w, x)
+    for t in (0, 3, 4, 7, 8, 31, 32, 33, 63, 64, 70):
+        assert np.array_equal(y[t], matmul(pools[1], w, x[t])), t
+    assert np.array_equal(y[5:38], matmul(pools[4], w, x[5:38]))
+
+
+def test_matmul_id_many_tokens_per_expert(pools) -> None:
+    """Experts with more tokens than one work block (prefill), x per slot, against per-token matmul."""
+    rng = np.random.default_rng(17)
+    raw, deq = make_weight("Q4_K", (3, 20, 256), rng)
+    w3 = QWeight(raw, GGMLType.Q4_K, (3, 20, 256))
+    ids = rng.integers(0, 3, size=(100, 2)).astype(np.int32)
+    x = rng.standard_normal((100, 2, 256)).astype(np.float32)
+    y = matmul_id(pools[2], w3, x, ids)
+    for e in range(3):
+        sel = ids == e
+        want = matmul(pools[1], QWeight(raw[e], GGMLType.Q4_K, (20, 256)), np.ascontiguousarray(x[sel]))
+        assert np.array_equal(y[sel], want)
+        check_against_numpy("Q4_K", y[sel], deq[e], np.ascontiguousarray(x[sel]))
+
+
 def test_matmul_id_decode_shape(pools) -> None:
     """One token, six experts out of 64 (the DeepSeek-V2-Lite decode case), shared x."""
     rng = np.random.default_rng(9)
