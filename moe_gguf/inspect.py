@@ -91,6 +91,7 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
             n_el_all += n_el
             n_bytes_all += t.nbytes
         metadata = {k: {"type": _type_str(f.type_spec(k)), "value": _value(f, k)} for k in md}
+        split = {k[len("split."):]: _value(f, k) for k in md if k.startswith("split.")}
         return {
             "file": os.fspath(path),
             "file_bytes": f.size,
@@ -102,6 +103,7 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
             "general": general,
             "hyperparameters": hparams,
             "tokenizer": tok,
+            "split": split or None,
             "tensor_count": len(tensors),
             "parameters": n_el_all,
             "tensor_bytes": n_bytes_all,
@@ -153,6 +155,10 @@ def format_text(s: dict[str, Any], *, tensors: bool = True) -> str:
         w = max(len(k) for k in other)
         for k, v in other.items():
             add(f"  {k:<{w}}  {_show(v)}")
+    if s["split"]:
+        sp = s["split"]
+        add(f"split         file {int(sp.get('no', 0)) + 1} of {sp.get('count', '?')}"
+            + (f", {sp['tensors.count']} tensors in all" if "tensors.count" in sp else ""))
     if s["hyperparameters"]:
         add(f"hyperparameters ({s['architecture']}.*)")
         w = max(len(k) for k in s["hyperparameters"])
@@ -179,6 +185,10 @@ def format_text(s: dict[str, Any], *, tensors: bool = True) -> str:
             add("  chat template: " + ", ".join(f"{k} ({n} chars)" for k, n in t["chat_templates"].items()))
         else:
             add("  chat template: none")
+    shown = ("general.", "tokenizer.ggml.", "tokenizer.chat_template", "split.", f"{s['architecture']}.")
+    others = [k for k in s["metadata"] if not k.startswith(shown)]
+    if others:
+        add(f"other keys    {', '.join(others[:8])}{', ...' if len(others) > 8 else ''} (values: --json)")
     if tensors and s["tensors"]:
         rows = [(x["name"], x["type"], "x".join(map(str, x["shape"])), f"{x['bytes']:,}") for x in s["tensors"]]
         w = [max(len(r[i]) for r in rows + [("name", "type", "shape", "bytes")]) for i in range(4)]

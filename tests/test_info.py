@@ -184,3 +184,20 @@ def test_info_speed_wall_clock(shared_dir: Path) -> None:
         best = min(_child_cpu(INFO_LLAMA_BPE + [str(shared_dir / "vocab" / name)])[0] for _ in range(3))
         print(f"moe-gguf info {name}: {best:.3f} s")
         assert best < 0.5
+
+
+def test_split_and_other_keys(tmp_path: Path) -> None:
+    p = tmp_path / "m-00001-of-00003.gguf"
+    with GGUFWriter(p) as w:
+        w.add("general.architecture", "llama")
+        w.add("split.no", 0, V.UINT16)
+        w.add("split.count", 3, V.UINT16)
+        w.add("split.tensors.count", 100, V.INT32)
+        w.add("vendor.custom", "x")
+    r = runner.invoke(app, ["info", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "split         file 1 of 3, 100 tensors in all" in r.stdout
+    assert "other keys    vendor.custom" in r.stdout and "tensors       none" in r.stdout
+    s = json.loads(runner.invoke(app, ["info", "--json", str(p)]).stdout)
+    assert s["split"] == {"no": 0, "count": 3, "tensors.count": 100} and s["tensor_count"] == 0
+    assert s["metadata"]["vendor.custom"] == {"type": "str", "value": "x"}
