@@ -29,6 +29,24 @@ static void axpy_scalar(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+/* the same with the second operand / x in IEEE half (an F16 cache row) */
+static float dot_f16_scalar(const float *a, const void *b, int64_t n) {
+    const uint16_t *h = b;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * mg_f16_to_f32(h[i + j]);
+    float s = 0.0f;
+    for (int j = 0; j < 8; j++) s += acc[j];
+    for (; i < n; i++) s += a[i] * mg_f16_to_f32(h[i]);
+    return s;
+}
+
+static void axpy_f16_scalar(float *y, float a, const void *x, int64_t n) {
+    const uint16_t *h = x;
+    for (int64_t i = 0; i < n; i++) y[i] += a * mg_f16_to_f32(h[i]);
+}
+
 #if MG_X86
 MG_TARGET_AVX2 static inline float hsum256(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -58,6 +76,34 @@ MG_TARGET_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t 
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+MG_TARGET_AVX2 static float dot_f16_avx2(const float *a, const void *bv, int64_t n) {
+    const uint16_t *b = bv;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i h0, h1;
+        memcpy(&h0, b + i, 16);
+        memcpy(&h1, b + i + 8, 16);
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(h0), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_cvtph_ps(h1), s1);
+    }
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * mg_f16_to_f32(b[i]);
+    return s;
+}
+
+MG_TARGET_AVX2 static void axpy_f16_avx2(float *y, float a, const void *xv, int64_t n) {
+    const uint16_t *x = xv;
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h;
+        memcpy(&h, x + i, 16);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(h), _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) y[i] += a * mg_f16_to_f32(x[i]);
+}
+
 MG_TARGET_AVX2 static float sumsq_avx2(const float *x, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
@@ -76,21 +122,29 @@ MG_TARGET_AVX2 static float sumsq_avx2(const float *x, int64_t n) {
 }
 #endif
 
-typedef float (*dot_fn)(const float *, const float *, int64_t);
-typedef void (*axpy_fn)(float *, float, const float *, int64_t);
+/* row operands are `const void *`: float32 or IEEE-half cache rows */
+typedef float (*dot_fn)(const float *, const void *, int64_t);
+typedef void (*axpy_fn)(float *, float, const void *, int64_t);
 
-static dot_fn pick_dot(void) {
+static float dot_f32_scalar(const float *a, const void *b, int64_t n) { return dot_scalar(a, b, n); }
+static void axpy_f32_scalar(float *y, float a, const void *x, int64_t n) { axpy_scalar(y, a, x, n); }
 #if MG_X86
-    if (mg_get_simd_level() >= 1) return dot_avx2;
+MG_TARGET_AVX2 static float dot_f32_avx2(const float *a, const void *b, int64_t n) { return dot_avx2(a, b, n); }
+MG_TARGET_AVX2 static void axpy_f32_avx2(float *y, float a, const void *x, int64_t n) { axpy_avx2(y, a, x, n); }
 #endif
-    return dot_scalar;
+
+static dot_fn pick_dot(int f16) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) return f16 ? dot_f16_avx2 : dot_f32_avx2;
+#endif
+    return f16 ? dot_f16_scalar : dot_f32_scalar;
 }
 
-static axpy_fn pick_axpy(void) {
+static axpy_fn pick_axpy(int f16) {
 #if MG_X86
-    if (mg_get_simd_level() >= 1) return axpy_avx2;
+    if (mg_get_simd_level() >= 1) return f16 ? axpy_f16_avx2 : axpy_f32_avx2;
 #endif
-    return axpy_scalar;
+    return f16 ? axpy_f16_scalar : axpy_f32_scalar;
 }
 
 /* ------------------------------------------------------------------------------------------ RMSNorm */
@@ -208,8 +262,9 @@ int mg_silu_mul(float *out, const float *g, const float *u, int64_t n) {
 /* ------------------------------------------------------------------------------------------ latent attention */
 typedef struct {
     float *out;
-    const float *q, *kv;
-    int64_t n_tok, n_head, d_k, d_v, kv_stride, n_kv0;
+    const float *q;
+    const char *kv;
+    int64_t n_tok, n_head, d_k, d_v, kv_stride /* bytes */, n_kv0;
     float scale;
     int64_t n_hgroup, hg_size; /* heads are split into n_hgroup groups of hg_size (last may be short) */
     dot_fn dot;
@@ -223,13 +278,13 @@ static void attn_item(const attn_args *a, float *sc, int64_t t, int64_t h0, int6
     const float *qt = a->q + (t * a->n_head + h0) * a->d_k;
     float *ot = a->out + (t * a->n_head + h0) * a->d_v;
     for (int64_t j = 0; j < n_kv; j++) {
-        const float *row = a->kv + j * a->kv_stride;
+        const void *row = a->kv + j * a->kv_stride;
         for (int64_t h = 0; h < nh; h++) sc[h * n_kv + j] = a->dot(qt + h * a->d_k, row, a->d_k) * a->scale;
     }
     for (int64_t h = 0; h < nh; h++) softmax_inplace(sc + h * n_kv, n_kv);
     memset(ot, 0, sizeof(float) * (size_t)(nh * a->d_v));
     for (int64_t j = 0; j < n_kv; j++) {
-        const float *row = a->kv + j * a->kv_stride;
+        const void *row = a->kv + j * a->kv_stride;
         for (int64_t h = 0; h < nh; h++) a->axpy(ot + h * a->d_v, sc[h * n_kv + j], row, a->d_v);
     }
 }
@@ -253,12 +308,15 @@ static void attn_task(void *arg, int ith, int nth) {
 }
 
 int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
-                        const float *kv, int64_t kv_stride, int64_t n_kv0, float scale) {
+                        const void *kv, int kv_type, int64_t kv_stride, int64_t n_kv0, float scale) {
+    if (kv_type != MG_F32 && kv_type != MG_F16) return MG_EUNSUPPORTED;
     if (!out || !q || !kv || n_tok < 0 || n_head <= 0 || d_k <= 0 || d_v <= 0 || d_v > d_k || kv_stride < d_k || n_kv0 < 0)
         return MG_ESIZE;
     if (n_tok == 0) return MG_OK;
     int nth = pool ? mg_pool_n_threads(pool) : 1;
-    attn_args a = {out, q, kv, n_tok, n_head, d_k, d_v, kv_stride, n_kv0, scale, 1, n_head, pick_dot(), pick_axpy(), 0};
+    int f16 = kv_type == MG_F16;
+    int64_t stride_bytes = kv_stride * (f16 ? 2 : 4);
+    attn_args a = {out, q, kv, n_tok, n_head, d_k, d_v, stride_bytes, n_kv0, scale, 1, n_head, pick_dot(f16), pick_axpy(f16), 0};
     if (n_tok < nth) { /* few tokens (decode): split the heads instead */
         a.n_hgroup = nth < n_head ? nth : n_head;
         a.hg_size = (n_head + a.n_hgroup - 1) / a.n_hgroup;

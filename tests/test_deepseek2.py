@@ -108,6 +108,24 @@ def test_mixed_chunks_and_truncate(lite):
     assert _rel(model.forward(toks[:10], cache, all_logits=True), ref[:10]) < TOL
 
 
+def test_f16_cache(lite):
+    hf, path, _ = lite
+    toks = _toks(130, seed=15)
+    ref = hf_logits(hf, toks)
+    model = load_model(path, cache_type="f16")
+    cache = model.new_cache()
+    assert cache.data.dtype == np.float16
+    batch = model.forward(toks[:100], cache, all_logits=True)
+    steps = np.concatenate([model.forward(toks[i : i + 1], cache, all_logits=True) for i in range(100, 130)])
+    out = np.concatenate([batch, steps])
+    assert _rel(out, ref) < 2e-3  # half-precision latents (measured ~2e-4)
+    assert np.mean(np.argmax(out, -1) == np.argmax(ref, -1)) >= 0.95
+    model.shift_cache(cache, 10, 20)
+    assert cache.n_past == 110 and np.isfinite(model.forward(toks[:3], cache)).all()
+    with pytest.raises(ValueError, match="cache_type"):
+        load_model(path, cache_type="q8")
+
+
 def test_context_shift_one_layer_matches_transformers(tmp):
     """With one layer the cache rows depend only on (token, position): after a shift the next logits must equal
     transformers on the kept tokens alone."""
@@ -364,19 +382,27 @@ def test_latent_attention_kernel(n_tok, n_kv0, n_head, seed):
     d_k, d_v, width = 24, 16, 28
     kv = rng.standard_normal((40, width)).astype(np.float32)
     q = rng.standard_normal((n_tok, n_head, d_k)).astype(np.float32)
-    ref = np.empty((n_tok, n_head, d_v))
-    for t in range(n_tok):
-        keys = kv[: n_kv0 + t + 1, :d_k].astype(np.float64)
-        s = 0.3 * q[t].astype(np.float64) @ keys.T
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        ref[t] = p @ kv[: n_kv0 + t + 1, :d_v]
+    def reference(kv: np.ndarray) -> np.ndarray:
+        ref = np.empty((n_tok, n_head, d_v))
+        for t in range(n_tok):
+            keys = kv[: n_kv0 + t + 1, :d_k].astype(np.float64)
+            s = 0.3 * q[t].astype(np.float64) @ keys.T
+            p = np.exp(s - s.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            ref[t] = p @ kv[: n_kv0 + t + 1, :d_v].astype(np.float64)
+        return ref
+
+    ref = reference(kv)
+    kv16 = kv.astype(np.float16) if seed % 2 else None
+    ref16 = reference(kv16) if kv16 is not None else None
     for lvl in (0, 1):
         _kernels.lib.mg_set_simd_level(lvl)
         single = nn.latent_attention(q, kv, n_kv0, d_v, 0.3)
         np.testing.assert_allclose(single, ref, rtol=1e-4, atol=1e-5)
         for pool in _POOLS:  # threads split tokens or head groups: bit-identical to one thread
             np.testing.assert_array_equal(nn.latent_attention(q, kv, n_kv0, d_v, 0.3, pool), single)
+        if kv16 is not None:  # an f16 cache: the same math on the half values
+            np.testing.assert_allclose(nn.latent_attention(q, kv16, n_kv0, d_v, 0.3, _POOLS[0]), ref16, rtol=1e-4, atol=1e-5)
     _kernels.lib.mg_set_simd_level(99)
 
 

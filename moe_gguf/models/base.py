@@ -227,19 +227,26 @@ class TensorBinder:
 
 # --------------------------------------------------------------------------------------------- KV cache
 class KVCache:
-    """One sequence's cache: per layer, n_ctx rows of `width` float32 values (allocated lazily-zeroed).
+    """One sequence's cache: per layer, n_ctx rows of `width` values, float32 or float16 (allocated lazily-zeroed).
 
     `n_past` is the number of positions filled.  `truncate(n)` drops everything from position n on
     (the rows are simply overwritten later); `clear()` is truncate(0).
     """
 
-    def __init__(self, n_layer: int, n_ctx: int, width: int) -> None:
+    def __init__(self, n_layer: int, n_ctx: int, width: int, dtype: str = "f32") -> None:
         if n_layer <= 0 or n_ctx <= 0 or width <= 0:
             raise ValueError(f"bad cache geometry n_layer={n_layer} n_ctx={n_ctx} width={width}")
+        if dtype not in ("f32", "f16"):
+            raise ValueError(f"cache type must be 'f32' or 'f16', got {dtype!r}")
         self.n_layer = n_layer
         self.n_ctx = n_ctx
         self.width = width
-        self.data = np.zeros((n_layer, n_ctx, width), dtype=np.float32)  # calloc: pages appear as they are used
+        self.dtype = dtype
+        np_dtype = np.float32 if dtype == "f32" else np.float16
+        try:  # calloc: pages appear as they are used
+            self.data = np.zeros((n_layer, n_ctx, width), dtype=np_dtype)
+        except MemoryError:
+            raise MemoryError(f"cannot allocate a {dtype} KV cache of {n_layer}x{n_ctx}x{width} values; use a smaller n_ctx") from None
         self.n_past = 0
 
     @property

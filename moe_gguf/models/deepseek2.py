@@ -223,9 +223,14 @@ class DeepseekV2Model:
 
     architecture = ARCH
 
-    def __init__(self, file: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None, mla: str = "absorbed") -> None:
+    def __init__(
+        self, file: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None, mla: str = "absorbed", cache_type: str = "f32"
+    ) -> None:
         if mla not in ("absorbed", "naive"):
             raise ValueError(f"mla must be 'absorbed' or 'naive', got {mla!r}")
+        if cache_type not in ("f32", "f16"):
+            raise ValueError(f"cache_type must be 'f32' or 'f16', got {cache_type!r}")
+        self.cache_type = cache_type
         self.file = file
         self.config = cfg = DeepseekV2Config.from_gguf(file)
         if n_ctx is None:
@@ -312,8 +317,8 @@ class DeepseekV2Model:
 
     # ------------------------------------------------------------------------------------ public API
     def new_cache(self) -> KVCache:
-        """One sequence's latent cache: n_ctx rows of [c_kv | k_pe] per layer."""
-        return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width)
+        """One sequence's latent cache: n_ctx rows of [c_kv | k_pe] per layer, of the model's cache_type."""
+        return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width, self.cache_type)
 
     def shift_cache(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
         """Context shift: drops cached positions [n_keep, n_keep + n_discard) and moves the later ones down.
@@ -332,7 +337,8 @@ class DeepseekV2Model:
             cache.data[:, n_keep : n_keep + n_move] = cache.data[:, src0 : src0 + n_move]  # numpy copes with the overlap
             pos = np.full(n_move, -n_discard, dtype=np.int32)
             for il in range(cache.n_layer):
-                nn.rope_(cache.data[il, n_keep : n_keep + n_move, None, C:], pos, self.inv_freq, 1.0)
+                kpe = np.ascontiguousarray(cache.data[il, n_keep : n_keep + n_move, C:], dtype=np.float32)
+                cache.data[il, n_keep : n_keep + n_move, C:] = nn.rope_(kpe[:, None, :], pos, self.inv_freq, 1.0)[:, 0]
         cache.n_past = n_keep + n_move
 
     def forward(self, tokens: Any, cache: KVCache, all_logits: bool = False) -> np.ndarray:
@@ -400,10 +406,10 @@ class DeepseekV2Model:
         q = q.reshape(n, H, cfg.qk_head)
         nn.rope_(q[:, :, NP:], pos, self.inv_freq, self.rope_mag)
         ckv = L.wkv_a.mm(h)  # (n, C + R)
-        rows = kv[p0 : p0 + n]
-        rows[:, :C] = nn.rms_norm(np.ascontiguousarray(ckv[:, :C]), L.kv_a_norm, cfg.rms_eps)
-        rows[:, C:] = ckv[:, C:]
-        nn.rope_(rows[:, None, C:], pos, self.inv_freq, self.rope_mag)
+        kpe = np.ascontiguousarray(ckv[:, C:])
+        nn.rope_(kpe[:, None, :], pos, self.inv_freq, self.rope_mag)
+        kv[p0 : p0 + n, :C] = nn.rms_norm(np.ascontiguousarray(ckv[:, :C]), L.kv_a_norm, cfg.rms_eps)
+        kv[p0 : p0 + n, C:] = kpe  # (rounded to f16 for an f16 cache)
         if self.mla == "naive":
             o = self._naive_attention(L, q, kv, p0)
         else:
@@ -425,7 +431,7 @@ class DeepseekV2Model:
         cfg = self.config
         n, H, C, NP = q.shape[0], cfg.n_head, cfg.kv_lora_rank, cfg.qk_nope
         n_kv = p0 + n
-        c, kpe = kv[:n_kv, :C], kv[:n_kv, C:]
+        c, kpe = kv[:n_kv, :C].astype(np.float32), kv[:n_kv, C:].astype(np.float32)
         k_nope = np.einsum("jc,hdc->hjd", c, L.uk)  # (H, n_kv, nope)
         v = np.einsum("jc,hvc->hjv", c, L.uv)  # (H, n_kv, v)
         s = np.einsum("thd,hjd->htj", q[:, :, :NP], k_nope) + np.einsum("thr,jr->htj", q[:, :, NP:], kpe)

@@ -144,31 +144,35 @@ def silu_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:
 def latent_attention(q: np.ndarray, kv: np.ndarray, n_kv0: int, d_v: int, scale: float, pool: Any = None) -> np.ndarray:
     """Causal attention of many query heads over ONE shared key/value head (MLA's absorbed form, MQA-like).
 
-    q (n_tok, n_head, d_k) float32; kv (n_ctx, d_k) rows of the cache: key = row[:d_k], value = row[:d_v].
+    q (n_tok, n_head, d_k) float32; kv (n_ctx, >= d_k) float32 or float16 cache rows: key = row[:d_k],
+    value = row[:d_v].
     Query token i sits at position n_kv0 + i and sees rows 0 .. n_kv0 + i.  Returns (n_tok, n_head, d_v).
     `pool` (a moe_gguf.ops.matmul.ThreadPool or None) spreads the work over its threads.
     """
     _f32(q, "q", 3)
-    _f32(kv, "kv", 2)
     _contig(q, "q")
+    if not isinstance(kv, np.ndarray) or kv.ndim != 2 or kv.dtype not in (np.float32, np.float16):
+        raise TypeError("latent_attention: kv must be a 2-D float32 or float16 array")
     n_tok, n_head, d_k = q.shape
     if kv.shape[1] < d_k or d_v > d_k or d_v <= 0:
         raise ValueError(f"latent_attention: kv rows {kv.shape[1]} too short for d_k {d_k} / d_v {d_v}")
-    if kv.strides[1] != 4 or kv.strides[0] % 4:
-        raise ValueError("latent_attention: kv rows must be contiguous float32")
+    isz = kv.dtype.itemsize
+    if kv.strides[1] != isz or kv.strides[0] % isz or kv.strides[0] < kv.shape[1] * isz:
+        raise ValueError("latent_attention: kv rows must be contiguous")
     if n_kv0 < 0 or n_kv0 + n_tok > kv.shape[0]:
         raise ValueError(f"latent_attention: positions {n_kv0}..{n_kv0 + n_tok} exceed the {kv.shape[0]} cache rows")
     out = np.empty((n_tok, n_head, d_v), dtype=np.float32)
     if not _HAVE_C:
         n_kv = n_kv0 + n_tok
-        keys = kv[:n_kv, :d_k]
+        keys = kv[:n_kv, :d_k].astype(np.float32)
         s = np.einsum("thd,kd->thk", q, keys) * np.float32(scale)
         mask = np.arange(n_kv)[None, :] > (n_kv0 + np.arange(n_tok))[:, None]
         s[np.broadcast_to(mask[:, None, :], s.shape)] = -np.inf
         p = softmax(s.astype(np.float32))
-        out[...] = np.einsum("thk,kd->thd", p, kv[:n_kv, :d_v])
+        out[...] = np.einsum("thk,kd->thd", p, kv[:n_kv, :d_v].astype(np.float32))
         return out
-    args = (_ptr(out), _ptr(q), n_tok, n_head, d_k, d_v, _ptr(kv), kv.strides[0] // 4, n_kv0, float(scale))
+    kv_type = 0 if kv.dtype == np.float32 else 1
+    args = (_ptr(out), _ptr(q), n_tok, n_head, d_k, d_v, _ptr(kv, "void *"), kv_type, kv.strides[0] // isz, n_kv0, float(scale))
     if pool is None:
         rc = _lib.mg_latent_attention(_ffi.NULL, *args)
     else:
