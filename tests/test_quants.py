@@ -616,3 +616,18 @@ def test_slow_searched_quantizers_wide_rows(name, kind):
     rel = err / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1))
     assert np.all(rel <= RMSE_BOUND[name][KINDS.index(kind)])
     assert np.all(err <= _row_rmse(NAIVE[name](x), x) * (1 + 1e-6))
+
+
+def test_fallback_type_as_llama_quantize():
+    T = GGMLType
+    assert Q.fallback_type(T.Q4_K, 2048) == T.Q4_K
+    # DeepSeek-V2-Lite ffn_down_exps: rows of 1408 = 5.5 * 256
+    assert [Q.fallback_type(t, 1408) for t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS)] == [
+        T.IQ4_NL, T.IQ4_NL, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL]
+    assert Q.fallback_type(T.Q4_K, 100) == T.F16  # not even a multiple of 32
+    assert Q.fallback_type(T.Q8_0, 100) == T.F16
+    assert Q.fallback_type(T.F32, 7) == T.F32
+    for t in (T.Q2_K, T.Q4_K, T.Q6_K, T.IQ4_XS):  # the fallback always quantizes
+        x = np.random.default_rng(0).standard_normal((2, 1408)).astype(np.float32)
+        fb = Q.fallback_type(t, 1408)
+        assert Q.quantize(x, fb).shape == (2, Q.row_bytes(fb, 1408))

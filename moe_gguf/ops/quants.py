@@ -43,7 +43,9 @@ import numpy as np
 from moe_gguf._kernels import ffi, lib
 from moe_gguf.ggml_types import GGMLType, TYPE_INFO
 
-__all__ = ["SUPPORTED_DEQUANT", "SUPPORTED_QUANT", "MAX_ABS", "dequantize", "quantize", "row_bytes"]
+__all__ = [
+    "SUPPORTED_DEQUANT", "SUPPORTED_QUANT", "MAX_ABS", "dequantize", "quantize", "row_bytes", "fallback_type",
+]
 
 SUPPORTED_DEQUANT: frozenset[GGMLType] = frozenset(
     GGMLType[n]
@@ -83,6 +85,33 @@ def row_bytes(ggml_type: int | GGMLType, n: int) -> int:
             f"row length {n} is not a multiple of the {t.name} block size {info.block_size}"
         )
     return n // info.block_size * info.block_bytes
+
+
+# llama-quantize's fallback when a row length is not a multiple of 256 (tensor_type_fallback in mainline
+# llama.cpp's llama-quant.cpp): e.g. DeepSeek-V2-Lite's ffn_down_exps rows of 1408 elements.
+_FALLBACK: dict[GGMLType, GGMLType] = {
+    GGMLType.Q2_K: GGMLType.IQ4_NL,
+    GGMLType.Q3_K: GGMLType.IQ4_NL,
+    GGMLType.IQ4_XS: GGMLType.IQ4_NL,
+    GGMLType.Q4_K: GGMLType.Q5_0,
+    GGMLType.Q5_K: GGMLType.Q5_1,
+    GGMLType.Q6_K: GGMLType.Q8_0,
+}
+
+
+def fallback_type(ggml_type: int | GGMLType, n_per_row: int) -> GGMLType:
+    """The type llama-quantize actually writes for rows of ``n_per_row`` elements when ``ggml_type`` is asked
+    for: the type itself if its block size divides the row, else Q2_K/Q3_K/IQ4_XS -> IQ4_NL, Q4_K -> Q5_0,
+    Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 if even the fallback's block size does not divide the row."""
+    t = _as_type(ggml_type, SUPPORTED_QUANT, "quantization")
+    if n_per_row < 0:
+        raise ValueError(f"bad row length {n_per_row}")
+    if n_per_row % TYPE_INFO[t].block_size == 0:
+        return t
+    fb = _FALLBACK.get(t)
+    if fb is None or n_per_row % TYPE_INFO[fb].block_size:
+        return GGMLType.F16
+    return fb
 
 
 def _check_rc(rc: int, t: GGMLType) -> None:
