@@ -11,8 +11,9 @@
 
 The file is written under a temporary name in the same directory and renamed into place only when complete,
 so a reader never sees a half-written file. Tensor data can be a numpy array or a zero-argument callable that
-returns one: a callable is called only when its tensor is written, and its result is dropped right after, so a
-converter never holds more than one tensor in memory. `add_tensor_info` + `write_tensor_data` stream explicitly.
+returns one (or an iterator of chunks): a callable is called only when its tensor is written, and its result is
+dropped right after, so a converter never holds more than one tensor in memory; an iterator of chunks (e.g. row
+groups as they are quantized) holds less still. `add_tensor_info` + `write_tensor_data` stream explicitly.
 
 Value types (ValueType from moe_gguf.gguf): scalars take an id, arrays a tuple (ARRAY, elem) and nested arrays
 (ARRAY, ARRAY, ..., elem), the same form `GGUFFile.type_spec(key)` returns. Without a type: bool -> BOOL,
@@ -25,7 +26,7 @@ import math
 import os
 import struct
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Union
 
@@ -36,7 +37,7 @@ from .gguf import _SCALAR_DTYPE as _DTYPE
 from .gguf import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS, MAX_NESTING, VALUE_TYPE_NAMES, ValueType
 
 TypeSpec = Union[int, Sequence[int]]
-TensorData = Union[np.ndarray, bytes, bytearray, memoryview, Callable[[], Any]]
+TensorData = Union[np.ndarray, bytes, bytearray, memoryview, Iterator[Any], Callable[[], Any]]
 
 MAX_TENSOR_NAME_BYTES = 63  # llama.cpp's GGML_MAX_NAME is 64 including the NUL
 MAX_KEY_BYTES = 65535
@@ -159,19 +160,21 @@ class GGUFWriter:
         ggml_type: int | None = None,
         shape: Sequence[int] | None = None,
     ) -> None:
-        """Add a tensor. `data`: a numpy array, a bytes-like object of raw blocks, or a zero-argument callable
-        returning either (called only when the tensor is written).
+        """Add a tensor. `data`: a numpy array, a bytes-like object of raw blocks, an iterator of chunks (arrays or
+        bytes, consumed while the tensor is written: e.g. quantized row groups), or a zero-argument callable
+        returning any of these (called only when the tensor is written).
 
         - float32/float16/float64/int8..int64 arrays default to F32/F16/F64/I8..I64 with the array's shape;
           a float32 array can also be written as F16 or BF16 (rounded to nearest even); BF16 also takes uint16 bits.
         - block (quantized) types take raw bytes (uint8 array or bytes) plus `shape`, the logical numpy shape
           (e.g. (n_rows, n_cols)); the byte count must match the type and shape.
-        - `shape` and `ggml_type` are required when `data` is a callable or raw bytes.
+        - `shape` and `ggml_type` are required when `data` is a callable, an iterator or raw bytes; the bytes
+          actually produced are checked against them (a mismatch raises and leaves no file).
         """
         self._require("open", "add tensors")
-        if callable(data) and not isinstance(data, np.ndarray):
+        if (callable(data) and not isinstance(data, np.ndarray)) or isinstance(data, Iterator):
             if ggml_type is None or shape is None:
-                raise ValueError(f"tensor {name!r}: a callable needs ggml_type= and shape=")
+                raise ValueError(f"tensor {name!r}: a callable or an iterator needs ggml_type= and shape=")
             self._declare(name, tuple(shape), ggml_type, data)
             return
         arr = _as_array(data, name)
@@ -184,7 +187,7 @@ class GGUFWriter:
                 raise ValueError(f"tensor {name!r}: {type_name(ggml_type)} data needs shape= (the logical shape)")
             shape = arr.shape
         t = self._declare(name, tuple(shape), ggml_type, None)
-        t.data = _tensor_bytes(arr, t)  # validated now: errors surface at add time, not in the middle of writing
+        t.data = _Ready(_tensor_bytes(arr, t))  # checked now: errors surface at add time, not in mid-write
 
     def add_tensor_info(self, name: str, shape: Sequence[int], ggml_type: int) -> None:
         """Declare a tensor whose data will be given later, in declaration order, by `write_tensor_data`."""
@@ -192,8 +195,8 @@ class GGUFWriter:
         self._declare(name, tuple(shape), ggml_type, None)
 
     def write_tensor_data(self, name: str, data: TensorData) -> None:
-        """Write the data of a tensor declared with `add_tensor_info`. Tensors are written in declaration order;
-        any earlier tensors that carry their own data are written first."""
+        """Write the data (an array, bytes, or an iterable of chunks) of a tensor declared with `add_tensor_info`.
+        Tensors are written in declaration order; any earlier tensors that carry their own data are written first."""
         if self._state == "open":
             self.write_header()
         self._require("writing", "write tensor data")
@@ -360,12 +363,26 @@ class GGUFWriter:
         assert self._file is not None
         if self._pos - self._data_pos != t.offset:  # pragma: no cover - internal invariant
             raise RuntimeError("internal error: tensor data out of place")
+        t.data = None  # drop our reference: the caller's array can be freed once written
         if callable(data) and not isinstance(data, np.ndarray):
             data = data()
-        if not isinstance(data, memoryview):
-            data = _tensor_bytes(_as_array(data, t.name), t)
-        t.data = None  # drop our reference: the caller's array can be freed now
-        self._file.write(data)
+        if isinstance(data, _Ready):
+            chunks: Any = [data.view]
+        elif isinstance(data, (np.ndarray, bytes, bytearray, memoryview)):
+            chunks = [_tensor_bytes(_as_array(data, t.name), t)]
+        elif hasattr(data, "__iter__"):  # an iterable of chunks (arrays or bytes), written as they come
+            chunks = (_chunk_bytes(_as_array(c, t.name), t) for c in data)
+        else:
+            raise TypeError(f"tensor {t.name!r}: data must be an array, bytes, chunks or a callable, "
+                            f"got {type(data).__name__}")
+        n = 0
+        for mv in chunks:
+            n += mv.nbytes
+            if n > t.nbytes:
+                raise ValueError(f"tensor {t.name!r}: chunks give more than the {t.nbytes} bytes it needs")
+            self._file.write(mv)
+        if n != t.nbytes:
+            raise ValueError(f"tensor {t.name!r}: chunks give {n} bytes, it needs {t.nbytes}")
         self._pos += t.nbytes
         self._next += 1
         self._write_padding()
@@ -387,32 +404,43 @@ def _as_array(data: Any, name: str) -> np.ndarray:
     raise TypeError(f"tensor {name!r}: data must be a numpy array, bytes or a callable, got {type(data).__name__}")
 
 
-def _tensor_bytes(arr: np.ndarray, t: _Tensor) -> memoryview:
-    """Check `arr` against the declared tensor and return the exact bytes to write."""
+@dataclass(frozen=True)
+class _Ready:
+    """Tensor bytes already checked against their tensor (by add_tensor)."""
+
+    view: memoryview
+
+
+def _chunk_bytes(arr: np.ndarray, t: _Tensor) -> memoryview:
+    """Convert (F32 -> F16/BF16) and type-check `arr` for tensor `t`; its little-endian bytes."""
     gt = t.ggml_type
-    n_el = math.prod(t.ne)
     if gt == GGMLType.BF16 and arr.dtype == np.float32:
         arr = f32_to_bf16_bits(arr)
     elif gt == GGMLType.F16 and arr.dtype == np.float32:
         arr = arr.astype(np.float16)
     want = _TENSOR_DTYPE.get(gt)
     raw = arr.dtype == np.uint8 and gt != GGMLType.I8  # raw bytes are accepted for every type
-    if want is not None and not raw:
-        if arr.dtype.newbyteorder("<") != np.dtype(want):
-            raise TypeError(f"tensor {t.name!r}: {type_name(gt)} data must be {np.dtype(want)}, got {arr.dtype}")
-        if arr.size != n_el:
-            raise ValueError(f"tensor {t.name!r}: {arr.size} elements do not fit shape {tuple(reversed(t.ne))}")
-    elif want is None and not raw:
+    if want is not None and not raw and arr.dtype.newbyteorder("<") != np.dtype(want):
+        raise TypeError(f"tensor {t.name!r}: {type_name(gt)} data must be {np.dtype(want)}, got {arr.dtype}")
+    if want is None and not raw:
         raise TypeError(f"tensor {t.name!r}: {type_name(gt)} data must be raw uint8 blocks, got {arr.dtype}")
-    if arr.nbytes != t.nbytes:
-        raise ValueError(
-            f"tensor {t.name!r}: {arr.nbytes} bytes given, {type_name(gt)} of shape {tuple(reversed(t.ne))} needs "
-            f"{t.nbytes}"
-        )
     arr = np.ascontiguousarray(arr)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def _tensor_bytes(arr: np.ndarray, t: _Tensor) -> memoryview:
+    """Check `arr` against the declared tensor (type, element count, byte count); the exact bytes to write."""
+    mv = _chunk_bytes(arr, t)
+    shape = tuple(reversed(t.ne))
+    if arr.dtype != np.uint8 and TYPE_INFO[t.ggml_type].block_size == 1 and arr.size != math.prod(t.ne):
+        raise ValueError(f"tensor {t.name!r}: {arr.size} elements do not fit shape {shape}")
+    if mv.nbytes != t.nbytes:
+        raise ValueError(
+            f"tensor {t.name!r}: {mv.nbytes} bytes given, {type_name(t.ggml_type)} of shape {shape} needs {t.nbytes}"
+        )
+    return mv
 
 
 # ---------------------------------------------------------------------- metadata encoding

@@ -334,6 +334,7 @@ def test_atomic_no_file_on_error(tmp_path: Path) -> None:
         (lambda w: w.add_tensor("a", np.zeros(4, np.float64), ggml_type=GGMLType.F32), TypeError, "must be float32"),
         (lambda w: w.add_tensor("a", np.zeros(4, np.float32), shape=(5,)), ValueError, "do not fit"),
         (lambda w: w.add_tensor("a", lambda: 0), ValueError, "needs ggml_type= and shape="),
+        (lambda w: w.add_tensor("a", iter([b"x"])), ValueError, "needs ggml_type= and shape="),
         (lambda w: w.add_tensor("a", [1.0, 2.0]), TypeError, "numpy array, bytes or a callable"),
         (lambda w: w.add_tensor("a", np.ones(1, np.float32), ggml_type=31), ValueError, "unknown ggml type"),
     ],
@@ -390,3 +391,33 @@ def test_copy_file_with_tensors_is_byte_identical(tmp_path: Path) -> None:
         for name, t in f.tensors.items():
             w.add_tensor(name, lambda name=name: f.tensor(name), ggml_type=t.ggml_type, shape=t.shape)
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_chunked_tensors(tmp_path: Path) -> None:
+    """Tensor data as an iterator of chunks (row groups), through add_tensor and write_tensor_data; a wrong total
+    raises and leaves no file."""
+    rows = np.arange(8 * 64, dtype=np.float32).reshape(8, 64)
+    q8 = gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0)
+    p = tmp_path / "c.gguf"
+    with GGUFWriter(p) as w:
+        w.add_tensor("f16", (rows[i : i + 3] for i in range(0, 8, 3)), ggml_type=GGMLType.F16, shape=(8, 64))
+        w.add_tensor("q8", lambda: (q8[i : i + 2] for i in range(0, 8, 2)), ggml_type=GGMLType.Q8_0, shape=(8, 64))
+        w.add_tensor_info("bytes", (2, 32), GGMLType.Q4_0)
+        w.write_tensor_data("bytes", [b"\1" * 18, bytearray(b"\2" * 18)])
+    with GGUFFile(p) as f:
+        np.testing.assert_array_equal(f.tensor("f16"), rows.astype(np.float16))
+        np.testing.assert_array_equal(f.tensor("q8"), q8)
+        assert f.tensor("bytes").tolist() == [[1] * 18, [2] * 18]
+    for bad, pattern in (([b"\0" * 30], "chunks give 30 bytes"), ([b"\0" * 30, b"\0" * 30], "more than the 36")):
+        out = tmp_path / "bad.gguf"
+        with pytest.raises(ValueError, match=pattern):
+            with GGUFWriter(out) as w:
+                w.add_tensor("x", iter(bad), ggml_type=GGMLType.Q4_0, shape=(2, 32))
+        assert not out.exists() and _no_temp_files(tmp_path)
+    with pytest.raises(TypeError, match="float16"):
+        with GGUFWriter(tmp_path / "bad2.gguf") as w:
+            w.add_tensor("x", iter([np.zeros(32, np.int32)]), ggml_type=GGMLType.F16, shape=(32,))
+    with pytest.raises(ValueError, match="bytes given"):  # a user memoryview is checked like any other data
+        with GGUFWriter(tmp_path / "bad3.gguf") as w:
+            w.add_tensor_info("x", (32,), GGMLType.F32)
+            w.write_tensor_data("x", memoryview(b"\0" * 100))
