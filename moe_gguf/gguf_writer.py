@@ -121,6 +121,7 @@ class GGUFWriter:
         self._kv: dict[str, tuple[tuple[int, ...], bytes]] = {}
         self._tensors: dict[str, _Tensor] = {}
         self._order: list[str] = []
+        self._index: dict[str, int] = {}
         self._next = 0  # index in _order of the next tensor whose data is due
         self._file: BinaryIO | None = None
         self._tmp: str | None = None
@@ -203,10 +204,14 @@ class GGUFWriter:
         t = self._tensors.get(name)
         if t is None:
             raise KeyError(f"no tensor {name!r} was declared")
-        if self._order.index(name) < self._next:
+        if self._index[name] < self._next:
             raise ValueError(f"tensor {name!r} was already written")
-        self._flush_until(name)
-        self._write_tensor(t, data)
+        try:
+            self._flush_until(name)
+            self._write_tensor(t, data)
+        except BaseException:
+            self.abort()  # the file is inconsistent now: nothing of it is kept
+            raise
 
     # ------------------------------------------------------------------ file
     def write_header(self) -> None:
@@ -345,6 +350,7 @@ class GGUFWriter:
             raise ValueError(f"tensor {name!r}: shape {shape} has too many elements")
         t = _Tensor(name, ne, ggml_type, n_el // info.block_size * info.block_bytes, data)
         self._tensors[name] = t
+        self._index[name] = len(self._order)
         self._order.append(name)
         return t
 

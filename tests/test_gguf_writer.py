@@ -421,3 +421,10 @@ def test_chunked_tensors(tmp_path: Path) -> None:
         with GGUFWriter(tmp_path / "bad3.gguf") as w:
             w.add_tensor_info("x", (32,), GGMLType.F32)
             w.write_tensor_data("x", memoryview(b"\0" * 100))
+    w = GGUFWriter(tmp_path / "bad4.gguf")  # without a with-block: a failed write discards the file at once
+    w.add_tensor_info("x", (32,), GGMLType.F32)
+    with pytest.raises(ValueError):
+        w.write_tensor_data("x", b"\0" * 3)
+    assert _no_temp_files(tmp_path) and not (tmp_path / "bad4.gguf").exists()
+    with pytest.raises(RuntimeError, match="aborted"):
+        w.finish()
