@@ -173,13 +173,14 @@ static float qkx_mad(int n, const float *x, const float *w, const uint8_t *L, fl
     return e;
 }
 
-/* codes L[i] = clamp(nearest(iscale*(x[i]-min)), 0, nmax) and out = {sum w*l, sum w*l*l, sum w*l*x}; n % 8 == 0 */
+/* codes L[i] = clamp(nearest(iscale*(x[i]-min)), 0, nmax) (stored if L) and out = {sum w*l, sum w*l*l, sum w*l*x};
+ * n % 8 == 0 */
 static void qkx_codes_scalar(int n, const float *x, const float *w, float min, float iscale, int nmax, uint8_t *L,
                              float out[3]) {
     float a[3][8] = {{0}};
     for (int i = 0; i < n; i++) {
         const int l = clampi(mg_nearest_int(iscale * (x[i] - min)), 0, nmax);
-        L[i] = (uint8_t)l;
+        if (L) L[i] = (uint8_t)l;
         const float wl = w[i] * (float)l;
         a[0][i & 7] += wl;
         a[1][i & 7] += wl * (float)l;
@@ -202,9 +203,11 @@ MG_TARGET_AVX2 static void qkx_codes_avx2(int n, const float *x, const float *w,
         s0 = _mm256_add_ps(s0, wl);
         s1 = _mm256_add_ps(s1, _mm256_mul_ps(wl, l));
         s2 = _mm256_add_ps(s2, _mm256_mul_ps(wl, vx));
-        int32_t li[8];
-        _mm256_storeu_si256((__m256i *)(void *)li, _mm256_cvtps_epi32(l));
-        for (int k = 0; k < 8; k++) L[i + k] = (uint8_t)li[k];
+        if (L) {
+            int32_t li[8];
+            _mm256_storeu_si256((__m256i *)(void *)li, _mm256_cvtps_epi32(l));
+            for (int k = 0; k < 8; k++) L[i + k] = (uint8_t)li[k];
+        }
     }
     float a[8];
     _mm256_storeu_ps(a, s0); out[0] = lane_sum8(a);
@@ -254,8 +257,9 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *w, ui
     double best = mad ? (double)qkx_mad(n, x, w, L, scale, min) : qkx_sq_err(sums, sum_w, sum_x, scale, min);
     uint8_t Laux[MG_QK_K];
     for (int is = 0; is <= nstep; is++) {
+        /* as in ggml, later steps take codes relative to the best min found so far */
         iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
-        qkx_codes(n, x, w, min, iscale, nmax, Laux, sums);
+        qkx_codes(n, x, w, min, iscale, nmax, mad ? Laux : NULL, sums);
         const float sum_l = sums[0], sum_l2 = sums[1], sum_xl = sums[2];
         const float D = sum_w * sum_l2 - sum_l * sum_l;
         if (D > 0.0f) {
@@ -268,7 +272,8 @@ static float make_qkx_quants(int n, int nmax, const float *x, const float *w, ui
             const double e = mad ? (double)qkx_mad(n, x, w, Laux, this_scale, this_min)
                                  : qkx_sq_err(sums, sum_w, sum_x, this_scale, this_min);
             if (e < best) {
-                memcpy(L, Laux, (size_t)n);
+                if (mad) memcpy(L, Laux, (size_t)n);
+                else qkx_codes(n, x, w, min, iscale, nmax, L, sums); /* the codes just evaluated */
                 best = e;
                 scale = this_scale;
                 min = this_min;
