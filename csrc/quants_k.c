@@ -11,8 +11,14 @@
  *     rdelta*k)/(max-min) and solve the 2x2 weighted least squares for (scale, min) at each code set.
  *   - IQ4: non-linear 16-value grid; try 15 candidate scales (max mapped to grid[0] + k, k = -7..7), pick
  *     the weighted least-squares scale with the best fit.
- * With an importance matrix the per-element weights are imatrix[col] * sqrt(sigma2 + x^2) (sigma2 = mean x^2
- * of the super-block), otherwise each format's default weighting (noted below).  Stack scratch only.
+ *   - "qp" search (imatrix path of Q2_K/Q4_K/Q5_K): the sub-block scales/mins against the super-block scale.
+ * With an importance matrix the per-element weights are imatrix[col] * sqrt(sigma2 + x^2) (sigma2 = k * mean
+ * x^2 of the super-block), otherwise each format's default weighting (noted below).
+ * Each block is encoded three ways (MODE_REF: the format's ggml-style weighted search; MODE_FLAT: the same
+ * search with unit weights, skipped with an imatrix; MODE_NAIVE: plain min/max rounding) and the encoding
+ * with the smallest decoded squared error (imatrix-weighted if given) is kept, so the result is never worse
+ * than naive rounding.  Inner loops use 8-lane partial sums with AVX2 twins that give identical bits, so the
+ * output does not depend on the SIMD level.  Stack scratch only; no allocation.
  */
 #include <math.h>
 #include <stdbool.h>
