@@ -314,6 +314,9 @@ int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok
         return MG_ESIZE;
     if (n_tok == 0) return MG_OK;
     int nth = pool ? mg_pool_n_threads(pool) : 1;
+    /* waking the workers costs ~10-100 us (more on a busy machine): small jobs run on the caller alone */
+    double macs = (double)n_tok * (double)(n_kv0 + (n_tok + 1) / 2) * (double)n_head * (double)(d_k + d_v);
+    if (macs < 4.0e6) nth = 1;
     int f16 = kv_type == MG_F16;
     int64_t stride_bytes = kv_stride * (f16 ? 2 : 4);
     attn_args a = {out, q, kv, n_tok, n_head, d_k, d_v, stride_bytes, n_kv0, scale, 1, n_head, pick_dot(f16), pick_axpy(f16), 0};

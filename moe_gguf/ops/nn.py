@@ -32,7 +32,13 @@ def _f32(a: np.ndarray, name: str, ndim: int | None = None) -> np.ndarray:
     return a
 
 
+_ARRAY_OF = {"float *": "float[]", "int32_t *": "int32_t[]", "void *": "char[]"}
+
+
 def _ptr(a: np.ndarray, ctype: str = "float *"):  # noqa: ANN202
+    """A C pointer to a's first element (the array must outlive the call)."""
+    if a.flags.c_contiguous:  # ~10x cheaper than going through a.ctypes
+        return _ffi.from_buffer(_ARRAY_OF[ctype], a)
     return _ffi.cast(ctype, a.ctypes.data)
 
 
