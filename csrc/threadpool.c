@@ -21,7 +21,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 20000 /* roughly 50-200 us of spinning before sleeping */
+#define SPIN_ITERS 2000 /* roughly 20-50 us of spinning before sleeping */
 #define MAX_THREADS 255
 
 struct mg_pool {

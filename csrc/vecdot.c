@@ -5,6 +5,8 @@
  * float as  d_w * d_a * sum_i(q_w * q_a)  (minus the min terms), so SIMD and reference differ only by float
  * rounding.  Every kernel processes blocks in index order, so a result never depends on threads or tiling.
  */
+#include <stddef.h>
+
 #include "moe_gguf.h"
 #include "internal.h"
 #include "vecdot.h"
@@ -332,13 +334,6 @@ MG_TARGET_AVX2 static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-MG_TARGET_AVX2 static inline int hsum8_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* signed int8 x signed int8 -> 16 pairwise int16 sums, as maddubs(|y|, x * sign(y)).  x must not hold -128
  * (true for every weight code book here except raw Q8_0); y may (|y| = 128 is read as unsigned), and
  * 2 * 128 * 127 does not saturate. */
@@ -349,11 +344,6 @@ MG_TARGET_AVX2 static inline __m256i dot_i8_pairs16(__m256i x, __m256i y) {
 /* signed int8 x signed int8 -> 8 int32 sums of 4 products (x != -128, see dot_i8_pairs16) */
 MG_TARGET_AVX2 static inline __m256i dot_i8_quads(__m256i x, __m256i y) {
     return _mm256_madd_epi16(dot_i8_pairs16(x, y), _mm256_set1_epi16(1));
-}
-
-/* unsigned int8 (<= 127) x signed int8 -> 8 int32 sums of 4 products */
-MG_TARGET_AVX2 static inline __m256i dot_u8_quads(__m256i x, __m256i y) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
 }
 
 /* 16 packed bytes -> 32 nibbles: low nibbles in the low lane (elements 0..15), high nibbles in the high lane */
@@ -601,39 +591,17 @@ MG_TARGET_AVX2 static inline float hsum4(__m128 s) {
     return _mm_cvtss_f32(s);
 }
 
-/* Q4_K / Q5_K super-block scales: returns the 8 six-bit scales as int16 in both 128-bit lanes, and adds
- * dmin * sum_j min[j] * (bsums[2j] + bsums[2j+1]) to *acc_m (same unpacking as unpack_k4_scales). */
-MG_TARGET_AVX2 static inline __m256i k4_scales(const uint8_t *scales, const int16_t *bsums, float dmin, __m128 *acc_m) {
-    uint32_t u[3];
-    memcpy(u, scales, 12);
-    uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
-    uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-    uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-    __m256i v16 = _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
-    __m256i bs = load256(bsums);
-    __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-    __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
-    *acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), *acc_m);
-    return _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-}
-
 /* int16 lane j of v (the same in both 128-bit lanes) broadcast to all 16 lanes */
 MG_TARGET_AVX2 static inline __m256i pick16(__m256i v, int j) {
     return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * j) | ((2 * j + 1) << 8))));
 }
 
-/* sum over a 64-element chunk: sc_lo * (lo . y[0..32]) + sc_hi * (hi . y[32..64]), lo/hi unsigned <= 31 */
-MG_TARGET_AVX2 static inline __m256i k4_chunk(__m256i lo, __m256i hi, const int8_t *q8, __m256i sc, int c) {
-    __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(q8)), pick16(sc, 2 * c));
-    __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(q8 + 32)), pick16(sc, 2 * c + 1));
-    return _mm256_add_epi32(plo, phi);
-}
-
-/* Q4_K tile (see Q8_0_TILE): each super-block's nibbles and scales are unpacked once for all M rows. */
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
-                                                                         size_t stride, int M, float *s) {
-    const mg_block_q4_K *x = w;
-    const __m256i m4 = _mm256_set1_epi8(15);
+/* Q4_K / Q5_K tile (see Q8_0_TILE): each super-block's quants and scales are unpacked once for all M rows.
+ * Both blocks start with d, dmin, scales[12]; Q5_K then has qh[32] (off_qh != 0) before qs[128]. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_tile(int64_t nb, const uint8_t *w, size_t bbytes,
+                                                                       size_t off_qh, size_t off_qs, const char *a,
+                                                                       size_t stride, int M, float *s) {
+    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[MT_MAX];
     __m128 acc_m[MT_MAX];
     for (int j = 0; j < M; j++) {
@@ -641,8 +609,11 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64
         acc_m[j] = _mm_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + (size_t)i * bbytes;
+        uint16_t dh[2];
         uint32_t u[3];
-        memcpy(u, x[i].scales, 12);
+        memcpy(dh, blk, 4);
+        memcpy(u, blk + 4, 12);
         uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
         uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
         uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
@@ -650,12 +621,18 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64
         __m128i mins = _mm256_extracti128_si256(v16, 1);
         __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
         __m256i q[8];
+        __m256i hb = off_qh ? load256(blk + off_qh) : _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            __m256i q4 = load256(x[i].qs + 32 * c);
+            __m256i q4 = load256(blk + off_qs + 32 * c);
             q[2 * c] = _mm256_and_si256(q4, m4);
             q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            if (off_qh) { /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
+                q[2 * c] = _mm256_or_si256(q[2 * c], _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+                q[2 * c + 1] = _mm256_or_si256(q[2 * c + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
         }
-        float dx = f16c(x[i].d), dmx = f16c(x[i].dmin);
+        float dx = f16c(dh[0]), dmx = f16c(dh[1]);
         for (int j = 0; j < M; j++) {
             const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
             __m256i bs = load256(y->bsums);
@@ -673,32 +650,18 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64
     for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]) - hsum4(acc_m[j]);
 }
 
-MULTI_TILES(multi_avx_q4_K, q4_K_tile, MG_QK_K)
-
-MG_TARGET_AVX2 static float avx_q5_K(int64_t n, const void *w, const void *a) {
-    const mg_block_q5_K *x = w;
-    const mg_block_q8_K *y = a;
-    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-    __m256 acc = _mm256_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        __m256i sc = k4_scales(x[i].scales, y[i].bsums, y[i].d * f16c(x[i].dmin), &acc_m);
-        __m256i hb = load256(x[i].qh);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> on the high half */
-            __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16);
-            __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16);
-            hb = _mm256_srli_epi16(hb, 2);
-            __m256i q4 = load256(x[i].qs + 32 * c);
-            __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, m4), h0);
-            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), h1);
-            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc, c));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    return hsum8(acc) - hsum4(acc_m);
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
+                                                                         size_t stride, int M, float *s) {
+    k4_tile(nb, w, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), a, stride, M, s);
 }
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_tile(int64_t nb, const void *w, const char *a,
+                                                                         size_t stride, int M, float *s) {
+    k4_tile(nb, w, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), a, stride, M, s);
+}
+
+MULTI_TILES(multi_avx_q4_K, q4_K_tile, MG_QK_K)
+MULTI_TILES(multi_avx_q5_K, q5_K_tile, MG_QK_K)
 
 /* Q6_K tile (see Q8_0_TILE).  q - 32 is handled as sum(sc * q * y) - 32 * sum_g(sc_g * bsums_g), exact in int32. */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_tile(int64_t nb, const void *w, const char *a,
@@ -739,34 +702,46 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_tile(int64
 
 MULTI_TILES(multi_avx_q6_K, q6_K_tile, MG_QK_K)
 
-MG_TARGET_AVX2 static float avx_iq4_xs(int64_t n, const void *w, const void *a) {
+/* IQ4_XS tile (see Q8_0_TILE): code book values and scales unpacked once per super-block for all M rows. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4_xs_tile(int64_t nb, const void *w, const char *a,
+                                                                           size_t stride, int M, float *s) {
     const mg_block_iq4_xs *x = w;
-    const mg_block_q8_K *y = a;
     const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)mg_kvalues_iq4nl));
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+    __m256 acc[MT_MAX];
+    for (int j = 0; j < M; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
         uint16_t sh;
         uint32_t sl;
         memcpy(&sh, &x[i].scales_h, 2);
         memcpy(&sl, x[i].scales_l, 4);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int p = 0; p < 4; p++) { /* sub-blocks 2p (low lane) and 2p+1 (high lane) together */
-            int ls0 = (int)(((sl >> (8 * p)) & 15) | (((sh >> (4 * p)) & 3) << 4)) - 32;
-            int ls1 = (int)(((sl >> (8 * p + 4)) & 15) | (((sh >> (4 * p + 2)) & 3) << 4)) - 32;
-            __m256i b = load256(x[i].qs + 32 * p);
-            __m256i qlo = _mm256_shuffle_epi8(kv, _mm256_and_si256(b, m4));                        /* elements 0..15 */
-            __m256i qhi = _mm256_shuffle_epi8(kv, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4)); /* 16..31 */
-            __m256i y0 = load256(y[i].qs + 64 * p), y1 = load256(y[i].qs + 64 * p + 32);
-            __m256i ylo = _mm256_permute2x128_si256(y0, y1, 0x20), yhi = _mm256_permute2x128_si256(y0, y1, 0x31);
-            __m256i sc = scale_pair(ls0, ls1);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot_i8_pairs16(qlo, ylo), sc));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(dot_i8_pairs16(qhi, yhi), sc));
+        __m256i q[8], sc[8];
+        for (int ib = 0; ib < 8; ib += 2) { /* 32 bytes = sub-blocks ib (low lane) and ib+1 (high lane) */
+            __m256i b = load256(x[i].qs + 16 * ib);
+            __m256i lo = _mm256_shuffle_epi8(kv, _mm256_and_si256(b, m4));                        /* elements 0..15 */
+            __m256i hi = _mm256_shuffle_epi8(kv, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4)); /* 16..31 */
+            q[ib] = _mm256_permute2x128_si256(lo, hi, 0x20);     /* sub-block ib in element order */
+            q[ib + 1] = _mm256_permute2x128_si256(lo, hi, 0x31); /* sub-block ib+1 */
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * f16c(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        for (int ib = 0; ib < 8; ib++) {
+            int ls = (int)(((sl >> (4 * ib)) & 15) | (((sh >> (2 * ib)) & 3) << 4)) - 32;
+            sc[ib] = _mm256_set1_epi16((short)ls);
+        }
+        float dx = f16c(x[i].d);
+        for (int j = 0; j < M; j++) {
+            const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
+            __m256i sumi = _mm256_setzero_si256();
+            for (int ib = 0; ib < 8; ib++) {
+                __m256i p = _mm256_madd_epi16(dot_i8_pairs16(q[ib], load256(y->qs + 32 * ib)), sc[ib]);
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
+        }
     }
-    return hsum8(acc);
+    for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]);
 }
+
+MULTI_TILES(multi_avx_iq4_xs, iq4_xs_tile, MG_QK_K)
 
 #endif /* MG_X86 */
 
@@ -806,8 +781,6 @@ MG_AVX(q4_1)
 MG_AVX(q5_1)
 MG_AVX(q2_K)
 MG_AVX(q3_K)
-MG_AVX(q5_K)
-MG_AVX(iq4_xs)
 #define SIMD(t) multi_avx_##t
 #else
 #define SIMD(t) NULL

@@ -7,7 +7,8 @@
 GEMV: y = W x for one token on a 10944 x 2048 matrix and on a 64-expert 1408 x 2048 stack (matmul_id with
 every expert chosen once).  Several copies of the matrix are cycled so the working set is far larger than
 the last-level cache and every call streams its weights from DRAM.  GB/s = weight bytes / time.
-Read bandwidth: a SIMD byte sum over a 512 MiB buffer by the same thread pool.
+Read bandwidth: a SIMD byte sum over a 256 MiB buffer by the same thread pool, measured at the start and again
+right before each GEMV row (the percentage uses the latter).
 GEMM: 10944 x 2048 weights times n_tok = 32, 128, 512 tokens; GFLOP/s = 2 n_out n_in n_tok / time.
 Timings are the best of several runs (the machine may be shared).
 """
@@ -51,8 +52,8 @@ def best_time(fn, reps: int, min_time: float = 0.0) -> float:
     return best
 
 
-def read_bandwidth(pool: ThreadPool, n_threads: int, nbytes: int, reps: int) -> float:
-    buf = np.ones(nbytes, np.uint8)
+def read_bandwidth(pool: ThreadPool, n_threads: int, buf: np.ndarray, reps: int) -> float:
+    nbytes = buf.nbytes
     ptr = ffi.cast("const void *", buf.ctypes.data)
     assert lib.mg_read_sum(pool._ptr, n_threads, ptr, nbytes) == nbytes
     return nbytes / best_time(lambda: lib.mg_read_sum(pool._ptr, n_threads, ptr, nbytes), reps) / 1e9
@@ -89,8 +90,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pools = {n: ThreadPool(n) for n in threads}
     print(f"simd level {lib.mg_get_simd_level()}, threads {threads}")
-    bw = {n: read_bandwidth(pools[n], n, 512 << 20, reps) for n in threads}
+    bw_buf = np.ones(256 << 20, np.uint8)
+    bw = {n: read_bandwidth(pools[n], n, bw_buf, reps) for n in threads}
     print("read bandwidth: " + ", ".join(f"{n}T {bw[n]:.1f} GB/s" for n in threads))
+    print("(GEMV rows: GB/s, and % of the read bandwidth measured again right before that row, as load may vary)")
     print()
     print(f"{'type':7} {'shape':22} " + " ".join(f"{f'{n}T GB/s (%bw)':>17}" for n in threads))
     for tname in types:
@@ -100,8 +103,9 @@ def main() -> None:
             ws = [one] + [random_weight(tname, shape, rng) for _ in range(copies - 1)]
             cells = []
             for n in threads:
+                b = read_bandwidth(pools[n], n, bw_buf, reps)
                 g = gemv_gbs(pools[n], ws, reps, expert)
-                cells.append(f"{g:8.1f} ({100 * g / bw[n]:3.0f}%)")
+                cells.append(f"{g:8.1f} ({100 * g / b:3.0f}%)")
             print(f"{tname:7} {label:22} " + " ".join(f"{c:>17}" for c in cells), flush=True)
             del ws, one
     if args.no_gemm:

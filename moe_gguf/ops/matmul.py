@@ -146,6 +146,7 @@ class QWeight:
         self.shape = shape
         self.row_bytes = rb
         self._cptr = ffi.cast("const void *", data.ctypes.data)
+        self._type_id = int(t)
 
     @classmethod
     def from_gguf(cls, gguf_file: Any, name: str) -> "QWeight":
@@ -195,7 +196,7 @@ def _check_x(x: np.ndarray, n_in: int, what: str) -> None:
         raise ValueError(f"{what} must be C-contiguous")
     if x.shape[-1] != n_in:
         raise ValueError(f"{what} has inner size {x.shape[-1]}, the weight has n_in = {n_in}")
-    if x.ctypes.data % 4:
+    if not x.flags.aligned:
         raise ValueError(f"{what} must be 4-byte aligned")
 
 
@@ -206,8 +207,8 @@ def _check_out(out: np.ndarray | None, shape: tuple[int, ...], inputs: tuple[np.
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.dtype != np.float32 or out.shape != shape:
         raise ValueError(f"out must be float32 of shape {shape}, got {out.dtype} {out.shape}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("out must be C-contiguous and writeable")
+    if not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned:
+        raise ValueError("out must be C-contiguous, aligned and writeable")
     if any(np.shares_memory(out, a) for a in inputs):
         raise ValueError("out must not overlap the inputs")
     return out
@@ -235,15 +236,14 @@ def matmul(pool: ThreadPool | None, w: QWeight, x: np.ndarray, out: np.ndarray |
     y = _check_out(out, shape, (x, w.data))
     if n_tok == 0:
         return y
-    ptr = _pool_ptr(pool)
-    xp = ffi.cast("const float *", x.ctypes.data)
-    yp = ffi.cast("float *", y.ctypes.data)
+    _pool_ptr(pool)  # type check before any work
+    xp = ffi.from_buffer("float[]", x)
+    yp = ffi.from_buffer("float[]", y, require_writable=True)
     if pool is None:
-        rc = lib.mg_matmul(ptr, int(w.ggml_type), w._cptr, w.n_out, w.n_in, xp, n_tok, yp)
+        rc = lib.mg_matmul(ffi.NULL, w._type_id, w._cptr, w.n_out, w.n_in, xp, n_tok, yp)
     else:
         with pool._lock:
-            ptr = _pool_ptr(pool)
-            rc = lib.mg_matmul(ptr, int(w.ggml_type), w._cptr, w.n_out, w.n_in, xp, n_tok, yp)
+            rc = lib.mg_matmul(_pool_ptr(pool), w._type_id, w._cptr, w.n_out, w.n_in, xp, n_tok, yp)
     _raise_rc(rc, "matmul")
     return y
 
@@ -267,6 +267,7 @@ def matmul_id(
         raise TypeError(f"ids must be int32, got {ids.dtype}")
     if ids.ndim != 2 or not ids.flags.c_contiguous:
         raise ValueError(f"ids must be a C-contiguous (n_tok, k) array, got shape {ids.shape}")
+    _pool_ptr(pool)
     n_tok, k = ids.shape
     _check_x(x, w.n_in, "x")
     if x.ndim == 2 and x.shape[0] == n_tok:
@@ -284,10 +285,10 @@ def matmul_id(
     if n_tok == 0 or k == 0:
         return y
     args = (
-        int(w.ggml_type), w._cptr, n_expert, w.n_out, w.n_in,
-        ffi.cast("const float *", x.ctypes.data), per_slot,
-        ffi.cast("const int32_t *", ids.ctypes.data), n_tok, k,
-        ffi.cast("float *", y.ctypes.data),
+        w._type_id, w._cptr, n_expert, w.n_out, w.n_in,
+        ffi.from_buffer("float[]", x), per_slot,
+        ffi.from_buffer("int32_t[]", ids), n_tok, k,
+        ffi.from_buffer("float[]", y, require_writable=True),
     )  # fmt: skip
     if pool is None:
         rc = lib.mg_matmul_id(ffi.NULL, *args)
