@@ -406,6 +406,23 @@ def test_latent_attention_kernel(n_tok, n_kv0, n_head, seed):
     _kernels.lib.mg_set_simd_level(99)
 
 
+@pytest.mark.parametrize("n_tok,n_kv0,dtype", [(17, 1000, np.float32), (1, 3000, np.float32), (1, 3000, np.float16), (3, 2000, np.float16)])
+def test_latent_attention_threaded_big(n_tok, n_kv0, dtype):
+    """Jobs big enough to use the pool (split by token, or by head group for one token): bit-identical to one thread."""
+    rng = np.random.default_rng(n_tok + n_kv0)
+    n_head, d_k, d_v = 16, 576, 512
+    kv = rng.standard_normal((n_kv0 + n_tok, d_k)).astype(dtype)
+    q = (rng.standard_normal((n_tok, n_head, d_k)) * 0.05).astype(np.float32)
+    single = nn.latent_attention(q, kv, n_kv0, d_v, 0.1147)
+    for pool in _POOLS:
+        np.testing.assert_array_equal(nn.latent_attention(q, kv, n_kv0, d_v, 0.1147, pool), single)
+    t = n_tok - 1  # the last query against float64 numpy
+    s = 0.1147 * q[t].astype(np.float64) @ kv[: n_kv0 + n_tok].astype(np.float64).T
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(single[t], p @ kv[: n_kv0 + n_tok, :d_v].astype(np.float64), rtol=1e-4, atol=1e-5)
+
+
 def _route_ref(logits, k, gating, bias, n_group, n_group_used, norm, scale):
     lg = logits.astype(np.float64)
     probs = np.exp(lg - lg.max(-1, keepdims=True))
