@@ -275,6 +275,39 @@ def test_matmul_id_decode_shape(pools) -> None:
         check_against_numpy("Q4_K", y[0, s][None], deq[e], x)
 
 
+def test_from_gguf_file(tmp_path, pools) -> None:
+    """QWeight.from_gguf over a GGUF written by gguf-py's writer: 2-D and 3-D (expert) tensors, zero-copy."""
+    from moe_gguf.gguf import GGUFFile
+
+    rng = np.random.default_rng(21)
+    raw2, deq2 = make_weight("Q6_K", (24, 512), rng)
+    raw3, deq3 = make_weight("IQ4_NL", (4, 16, 64), rng)
+    path = tmp_path / "w.gguf"
+    wr = gguf.GGUFWriter(str(path), "test")
+    wr.add_tensor("mat.weight", raw2, raw_dtype=GQ.Q6_K)
+    wr.add_tensor("exps.weight", raw3, raw_dtype=GQ.IQ4_NL)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    f = GGUFFile(path)
+    w2 = QWeight.from_gguf(f, "mat.weight")
+    w3 = QWeight.from_gguf(f, "exps.weight")
+    assert (w2.shape, w2.ggml_type) == ((24, 512), GGMLType.Q6_K)
+    assert (w3.shape, w3.n_expert) == ((4, 16, 64), 4)
+    assert np.shares_memory(w2.data, f.tensor("mat.weight"))
+    x = rng.standard_normal((3, 512)).astype(np.float32)
+    check_against_numpy("Q6_K", matmul(pools[2], w2, x), deq2, x)
+    x3 = rng.standard_normal((2, 64)).astype(np.float32)
+    ids = np.array([[3, 1], [0, 3]], np.int32)
+    y3 = matmul_id(pools[2], w3, x3, ids)
+    for t in range(2):
+        for s in range(2):
+            check_against_numpy("IQ4_NL", y3[t, s][None], deq3[ids[t, s]], x3[t : t + 1])
+    with pytest.raises(KeyError):
+        QWeight.from_gguf(f, "missing.weight")
+
+
 def test_out_parameter_and_empty(pools) -> None:
     rng = np.random.default_rng(1)
     raw, deq = make_weight("Q8_0", (16, 64), rng)
@@ -352,6 +385,25 @@ def test_thread_pool_lifecycle() -> None:
     p.close()
     with pytest.raises(ValueError, match="closed"):
         matmul(p, w, x)
+
+
+def test_pool_from_another_process_is_refused() -> None:
+    import os
+
+    p = ThreadPool(2)
+    w = QWeight(np.zeros((4, 32), np.float32), GGMLType.F32, (4, 32))
+    pid = os.fork()
+    if pid == 0:  # child: the workers are gone, so the pool must refuse rather than hang
+        try:
+            matmul(p, w, np.ones(32, np.float32))
+            code = 1
+        except RuntimeError:
+            code = 0
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert not matmul(p, w, np.ones(32, np.float32)).any()
+    p.close()
 
 
 def test_pool_shared_by_python_threads(pools) -> None:

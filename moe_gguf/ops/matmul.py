@@ -75,6 +75,7 @@ class ThreadPool:
             raise RuntimeError(f"could not create a thread pool of {n_threads} threads")
         self._ptr: Any = ffi.gc(ptr, lib.mg_pool_destroy)
         self._lock = threading.Lock()
+        self._pid = os.getpid()  # worker threads do not survive fork()
         self.n_threads = n_threads
 
     def close(self) -> None:
@@ -184,6 +185,8 @@ def _pool_ptr(pool: ThreadPool | None) -> Any:
         raise TypeError(f"pool must be a ThreadPool or None, got {type(pool).__name__}")
     if pool._ptr is None:
         raise ValueError("the ThreadPool is closed")
+    if pool._pid != os.getpid():
+        raise RuntimeError("this ThreadPool was created in another process (threads do not survive fork); make a new one")
     return pool._ptr
 
 
