@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 from typing import Any
 
-from .gguf import VALUE_TYPE_NAMES, ArrayRef, GGUFFile
+from .gguf import VALUE_TYPE_NAMES, ArrayRef, GGUFFile, ValueType
 
 SHORT_ARRAY = 32  # arrays up to this long are shown in full
 
@@ -39,13 +40,27 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _short_f32(v: float) -> float:
+    """The shortest decimal that reads back as the same float32 (1e-06 rather than 9.999999974752427e-07)."""
+    for p in range(1, 10):
+        s = float(f"{v:.{p}g}")
+        if struct.unpack("<f", struct.pack("<f", s))[0] == v:
+            return s
+    return v  # nan
+
+
 def _value(f: GGUFFile, key: str) -> Any:
     """A metadata value for display: scalars as they are, short arrays as lists, long ones as a summary dict."""
     v = f.metadata[key]
+    spec = f.type_spec(key)
     if isinstance(v, ArrayRef):
-        if v.count <= SHORT_ARRAY:
-            return _jsonable(f.array(key, as_list=True))
-        return {"array": _type_str(f.type_spec(key)[1:]), "count": v.count}
+        if v.count > SHORT_ARRAY:
+            return {"array": _type_str(spec[1:]), "count": v.count}
+        v = f.array(key, as_list=True)
+        if spec == (ValueType.ARRAY, ValueType.FLOAT32):
+            v = [_short_f32(x) for x in v]
+    elif spec == (ValueType.FLOAT32,):
+        v = _short_f32(v)
     return _jsonable(v)
 
 

@@ -34,6 +34,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         w.add("deepseek2.embedding_length", 64, V.UINT32)
         w.add("deepseek2.expert_count", 4, V.UINT32)
         w.add("deepseek2.rope.freq_base", 10000.0, V.FLOAT32)
+        w.add("deepseek2.attention.layer_norm_rms_epsilon", 1e-6, V.FLOAT32)
+        w.add("deepseek2.f32s", [0.1, float("inf"), float("nan")], (V.ARRAY, V.FLOAT32))
         w.add("deepseek2.expert_weights_norm", False, V.BOOL)
         w.add("deepseek2.expert_used_count", [2, 3], (V.ARRAY, V.UINT32))
         w.add("tokenizer.ggml.model", "gpt2")
@@ -84,6 +86,9 @@ def test_json_matches_file_and_gguf_reader(model: Path) -> None:
     assert s["architecture"] == "deepseek2" and s["version"] == 3 and s["file_bytes"] == model.stat().st_size
     assert s["hyperparameters"]["block_count"] == 2 and s["hyperparameters"]["expert_used_count"] == [2, 3]
     assert s["hyperparameters"]["rope.freq_base"] == 10000.0
+    # f32 values as the shortest decimal that is the same float32 (the file holds 9.999999974752427e-07)
+    assert s["hyperparameters"]["attention.layer_norm_rms_epsilon"] == 1e-6
+    assert s["hyperparameters"]["f32s"] == [0.1, "inf", "nan"]
     assert s["hyperparameters"]["expert_weights_norm"] is False
     tok = s["tokenizer"]
     assert tok["vocab_size"] == 300 and tok["merges"] == 2 and tok["bos_token_id"] == 0 and tok["chat_template"]
