@@ -14,6 +14,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "moe_gguf.h"
@@ -40,6 +41,8 @@ typedef struct {
     size_t act_row_bytes;
     int64_t n_act;          /* activation rows */
     const int32_t *act_src; /* id variant: x row of each activation row (NULL: identity) */
+    char *xq;               /* id variant with shared x: the n_x converted x rows, copied to their act rows */
+    int64_t n_x;
     /* output */
     float *y;
     /* id variant: activation rows [seg_a[g], seg_a[g+1]) (at most TOK_BLOCK) belong to expert seg_e[g];
@@ -53,9 +56,22 @@ typedef struct {
 
 static void quantize_task(void *arg, int ith, int nth) {
     mm_job *j = arg;
+    if (j->xq) { /* shared x (matmul_id): convert each x row once */
+        for (int64_t r = ith; r < j->n_x; r += nth) {
+            mg_act_quantize_row(j->wtype, j->x + r * j->n_in, j->xq + (size_t)r * j->act_row_bytes, j->n_in);
+        }
+        return;
+    }
     for (int64_t r = ith; r < j->n_act; r += nth) {
         int64_t src = j->act_src ? j->act_src[r] : r;
         mg_act_quantize_row(j->wtype, j->x + src * j->n_in, j->act + (size_t)r * j->act_row_bytes, j->n_in);
+    }
+}
+
+static void copy_task(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    for (int64_t r = ith; r < j->n_act; r += nth) {
+        memcpy(j->act + (size_t)r * j->act_row_bytes, j->xq + (size_t)j->act_src[r] * j->act_row_bytes, j->act_row_bytes);
     }
 }
 
@@ -95,19 +111,24 @@ static void compute_task(void *arg, int ith, int nth) {
     }
 }
 
-static int threads_for(const mm_job *j, int64_t macs, int pool_n) {
-    int64_t n = macs / MIN_MACS_PER_THREAD;
+static int threads_for(const mm_job *j, double macs, int pool_n) {
+    double n = macs / MIN_MACS_PER_THREAD;
     if (n > j->n_chunks) n = j->n_chunks;
     if (n > pool_n) n = pool_n;
     return n < 1 ? 1 : (int)n;
 }
 
 static void quantize_all(mg_pool *pool, mm_job *j) {
-    int64_t n = j->n_act * j->n_in / MIN_QUANT_PER_THREAD;
+    int64_t rows = j->xq ? j->n_x : j->n_act;
+    int64_t n = rows * j->n_in / MIN_QUANT_PER_THREAD;
     int pn = mg_pool_n_threads(pool);
     int nth = n < 1 ? 1 : (n > pn ? pn : (int)n);
-    if (nth > j->n_act) nth = (int)j->n_act;
+    if (nth > rows) nth = (int)rows;
     mg_pool_run(pool, quantize_task, j, nth);
+    if (j->xq) {
+        int64_t c = j->n_act * (int64_t)j->act_row_bytes / (MIN_QUANT_PER_THREAD * 4);
+        mg_pool_run(pool, copy_task, j, c < 1 ? 1 : (c > pn ? pn : (int)c));
+    }
 }
 
 static int setup(mm_job *j, int type, const void *w, int64_t n_out, int64_t n_in, const float *x, float *y) {
@@ -180,7 +201,7 @@ int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     quantize_all(pool, &j);
     j.n_chunks = j.chunks_per_expert * ((n_tok + TOK_BLOCK - 1) / TOK_BLOCK);
     atomic_init(&j.next, 0);
-    mg_pool_run(pool, compute_task, &j, threads_for(&j, n_out * n_in * n_tok, mg_pool_n_threads(pool)));
+    mg_pool_run(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_tok, mg_pool_n_threads(pool)));
     return MG_OK;
 }
 
@@ -190,6 +211,7 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     int rc = setup(&j, type, w, n_out, n_in, x, y);
     if (rc) return rc;
     if (n_expert <= 0 || n_tok < 0 || k <= 0 || !ids) return MG_ESIZE;
+    if (n_tok > INT32_MAX / k) return MG_ESIZE;
     int64_t n_pairs = n_tok * k;
     if (n_pairs == 0) return MG_OK;
     for (int64_t p = 0; p < n_pairs; p++) {
@@ -202,7 +224,8 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     size_t sz_seg_a = align64(((size_t)max_seg + 1) * sizeof(int64_t));
     size_t sz_seg_e = align64((size_t)max_seg * sizeof(int32_t));
     size_t sz_pairs = align64((size_t)n_pairs * sizeof(int32_t));
-    char *mem = scratch_get(sz_act + sz_cnt + sz_seg_a + sz_seg_e + 2 * sz_pairs);
+    size_t sz_xq = x_per_slot ? 0 : align64(j.act_row_bytes * (size_t)n_tok);
+    char *mem = scratch_get(sz_act + sz_cnt + sz_seg_a + sz_seg_e + 2 * sz_pairs + sz_xq);
     if (!mem) return MG_ENOMEM;
     j.act = mem;
     char *m = mem + sz_act;
@@ -211,6 +234,10 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     int32_t *seg_e = (int32_t *)(void *)(m += sz_seg_a);
     int32_t *out_row = (int32_t *)(void *)(m += sz_seg_e);
     int32_t *act_src = (int32_t *)(void *)(m += sz_pairs);
+    if (!x_per_slot) {
+        j.xq = m + sz_pairs;
+        j.n_x = n_tok;
+    }
     memset(count, 0, ((size_t)n_expert + 1) * sizeof(int64_t));
     /* counting sort of the (token, slot) pairs by expert; stable, so each expert's pairs stay in token order */
     for (int64_t p = 0; p < n_pairs; p++) count[ids[p]]++;
@@ -239,7 +266,7 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     quantize_all(pool, &j);
     j.n_chunks = j.chunks_per_expert * n_seg;
     atomic_init(&j.next, 0);
-    mg_pool_run(pool, compute_task, &j, threads_for(&j, n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
+    mg_pool_run(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
     return rc;
 }
 
