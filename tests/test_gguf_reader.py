@@ -249,7 +249,7 @@ def _smaps_rss_kb(path: str) -> int | None:
 def test_open_never_touches_tensor_data(tmp_path: Path) -> None:
     """A file of 400 tensors of 64 KiB (25 MiB of data): after opening and reading all metadata, the map's resident
     pages (this process's page tables, /proc/self/smaps) cover only the header, plus at most the kernel's
-    fault-around window; reading one tensor then makes its pages resident (the measurement works)."""
+    fault-around window; reading tensors then makes their pages resident (the measurement works)."""
     n, row = 400, 16384
     kvs = [kv("general.architecture", V.STRING, gstr("test")),
            kv("tokens", V.ARRAY, arr(V.STRING, [f"tok{i}" for i in range(2000)]))]
@@ -267,10 +267,15 @@ def test_open_never_touches_tensor_data(tmp_path: Path) -> None:
         if rss is None:
             pytest.skip("/proc/self/smaps not available")
         header_kb = f.data_offset // 1024 + 1
-        assert rss <= header_kb + 64 + 4, (rss, header_kb)  # 64 KiB: the kernel's fault-around
+        # the kernel may map a little around what was read (fault-around: 64 KiB by default): allow 256 KiB of
+        # 25 MiB of data
+        assert rss <= header_kb + 256, (rss, header_kb)
         v = f.tensor(f"blk.{n - 1}.weight")
         assert float(v.sum()) == 0.0
-        assert _smaps_rss_kb(real) >= rss + row * 4 // 1024 - 4
+        assert _smaps_rss_kb(real) >= rss + row * 4 // 1024 - 4  # reading a tensor does map its pages
+        for name in f.tensors:
+            f.tensor(name).sum()
+        assert _smaps_rss_kb(real) >= n * row * 4 // 1024
 
 
 def test_compare_with_gguf_reader_small_vocab(shared_dir: Path) -> None:
