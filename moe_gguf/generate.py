@@ -524,63 +524,74 @@ class Scheduler:
     def _loop(self) -> None:
         batch_forward = getattr(self.model, "forward_batch", None)
         while True:
-            with self._cv:
-                self._admit()
-                while not self._active and not self._stopping:
-                    self._cv.wait()
-                    self._admit()
-                if self._stopping:
-                    for job in [j for j, _, _ in self._active] + list(self._waiting):
-                        self._emit(job, QueueFullError("the server is shutting down"))
-                    self._waiting.clear()
-                    while self._active:
-                        self._release(self._active[0][0])
+            try:
+                if self._round(batch_forward):
                     return
-                active = list(self._active)
-            for job, _, _ in active:
-                if job.cancelled:
-                    self._release(job)
-            active = [a for a in active if not a[0].cancelled]
-            # 1. one prompt batch, for the oldest sequence still reading its prompt (decoding streams keep
-            #    flowing between the batches of a long prompt)
-            for job, gen, _ in active:
-                if not gen.prefilled:
-                    try:
-                        gen.prefill_step()
-                    except Exception as e:
-                        self._fail(job, e)
-                    break
-            # 2. one token for every decoding sequence
-            ready: list[tuple[Job, Generation]] = []
-            for job, gen, _ in active:
-                if gen.finished or not gen.prefilled or gen.pending_token is not None:
-                    continue
+            except Exception as e:  # a bug in a round must not leave clients waiting forever
+                log.exception("scheduler round failed")
+                for job, _, _ in list(self._active):
+                    self._fail(job, e)
+
+    def _round(self, batch_forward: Callable[..., np.ndarray] | None) -> bool:
+        """One round: admit, one prompt batch, one token per decoding sequence. True when stopping."""
+        with self._cv:
+            self._admit()
+            while not self._active and not self._stopping:
+                self._cv.wait()
+                self._admit()
+            if self._stopping:
+                for job in [j for j, _, _ in self._active] + list(self._waiting):
+                    self._emit(job, QueueFullError("the server is shutting down"))
+                self._waiting.clear()
+                while self._active:
+                    self._release(self._active[0][0])
+                return True
+            active = list(self._active)
+        for job, _, _ in active:
+            if job.cancelled:
+                self._release(job)
+        active = [a for a in active if not a[0].cancelled]
+        # 1. one prompt batch, for the oldest sequence still reading its prompt (decoding streams keep
+        #    flowing between the batches of a long prompt)
+        for job, gen, _ in active:
+            if not gen.prefilled:
                 try:
-                    chunk = gen.sample_step()
+                    gen.prefill_step()
                 except Exception as e:
                     self._fail(job, e)
-                    continue
-                if chunk.finish_reason is not None:
-                    job.stats = gen.stats
-                    self._release(job)
-                else:
-                    ready.append((job, gen))
-                self._emit(job, chunk)
-            # 3. run the sampled tokens: one batched pass over the weights when the model offers it
-            if len(ready) > 1 and batch_forward is not None:
-                toks = np.fromiter((g.pending_token for _, g in ready), dtype=np.int32, count=len(ready))
-                try:
-                    logits = batch_forward(toks, [g.cache for _, g in ready])
-                except Exception as e:
-                    for job, g in ready:
-                        g.context.reset()
-                        self._fail(job, e)
-                    continue
-                for i, (_, g) in enumerate(ready):
-                    g.feed_logits(logits[i])
+                break
+        # 2. one token for every decoding sequence
+        ready: list[tuple[Job, Generation]] = []
+        for job, gen, _ in active:
+            if gen.finished or not gen.prefilled or gen.pending_token is not None:
+                continue
+            try:
+                chunk = gen.sample_step()
+            except Exception as e:
+                self._fail(job, e)
+                continue
+            if chunk.finish_reason is not None:
+                job.stats = gen.stats
+                self._release(job)
             else:
+                ready.append((job, gen))
+            self._emit(job, chunk)
+        # 3. run the sampled tokens: one batched pass over the weights when the model offers it
+        if len(ready) > 1 and batch_forward is not None:
+            toks = np.fromiter((g.pending_token for _, g in ready), dtype=np.int32, count=len(ready))
+            try:
+                logits = batch_forward(toks, [g.cache for _, g in ready])
+            except Exception as e:
                 for job, g in ready:
-                    try:
-                        g.forward_pending()
-                    except Exception as e:
-                        self._fail(job, e)
+                    g.context.reset()
+                    self._fail(job, e)
+                return False
+            for i, (_, g) in enumerate(ready):
+                g.feed_logits(logits[i])
+        else:
+            for job, g in ready:
+                try:
+                    g.forward_pending()
+                except Exception as e:
+                    self._fail(job, e)
+        return False

@@ -398,3 +398,21 @@ def test_scheduler_reports_bad_jobs() -> None:
     finally:
         sched.stop()
     assert len(evs) == 1 and isinstance(evs[0], ContextFullError)
+
+
+def test_scheduler_survives_a_failing_model() -> None:
+    class Flaky(FakeModel):
+        def forward(self, tokens, cache, all_logits=False):
+            if 33 in tokens:
+                raise RuntimeError("kernel exploded")
+            return super().forward(tokens, cache, all_logits)
+
+    nxt = cycle_next(ORDER)
+    sched = Scheduler(Flaky(nxt), TOK, n_slots=1).start()
+    try:
+        (_, bad), = run_jobs(sched, [[1, 33]], 3)
+        (text, good), = run_jobs(sched, [[1, 2]], 3)
+    finally:
+        sched.stop()
+    assert len(bad) == 1 and isinstance(bad[0], RuntimeError)
+    assert text == TOK.decode(chain(2, nxt, 3)) and good[-1].finish_reason == "length"
