@@ -441,4 +441,6 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8080, api_key: s
         template = None
     name = str(model.file.metadata.get("general.name") or os.path.basename(model_path))
     app = create_app(model, tok, template, model_name=name, api_key=api_key, parallel=parallel, max_queue=max_queue)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
