@@ -104,6 +104,69 @@ MG_TARGET_AVX2 static void axpy_f16_avx2(float *y, float a, const void *xv, int6
     for (; i < n; i++) y[i] += a * mg_f16_to_f32(x[i]);
 }
 
+/* Four heads against one cache row: each row chunk is loaded once for the four queries.  Only used when
+ * n is a multiple of 16 (then the per-head accumulation order is exactly dot_avx2's, and results are
+ * bit-identical to four single calls); otherwise the caller uses the single-head kernels. */
+MG_TARGET_AVX2 static void dot4_f32_avx2(const float *q, int64_t qs, const void *rowv, int64_t n, float *out) {
+    const float *row = rowv;
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m256 r0 = _mm256_loadu_ps(row + i), r1 = _mm256_loadu_ps(row + i + 8);
+        for (int k = 0; k < 4; k++) {
+            acc[2 * k] = _mm256_fmadd_ps(_mm256_loadu_ps(q + k * qs + i), r0, acc[2 * k]);
+            acc[2 * k + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + k * qs + i + 8), r1, acc[2 * k + 1]);
+        }
+    }
+    for (int k = 0; k < 4; k++) out[k] = hsum256(_mm256_add_ps(acc[2 * k], acc[2 * k + 1]));
+}
+
+MG_TARGET_AVX2 static void dot4_f16_avx2(const float *q, int64_t qs, const void *rowv, int64_t n, float *out) {
+    const uint16_t *row = rowv;
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m128i h0, h1;
+        memcpy(&h0, row + i, 16);
+        memcpy(&h1, row + i + 8, 16);
+        __m256 r0 = _mm256_cvtph_ps(h0), r1 = _mm256_cvtph_ps(h1);
+        for (int k = 0; k < 4; k++) {
+            acc[2 * k] = _mm256_fmadd_ps(_mm256_loadu_ps(q + k * qs + i), r0, acc[2 * k]);
+            acc[2 * k + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + k * qs + i + 8), r1, acc[2 * k + 1]);
+        }
+    }
+    for (int k = 0; k < 4; k++) out[k] = hsum256(_mm256_add_ps(acc[2 * k], acc[2 * k + 1]));
+}
+
+/* y_k += p[k] * row for k < 4 (y_k = y + k*ys); n a multiple of 8: per element exactly axpy_avx2's FMA */
+MG_TARGET_AVX2 static void axpy4_f32_avx2(float *y, int64_t ys, const float *p, const void *rowv, int64_t n) {
+    const float *row = rowv;
+    __m256 pk[4];
+    for (int k = 0; k < 4; k++) pk[k] = _mm256_set1_ps(p[k]);
+    for (int64_t i = 0; i + 8 <= n; i += 8) {
+        __m256 r = _mm256_loadu_ps(row + i);
+        for (int k = 0; k < 4; k++) {
+            float *yk = y + k * ys + i;
+            _mm256_storeu_ps(yk, _mm256_fmadd_ps(pk[k], r, _mm256_loadu_ps(yk)));
+        }
+    }
+}
+
+MG_TARGET_AVX2 static void axpy4_f16_avx2(float *y, int64_t ys, const float *p, const void *rowv, int64_t n) {
+    const uint16_t *row = rowv;
+    __m256 pk[4];
+    for (int k = 0; k < 4; k++) pk[k] = _mm256_set1_ps(p[k]);
+    for (int64_t i = 0; i + 8 <= n; i += 8) {
+        __m128i h;
+        memcpy(&h, row + i, 16);
+        __m256 r = _mm256_cvtph_ps(h);
+        for (int k = 0; k < 4; k++) {
+            float *yk = y + k * ys + i;
+            _mm256_storeu_ps(yk, _mm256_fmadd_ps(pk[k], r, _mm256_loadu_ps(yk)));
+        }
+    }
+}
+
 MG_TARGET_AVX2 static float sumsq_avx2(const float *x, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
@@ -132,6 +195,9 @@ static void axpy_f32_scalar(float *y, float a, const void *x, int64_t n) { axpy_
 MG_TARGET_AVX2 static float dot_f32_avx2(const float *a, const void *b, int64_t n) { return dot_avx2(a, b, n); }
 MG_TARGET_AVX2 static void axpy_f32_avx2(float *y, float a, const void *x, int64_t n) { axpy_avx2(y, a, x, n); }
 #endif
+
+typedef void (*dot4_fn)(const float *q, int64_t q_stride, const void *row, int64_t n, float *out4);
+typedef void (*axpy4_fn)(float *y, int64_t y_stride, const float *p4, const void *row, int64_t n);
 
 static dot_fn pick_dot(int f16) {
 #if MG_X86
@@ -269,7 +335,9 @@ typedef struct {
     int64_t n_hgroup, hg_size; /* heads are split into n_hgroup groups of hg_size (last may be short) */
     dot_fn dot;
     axpy_fn axpy;
-    int failed; /* set (by any thread) when scratch allocation fails */
+    dot4_fn dot4;   /* NULL unless d_k % 16 == 0 and SIMD is on */
+    axpy4_fn axpy4; /* NULL unless d_v % 8 == 0 and SIMD is on */
+    int failed;     /* set (by any thread) when scratch allocation fails */
 } attn_args;
 
 /* One work item: query token t, heads [h0, h1).  Each cache row is read once for all heads of the item. */
@@ -277,15 +345,25 @@ static void attn_item(const attn_args *a, float *sc, int64_t t, int64_t h0, int6
     int64_t n_kv = a->n_kv0 + t + 1, nh = h1 - h0;
     const float *qt = a->q + (t * a->n_head + h0) * a->d_k;
     float *ot = a->out + (t * a->n_head + h0) * a->d_v;
+    int64_t nh4 = a->dot4 ? nh / 4 * 4 : 0, nv4 = a->axpy4 ? nh / 4 * 4 : 0;
     for (int64_t j = 0; j < n_kv; j++) {
         const void *row = a->kv + j * a->kv_stride;
-        for (int64_t h = 0; h < nh; h++) sc[h * n_kv + j] = a->dot(qt + h * a->d_k, row, a->d_k) * a->scale;
+        float d4[4];
+        for (int64_t h = 0; h < nh4; h += 4) {
+            a->dot4(qt + h * a->d_k, a->d_k, row, a->d_k, d4);
+            for (int k = 0; k < 4; k++) sc[(h + k) * n_kv + j] = d4[k] * a->scale;
+        }
+        for (int64_t h = nh4; h < nh; h++) sc[h * n_kv + j] = a->dot(qt + h * a->d_k, row, a->d_k) * a->scale;
     }
     for (int64_t h = 0; h < nh; h++) softmax_inplace(sc + h * n_kv, n_kv);
     memset(ot, 0, sizeof(float) * (size_t)(nh * a->d_v));
     for (int64_t j = 0; j < n_kv; j++) {
         const void *row = a->kv + j * a->kv_stride;
-        for (int64_t h = 0; h < nh; h++) a->axpy(ot + h * a->d_v, sc[h * n_kv + j], row, a->d_v);
+        for (int64_t h = 0; h < nv4; h += 4) {
+            float p4[4] = {sc[h * n_kv + j], sc[(h + 1) * n_kv + j], sc[(h + 2) * n_kv + j], sc[(h + 3) * n_kv + j]};
+            a->axpy4(ot + h * a->d_v, a->d_v, p4, row, a->d_v);
+        }
+        for (int64_t h = nv4; h < nh; h++) a->axpy(ot + h * a->d_v, sc[h * n_kv + j], row, a->d_v);
     }
 }
 
@@ -319,7 +397,14 @@ int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok
     if (macs < 4.0e6) nth = 1;
     int f16 = kv_type == MG_F16;
     int64_t stride_bytes = kv_stride * (f16 ? 2 : 4);
-    attn_args a = {out, q, kv, n_tok, n_head, d_k, d_v, stride_bytes, n_kv0, scale, 1, n_head, pick_dot(f16), pick_axpy(f16), 0};
+    attn_args a = {out, q, kv, n_tok, n_head, d_k, d_v, stride_bytes, n_kv0, scale, 1, n_head, pick_dot(f16), pick_axpy(f16),
+                   NULL, NULL, 0};
+#if MG_X86
+    if (mg_get_simd_level() >= 1) {
+        if (d_k % 16 == 0) a.dot4 = f16 ? dot4_f16_avx2 : dot4_f32_avx2;
+        if (d_v % 8 == 0) a.axpy4 = f16 ? axpy4_f16_avx2 : axpy4_f32_avx2;
+    }
+#endif
     if (n_tok < nth) { /* few tokens (decode): split the heads instead */
         a.n_hgroup = nth < n_head ? nth : n_head;
         a.hg_size = (n_head + a.n_hgroup - 1) / a.n_hgroup;
