@@ -38,13 +38,6 @@ log = logging.getLogger(__name__)
 PROMPT_BATCH = 512  # prompt tokens per forward call: bounds the model's scratch memory for long prompts
 
 
-class _Cache(Protocol):
-    n_past: int
-
-    def clear(self) -> None: ...
-    def truncate(self, n: int) -> None: ...
-
-
 class _Model(Protocol):
     n_vocab: int
     n_ctx: int

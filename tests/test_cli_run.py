@@ -2,7 +2,6 @@
 random deepseek2 GGUF when its builder is available."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
