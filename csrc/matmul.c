@@ -51,26 +51,32 @@ typedef struct {
     const int64_t *seg_a;
     const int32_t *out_row;
     int64_t chunks_per_expert, n_chunks;
-    _Atomic int64_t next;
+    _Atomic int64_t next;   /* next work item of the compute phase */
+    _Atomic int64_t qnext;  /* next row of the conversion / copy phases */
 } mm_job;
 
+/* The tasks hand out rows / items through atomic counters (mg_pool_run_dynamic): any subset of the threads
+ * completes them, and which thread does what never changes a result. */
 static void quantize_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
     mm_job *j = arg;
-    if (j->xq) { /* shared x (matmul_id): convert each x row once */
-        for (int64_t r = ith; r < j->n_x; r += nth) {
+    int64_t rows = j->xq ? j->n_x : j->n_act;
+    for (int64_t r; (r = atomic_fetch_add_explicit(&j->qnext, 1, memory_order_relaxed)) < rows;) {
+        if (j->xq) { /* shared x (matmul_id): convert each x row once */
             mg_act_quantize_row(j->wtype, j->x + r * j->n_in, j->xq + (size_t)r * j->act_row_bytes, j->n_in);
+        } else {
+            int64_t src = j->act_src ? j->act_src[r] : r;
+            mg_act_quantize_row(j->wtype, j->x + src * j->n_in, j->act + (size_t)r * j->act_row_bytes, j->n_in);
         }
-        return;
-    }
-    for (int64_t r = ith; r < j->n_act; r += nth) {
-        int64_t src = j->act_src ? j->act_src[r] : r;
-        mg_act_quantize_row(j->wtype, j->x + src * j->n_in, j->act + (size_t)r * j->act_row_bytes, j->n_in);
     }
 }
 
 static void copy_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
     mm_job *j = arg;
-    for (int64_t r = ith; r < j->n_act; r += nth) {
+    for (int64_t r; (r = atomic_fetch_add_explicit(&j->qnext, 1, memory_order_relaxed)) < j->n_act;) {
         memcpy(j->act + (size_t)r * j->act_row_bytes, j->xq + (size_t)j->act_src[r] * j->act_row_bytes, j->act_row_bytes);
     }
 }
@@ -124,10 +130,12 @@ static void quantize_all(mg_pool *pool, mm_job *j) {
     int pn = mg_pool_n_threads(pool);
     int nth = n < 1 ? 1 : (n > pn ? pn : (int)n);
     if (nth > rows) nth = (int)rows;
-    mg_pool_run(pool, quantize_task, j, nth);
+    atomic_store_explicit(&j->qnext, 0, memory_order_relaxed);
+    mg_pool_run_dynamic(pool, quantize_task, j, nth);
     if (j->xq) {
         int64_t c = j->n_act * (int64_t)j->act_row_bytes / (MIN_QUANT_PER_THREAD * 4);
-        mg_pool_run(pool, copy_task, j, c < 1 ? 1 : (c > pn ? pn : (int)c));
+        atomic_store_explicit(&j->qnext, 0, memory_order_relaxed);
+        mg_pool_run_dynamic(pool, copy_task, j, c < 1 ? 1 : (c > pn ? pn : (int)c));
     }
 }
 
@@ -201,7 +209,7 @@ int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     quantize_all(pool, &j);
     j.n_chunks = j.chunks_per_expert * ((n_tok + TOK_BLOCK - 1) / TOK_BLOCK);
     atomic_init(&j.next, 0);
-    mg_pool_run(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_tok, mg_pool_n_threads(pool)));
+    mg_pool_run_dynamic(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_tok, mg_pool_n_threads(pool)));
     return MG_OK;
 }
 
@@ -266,7 +274,7 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     quantize_all(pool, &j);
     j.n_chunks = j.chunks_per_expert * n_seg;
     atomic_init(&j.next, 0);
-    mg_pool_run(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
+    mg_pool_run_dynamic(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
     return rc;
 }
 

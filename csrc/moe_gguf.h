@@ -73,6 +73,10 @@ int mg_pool_n_threads(const mg_pool *pool);
 /* Runs fn(arg, ith, nth) on nth threads (clamped to the pool size; the caller is ith 0) and returns when all
  * are done.  pool may be NULL (runs fn(arg, 0, 1) inline).  For use by other C kernels. */
 void mg_pool_run(mg_pool *pool, mg_task_fn fn, void *arg, int nth);
+/* As mg_pool_run, for tasks that hand out their work dynamically (e.g. an atomic counter) so that any subset
+ * of the threads completes it: returns as soon as the caller's own share is done and the workers that had
+ * already joined have finished; workers that wake up later skip the job (no stall on a busy machine). */
+void mg_pool_run_dynamic(mg_pool *pool, mg_task_fn fn, void *arg, int nth);
 
 /* Dot products (vecdot.c).  An activation row for weight type `type` is float32 for F32/F16/BF16, Q8_0 blocks
  * for Q4_0/Q5_0/Q8_0/IQ4_NL, Q8_0 values + f32 scale + block sum (40 B / 32) for Q4_1/Q5_1, Q8_K blocks for

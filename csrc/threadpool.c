@@ -1,7 +1,11 @@
 /* threadpool.c - one persistent pthread pool: n_threads - 1 workers plus the calling thread.
  *
- * A job is published as one 64-bit atomic word (generation << 8 | number of participating threads), so a
- * worker always sees the job's generation and its thread count together.  Workers spin briefly on that word
+ * A job is published as one 64-bit atomic word (generation << 16 | dynamic << 8 | number of participating
+ * threads), so a worker always sees the job's generation, kind and thread count together.
+ * Static jobs (mg_pool_run) wait for every participating worker.  Dynamic jobs (mg_pool_run_dynamic: the task
+ * hands out work through its own atomic counter) only wait for workers that actually entered the job before
+ * the caller finished its own share; a worker that wakes up later skips it.  On a busy machine a descheduled
+ * worker then costs nothing instead of stalling every call.  Workers spin briefly on that word
  * (cheap back-to-back kernel calls during decoding), then sleep on a condition variable.  The caller runs
  * share 0 itself, then waits (spin, then sleep) until every participating worker has finished.
  * Concurrent callers of the same pool are serialized by a mutex.
@@ -30,14 +34,35 @@ struct mg_pool {
     pthread_mutex_t call_mu; /* serializes mg_pool_run callers */
     pthread_mutex_t mu;      /* guards sleeping on cv_work / cv_done */
     pthread_cond_t cv_work, cv_done;
-    _Atomic uint64_t job;    /* generation << 8 | n participating threads */
-    _Atomic int pending;     /* participating workers not yet done */
+    _Atomic uint64_t job;    /* generation << 16 | dynamic << 8 | n participating threads */
+    _Atomic int pending;     /* static job: participating workers not yet done */
+    _Atomic uint64_t gate;   /* dynamic job: generation << 16 | closed << 15 | workers inside */
     _Atomic int stop;
     mg_task_fn fn;           /* written by the caller before publishing `job` (release) */
     void *arg;
 };
 
 typedef struct { mg_pool *pool; int ith; } worker_arg;
+
+#define GATE_DYNAMIC ((uint64_t)1 << 8)
+#define GATE_CLOSED ((uint64_t)1 << 15)
+#define GATE_COUNT ((uint64_t)0x7fff)
+
+static void wake_caller(mg_pool *pool) {
+    pthread_mutex_lock(&pool->mu);
+    pthread_cond_signal(&pool->cv_done);
+    pthread_mutex_unlock(&pool->mu);
+}
+
+/* A worker enters dynamic job `gen` only while the gate is open for exactly that job. */
+static int gate_enter(mg_pool *pool, uint64_t gen) {
+    uint64_t v = atomic_load_explicit(&pool->gate, memory_order_acquire);
+    for (;;) {
+        if ((v >> 16) != gen || (v & GATE_CLOSED)) return 0;
+        if (atomic_compare_exchange_weak_explicit(&pool->gate, &v, v + 1, memory_order_acq_rel, memory_order_acquire))
+            return 1;
+    }
+}
 
 static void *worker_main(void *p) {
     worker_arg wa = *(worker_arg *)p;
@@ -61,13 +86,15 @@ static void *worker_main(void *p) {
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
         seen = job;
         int nth = (int)(job & 0xff);
-        if (wa.ith < nth) {
+        if (wa.ith >= nth) continue;
+        if (job & GATE_DYNAMIC) {
+            if (!gate_enter(pool, job >> 16)) continue; /* the caller already finished: skip */
             pool->fn(pool->arg, wa.ith, nth);
-            if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
-                pthread_mutex_lock(&pool->mu);
-                pthread_cond_signal(&pool->cv_done);
-                pthread_mutex_unlock(&pool->mu);
-            }
+            uint64_t v = atomic_fetch_sub_explicit(&pool->gate, 1, memory_order_acq_rel);
+            if ((v & GATE_COUNT) == 1 && (v & GATE_CLOSED)) wake_caller(pool);
+        } else {
+            pool->fn(pool->arg, wa.ith, nth);
+            if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) wake_caller(pool);
         }
     }
     return NULL;
@@ -84,6 +111,7 @@ mg_pool *mg_pool_create(int n_threads) {
     pthread_cond_init(&pool->cv_done, NULL);
     atomic_init(&pool->job, 0);
     atomic_init(&pool->pending, 0);
+    atomic_init(&pool->gate, 0);
     atomic_init(&pool->stop, 0);
     if (n_threads > 1) {
         pool->threads = calloc((size_t)n_threads - 1, sizeof(pthread_t));
@@ -113,7 +141,7 @@ void mg_pool_destroy(mg_pool *pool) {
     pthread_mutex_lock(&pool->call_mu);
     pthread_mutex_lock(&pool->mu);
     atomic_store_explicit(&pool->stop, 1, memory_order_release);
-    atomic_fetch_add_explicit(&pool->job, (uint64_t)1 << 8, memory_order_acq_rel);
+    atomic_fetch_add_explicit(&pool->job, (uint64_t)1 << 16, memory_order_acq_rel);
     pthread_cond_broadcast(&pool->cv_work);
     pthread_mutex_unlock(&pool->mu);
     for (int i = 1; i < pool->n_threads; i++) pthread_join(pool->threads[i - 1], NULL);
@@ -128,7 +156,23 @@ void mg_pool_destroy(mg_pool *pool) {
 
 int mg_pool_n_threads(const mg_pool *pool) { return pool ? pool->n_threads : 0; }
 
-void mg_pool_run(mg_pool *pool, mg_task_fn fn, void *arg, int nth) {
+/* waits (spin, then sleep) until done(pool) */
+static void wait_until(mg_pool *pool, int (*done)(mg_pool *)) {
+    for (int i = 0; i < SPIN_ITERS && !done(pool); i++) CPU_RELAX();
+    if (!done(pool)) {
+        pthread_mutex_lock(&pool->mu);
+        while (!done(pool)) pthread_cond_wait(&pool->cv_done, &pool->mu);
+        pthread_mutex_unlock(&pool->mu);
+    }
+}
+
+static int static_done(mg_pool *pool) { return atomic_load_explicit(&pool->pending, memory_order_acquire) <= 0; }
+
+static int dynamic_done(mg_pool *pool) {
+    return (atomic_load_explicit(&pool->gate, memory_order_acquire) & GATE_COUNT) == 0;
+}
+
+static void run(mg_pool *pool, mg_task_fn fn, void *arg, int nth, int dynamic) {
     if (!pool || nth <= 1 || pool->n_threads <= 1) {
         fn(arg, 0, 1);
         return;
@@ -137,20 +181,25 @@ void mg_pool_run(mg_pool *pool, mg_task_fn fn, void *arg, int nth) {
     pthread_mutex_lock(&pool->call_mu);
     pool->fn = fn;
     pool->arg = arg;
+    uint64_t gen = ((atomic_load_explicit(&pool->job, memory_order_relaxed) >> 16) + 1) & (((uint64_t)1 << 48) - 1);
     atomic_store_explicit(&pool->pending, nth - 1, memory_order_relaxed);
+    atomic_store_explicit(&pool->gate, gen << 16, memory_order_relaxed); /* open, nobody inside */
     pthread_mutex_lock(&pool->mu);
-    uint64_t gen = (atomic_load_explicit(&pool->job, memory_order_relaxed) >> 8) + 1;
-    atomic_store_explicit(&pool->job, (gen << 8) | (uint64_t)nth, memory_order_release);
+    atomic_store_explicit(&pool->job, (gen << 16) | (dynamic ? GATE_DYNAMIC : 0) | (uint64_t)nth, memory_order_release);
     pthread_cond_broadcast(&pool->cv_work);
     pthread_mutex_unlock(&pool->mu);
 
     fn(arg, 0, nth);
 
-    for (int i = 0; i < SPIN_ITERS && atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; i++) CPU_RELAX();
-    if (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0) {
-        pthread_mutex_lock(&pool->mu);
-        while (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0) pthread_cond_wait(&pool->cv_done, &pool->mu);
-        pthread_mutex_unlock(&pool->mu);
+    if (dynamic) {
+        atomic_fetch_or_explicit(&pool->gate, GATE_CLOSED, memory_order_acq_rel);
+        wait_until(pool, dynamic_done);
+    } else {
+        wait_until(pool, static_done);
     }
     pthread_mutex_unlock(&pool->call_mu);
 }
+
+void mg_pool_run(mg_pool *pool, mg_task_fn fn, void *arg, int nth) { run(pool, fn, arg, nth, 0); }
+
+void mg_pool_run_dynamic(mg_pool *pool, mg_task_fn fn, void *arg, int nth) { run(pool, fn, arg, nth, 1); }
