@@ -20,12 +20,7 @@ import numpy as np
 
 from .sampling import Sampler, SamplingParams
 
-try:  # the model layer owns this exception; fall back until it lands so the engine stays importable
-    from .models import ContextFullError
-except ImportError:  # pragma: no cover - removed once moe_gguf.models exports it
-
-    class ContextFullError(ValueError):  # type: ignore[no-redef]
-        """The prompt (or prompt + generation) does not fit the model's context."""
+from .models import ContextFullError  # the model layer's "does not fit the context" error, re-raised here
 
 
 __all__ = [
