@@ -477,3 +477,16 @@ def test_moe_route_rejects_bad_args():
         nn.moe_route(lg, 4, n_group=3, n_group_used=1)
     with pytest.raises(ValueError):
         nn.moe_route(lg, 5, n_group=4, n_group_used=2)
+
+
+@pytest.mark.slow
+def test_long_sequence_default_chunking(lite):
+    """600 tokens: past YaRN's original context many times over and across the 512-token internal chunk."""
+    hf, path, _ = lite
+    toks = _toks(600, seed=600)
+    ref = hf_logits(hf, toks)
+    model = load_model(path, n_ctx=1024)  # past the file's context_length (512): allowed
+    cache = model.new_cache()
+    out = model.forward(toks, cache, all_logits=True)
+    assert cache.n_past == 600 and _rel(out, ref) < TOL
+    assert _rel(_stepwise(model, toks), ref) < TOL
