@@ -1,8 +1,15 @@
 """One file per architecture. `load_model(path)` picks the class named by `general.architecture`.
 
     model = load_model(path, n_ctx=None, n_threads=None)   # n_ctx None -> min(<arch>.context_length, 4096)
+    model.config, model.file, model.n_vocab, model.n_ctx
     cache = model.new_cache()                              # cache.n_past, cache.clear(), cache.truncate(n)
-    logits = model.forward(tokens, cache, all_logits=False)
+    logits = model.forward(tokens, cache, all_logits=False)  # (n_vocab,) for the last token, or (n, n_vocab)
+    model.shift_cache(cache, n_keep, n_discard)            # context shift (deepseek2)
+
+Architecture-specific keyword arguments pass through load_model, e.g. deepseek2's cache_type="f16" (half the
+KV memory) and mla="naive" (the decompressed reference attention).  forward raises ContextFullError before
+computing anything when the cache would overflow; load errors are ModelLoadError (a ValueError) naming the key
+or tensor.
 """
 from __future__ import annotations
 
