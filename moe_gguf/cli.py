@@ -289,5 +289,31 @@ def serve(
         raise _fail(e) from None
 
 
+# ---------------------------------------------------------------------------------------------- quantize / convert
+@app.command()
+def quantize(
+    src: Annotated[str, typer.Argument(help="Input .gguf (F32/F16/BF16/Q8_0 tensors).")],
+    dst: Annotated[str, typer.Argument(help="Output .gguf path.")],
+    qtype: Annotated[str, typer.Argument(help="q4_k_m, q5_k_m, q6_k, q8_0, q4_0, q4_k_s, q5_k_s, q4_k, q5_k, iq4_nl, iq4_xs, f16, bf16, f32.")],
+    threads: Annotated[int, typer.Option("-t", "--threads", help="Worker threads (0 = all cores).")] = 0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Quantize a GGUF file with llama-quantize's per-tensor mixes (streamed, multi-threaded, atomic output)."""
+    import sys
+
+    try:
+        from .quantize import quantize_file
+
+        r = quantize_file(src, dst, qtype, n_threads=threads, progress=not no_progress and sys.stderr.isatty())
+    except (*_user_errors(), RuntimeError) as e:
+        raise _fail(e) from None
+    counts: dict[str, int] = {}
+    for t in r.types.values():
+        counts[t] = counts.get(t, 0) + 1
+    mix = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    typer.echo(f"wrote {r.path}: {mix}; {r.bytes_in / 2**20:.1f} MiB -> {r.bytes_out / 2**20:.1f} MiB "
+               f"in {r.seconds:.1f} s ({r.gb_per_s:.2f} GB/s)")
+
+
 if __name__ == "__main__":
     app()
