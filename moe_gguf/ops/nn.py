@@ -91,6 +91,8 @@ def rope_(x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray, magnitude: float
     n_tok, n_head, n_rot = x.shape
     if n_rot % 2 or inv_freq.shape[0] != n_rot // 2:
         raise ValueError(f"rope: n_rot {n_rot} must be even and inv_freq must have {n_rot // 2} entries")
+    if x.size == 0:
+        return x
     if x.strides[2] != 4 or x.strides[0] % 4 or x.strides[1] % 4 or x.strides[0] < 0 or x.strides[1] < 0:
         raise ValueError("rope: x's last axis must be contiguous float32 with non-negative strides")
     if not x.flags.writeable:
