@@ -23,13 +23,13 @@ from __future__ import annotations
 import codecs
 import heapq
 import os
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .gguf import GGUFFile
-from .tokenizer_pre import PreTokenizer, resolve_pre
+from .tokenizer_pre import FastSplitter, PreTokenizer, resolve_pre
 
 __all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
 
@@ -76,6 +76,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 _BYTE_TO_CHAR = _bytes_to_unicode()
 # str.translate table: byte-level character -> the code point equal to its byte, so `.encode("latin-1")` = raw bytes
 _CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
+# str.translate table: latin-1 character of a raw byte -> its byte-level character
+_BYTE_TO_CHAR_TABLE = {b: c for b, c in _BYTE_TO_CHAR.items()}
+_BPE_CACHE_MAX = 1 << 18  # distinct pre-tokenized pieces remembered per tokenizer
 
 
 def _latin1_or_utf8(s: str) -> bytes:
@@ -116,6 +119,34 @@ def _meta_bool(md: dict[str, Any], key: str) -> bool | None:
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     raise ValueError(f"GGUF metadata {key!r} should be a bool, got {type(v).__name__}")
+
+
+class _SpecialIndex:
+    """Finds which special-token texts may occur in a text without scanning the text once per token:
+    single-character tokens by a set intersection, longer ones by one substring test per distinct 4-char prefix.
+    `candidates` returns positions into the (length-sorted) special list, in order; a superset of the tokens
+    that occur."""
+
+    def __init__(self, specials: list[tuple[str, int]]) -> None:
+        self._single: dict[str, int] = {}
+        self._multi: dict[str, list[int]] = {}
+        for k, (text, _) in enumerate(specials):
+            if len(text) == 1:
+                self._single.setdefault(text, k)
+            else:
+                self._multi.setdefault(text[:4], []).append(k)
+        self._single_set = frozenset(self._single)
+
+    def candidates(self, text: str) -> list[int]:
+        if not self._single and not self._multi:
+            return []
+        chars = set(text)
+        out = [self._single[c] for c in self._single_set.intersection(chars)]
+        for prefix, ks in self._multi.items():
+            if prefix[0] in chars and prefix in text:
+                out.extend(ks)
+        out.sort()
+        return out
 
 
 class Tokenizer:
@@ -213,6 +244,7 @@ class Tokenizer:
         self._special_user: list[tuple[str, int]] = [
             (t, i) for t, i in self._special_all if types[i] == TokenType.USER_DEFINED
         ]
+        self._special_index = (_SpecialIndex(self._special_user), _SpecialIndex(self._special_all))
         self._control_like = np.zeros(n, dtype=bool)
         self._control_like[(types == TokenType.CONTROL) | (types == TokenType.UNKNOWN)] = True
         for i in eog:
@@ -314,6 +346,9 @@ class Tokenizer:
         steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
         hf.pre_tokenizer = pre_tokenizers.Sequence(steps)
         self._hf = hf
+        # fast path: split with the `regex` module over the whole text, merge each distinct piece once (cached)
+        self._fast: FastSplitter | None = FastSplitter.create(self.pre)
+        self._bpe_cache: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ public API
     def is_eog(self, token_id: int) -> bool:
@@ -355,19 +390,11 @@ class Tokenizer:
                     self._spm_tokenize(s.replace(" ", _SPACE), out)
                     prev_special = False
         else:
-            texts = [f for f in frags if isinstance(f, str)]
-            if texts:
-                encs = self._hf.encode_batch_fast(texts, add_special_tokens=False) if len(texts) > 1 else [
-                    self._hf.encode(texts[0], add_special_tokens=False)
-                ]
-                it = iter(encs)
-                for f in frags:
-                    if isinstance(f, int):
-                        out.append(f)
-                    else:
-                        out.extend(next(it).ids)
-            else:
-                out.extend(f for f in frags if isinstance(f, int))
+            for f in frags:
+                if isinstance(f, int):
+                    out.append(f)
+                else:
+                    self._bpe_encode(f, out)
         if add_special and self.add_eos:
             assert self.eos_id is not None
             out.append(self.eos_id)
@@ -419,12 +446,65 @@ class Tokenizer:
                     break
         return b"".join(parts)
 
+    def _bpe_encode(self, text: str, out: list[int], reference: bool = False) -> None:
+        """Byte-level BPE of one raw text fragment, appended to out. reference=True: run it entirely inside HF
+        tokenizers (its own regex engine and splitting), the path the fast one is checked against."""
+        pieces = None
+        if self._fast is not None and not reference:
+            try:
+                pieces = self._fast.split(text)  # None: let HF tokenizers split this text
+            except ValueError:
+                pieces = None
+        if pieces is None:
+            out.extend(self._hf.encode(text, add_special_tokens=False).ids)
+            return
+        cache = self._bpe_cache
+        missing = set(pieces).difference(cache)
+        if missing:
+            if len(cache) + len(missing) > _BPE_CACHE_MAX:
+                cache = self._bpe_cache = {}  # a fresh dict: other threads keep using the one they hold
+                missing = set(pieces)
+            tokenize = self._hf.model.tokenize
+            table = _BYTE_TO_CHAR_TABLE
+            for w in missing:
+                cache[w] = [t.id for t in tokenize(w.encode("utf-8").decode("latin-1").translate(table))]
+        out.extend(chain.from_iterable(map(cache.__getitem__, pieces)))
+
+    def _encode_reference(self, text: str, parse_special: bool = False) -> list[int]:
+        """encode(text, add_special=False) with the BPE merges and splitting done wholly by HF tokenizers."""
+        if self.model != "gpt2":
+            raise ValueError("_encode_reference is for byte-level BPE vocabularies")
+        out: list[int] = []
+        for f in self._partition(text, parse_special) if text else []:
+            if isinstance(f, int):
+                out.append(f)
+            else:
+                self._bpe_encode(f, out, reference=True)
+        return out
+
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """llama.cpp's special-token partition: split text fragments around special token texts, longest first."""
         specials = self._special_all if parse_special else self._special_user
         frags: list[str | int] = [text]
-        if not specials:
-            return frags
+        for k in self._special_index[parse_special].candidates(text):
+            tok_text, tid = specials[k]
+            new: list[str | int] | None = None
+            for j, f in enumerate(frags):
+                if isinstance(f, int) or tok_text not in f:
+                    if new is not None:
+                        new.append(f)
+                    continue
+                if new is None:
+                    new = frags[:j]
+                parts = f.split(tok_text)
+                for m, part in enumerate(parts):
+                    if m:
+                        new.append(tid)
+                    if part:
+                        new.append(part)
+            if new is not None:
+                frags = new
+        return frags
         chars = set(text)
         for tok_text, tid in specials:
             if tok_text[0] not in chars:

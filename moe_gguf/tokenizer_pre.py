@@ -11,8 +11,10 @@ warning; see `resolve_pre`.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 # --- the individual patterns --------------------------------------------------------------------------------------
 
@@ -163,3 +165,170 @@ def resolve_pre(name: str | None) -> PreTokenizer:
         )
         return PreTokenizer(f"{name} (fallback: llama3)", (LLAMA3,))
     return pre
+
+
+# --- fast splitting with the `regex` module ------------------------------------------------------------------------
+_SENTINELS = [chr(c) for c in range(0xE000, 0xE100)]  # private-use characters: no rule above can match them
+# `\s` spelled out (the Unicode White_Space characters, as Oniguruma's \s): Python's `re` would also match
+# U+001C..U+001F, so the rewritten patterns carry the explicit set and both engines agree
+_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _sentinel_form(pattern: str, s: str) -> str | None:
+    """Rewrite `pattern` so that applying it to pieces joined by the sentinel `s` gives the same matches as
+    applying it to each piece alone: negated classes exclude `s`, `(?!\\S)` and a final `$` treat `s` as the end
+    of a piece. None when the pattern uses something this rewrite cannot vouch for (look-behind, `.`, `^`,
+    other anchors, `\\S` elsewhere)."""
+    out: list[str] = []
+    i = 0
+    n = len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= n:
+                return None
+            nxt = pattern[i + 1]
+            if nxt in "SAzZbBGdDwW" or nxt.isdigit():
+                return None
+            out.append(_WS if in_class and nxt == "s" else ("[" + _WS + "]" if nxt == "s" else pattern[i : i + 2]))
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+            elif c == "[":
+                return None  # nested class / set operation
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            if pattern.startswith("[^", i):
+                out.append("[^" + s)
+                i += 2
+            else:
+                out.append(c)
+                i += 1
+            if i < n and pattern[i] == "]":  # a leading ']' is a literal in the class
+                out.append("]")
+                i += 1
+            continue
+        if pattern.startswith("(?!\\S)", i):
+            out.append("(?![^" + _WS + s + "])")
+            i += 6
+            continue
+        if c == "$":
+            if i != n - 1:
+                return None
+            out.append("(?=" + s + "|\\Z)")
+            i += 1
+            continue
+        if c in ".^" or pattern.startswith("(?<", i):
+            return None
+        out.append(c)
+        i += 1
+    return None if in_class else "".join(out)
+
+
+# Code points assigned after Unicode 14.0 (generated with the `regex` module's tables against Python 3.11's
+# unicodedata). Oniguruma inside HF tokenizers may not know them yet, so `\p{..}` classes can disagree about them:
+# text holding any of them is split by HF tokenizers itself (see FastSplitter.split).
+_NEWER_UNICODE = (
+    (0x88F, 0x88F), (0x897, 0x897), (0xC5C, 0xC5C), (0xCDC, 0xCDC), (0xCF3, 0xCF3), (0xECE, 0xECE), (0x1ACF, 0x1ADD),
+    (0x1AE0, 0x1AEB), (0x1B4E, 0x1B4F), (0x1B7F, 0x1B7F), (0x1C89, 0x1C8A), (0x20C1, 0x20C1), (0x2427, 0x2429),
+    (0x2B96, 0x2B96), (0x2FFC, 0x2FFF), (0x31E4, 0x31E5), (0x31EF, 0x31EF), (0xA7CB, 0xA7CF), (0xA7D2, 0xA7D2),
+    (0xA7D4, 0xA7D4), (0xA7DA, 0xA7DC), (0xA7F1, 0xA7F1), (0xFBC3, 0xFBD2), (0xFD90, 0xFD91), (0xFDC8, 0xFDCE),
+    (0x105C0, 0x105F3), (0x10940, 0x10959), (0x10D40, 0x10D65), (0x10D69, 0x10D85), (0x10D8E, 0x10D8F),
+    (0x10EC2, 0x10EC7), (0x10ED0, 0x10ED8), (0x10EFA, 0x10EFF), (0x1123F, 0x11241), (0x11380, 0x11389),
+    (0x1138B, 0x1138B), (0x1138E, 0x1138E), (0x11390, 0x113B5), (0x113B7, 0x113C0), (0x113C2, 0x113C2),
+    (0x113C5, 0x113C5), (0x113C7, 0x113CA), (0x113CC, 0x113D5), (0x113D7, 0x113D8), (0x113E1, 0x113E2),
+    (0x116D0, 0x116E3), (0x11B00, 0x11B09), (0x11B60, 0x11B67), (0x11BC0, 0x11BE1), (0x11BF0, 0x11BF9),
+    (0x11DB0, 0x11DDB), (0x11DE0, 0x11DE9), (0x11F00, 0x11F10), (0x11F12, 0x11F3A), (0x11F3E, 0x11F5A),
+    (0x1342F, 0x1342F), (0x13439, 0x13455), (0x13460, 0x143FA), (0x16100, 0x16139), (0x16D40, 0x16D79),
+    (0x16EA0, 0x16EB8), (0x16EBB, 0x16ED3), (0x16FF2, 0x16FF6), (0x187F8, 0x187FF), (0x18CFF, 0x18CFF),
+    (0x18D09, 0x18D1E), (0x18D80, 0x18DF2), (0x1B132, 0x1B132), (0x1B155, 0x1B155), (0x1CC00, 0x1CCFC),
+    (0x1CD00, 0x1CEB3), (0x1CEBA, 0x1CED0), (0x1CEE0, 0x1CEF0), (0x1D2C0, 0x1D2D3), (0x1DF25, 0x1DF2A),
+    (0x1E030, 0x1E06D), (0x1E08F, 0x1E08F), (0x1E4D0, 0x1E4F9), (0x1E5D0, 0x1E5FA), (0x1E5FF, 0x1E5FF),
+    (0x1E6C0, 0x1E6DE), (0x1E6E0, 0x1E6F5), (0x1E6FE, 0x1E6FF), (0x1F6D8, 0x1F6D8), (0x1F6DC, 0x1F6DC),
+    (0x1F774, 0x1F77F), (0x1F7D9, 0x1F7D9), (0x1F8B2, 0x1F8BB), (0x1F8C0, 0x1F8C1), (0x1F8D0, 0x1F8D8),
+    (0x1FA54, 0x1FA57), (0x1FA75, 0x1FA77), (0x1FA87, 0x1FA8A), (0x1FA8E, 0x1FA8F), (0x1FAAD, 0x1FAAF),
+    (0x1FABB, 0x1FABF), (0x1FAC6, 0x1FAC6), (0x1FAC8, 0x1FAC8), (0x1FACD, 0x1FACF), (0x1FADA, 0x1FADC),
+    (0x1FADF, 0x1FADF), (0x1FAE8, 0x1FAEA), (0x1FAEF, 0x1FAEF), (0x1FAF7, 0x1FAF8), (0x1FBCB, 0x1FBEF),
+    (0x1FBFA, 0x1FBFA), (0x2B739, 0x2B73F), (0x2CEA2, 0x2CEAD), (0x2EBF0, 0x2EE5D), (0x31350, 0x33479),
+)
+_NEWER_UNICODE_RE = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _NEWER_UNICODE) + "]")
+
+
+def _compile_stage(form: str) -> Any:
+    """Compile one rewritten stage, wrapped in a capturing group for split(): Python's `re` (several times faster
+    on large character classes) when the pattern needs nothing beyond it, else the `regex` module."""
+    import regex
+
+    simple = "\\p" not in form and "\\P" not in form and not any(q in form for q in ("++", "?+", "*+", "}+"))
+    if simple:
+        try:
+            return re.compile("(" + form + ")")
+        except re.error:
+            pass
+    return regex.compile("(" + form + ")")
+
+
+class FastSplitter:
+    """A pre-tokenizer's regex chain run over the whole text at a time: each stage splits the current pieces
+    (kept joined by a sentinel character absent from the text) into matches and the text between them. `split`
+    returns the final pieces (never empty strings). Build with `FastSplitter.create`, which returns None when a
+    pattern is outside what the sentinel rewrite supports."""
+
+    def __init__(self, stages: list[str]) -> None:
+        self._stages = stages
+        self._compiled: dict[str, list[Any]] = {}
+        # stages run by the `regex` module use its (newer) Unicode property tables
+        self._unicode_sensitive = any(_compile_stage(_sentinel_form(r, _SENTINELS[0]) or "").__class__ is not
+                                      re.Pattern for r in stages)
+
+    @classmethod
+    def create(cls, pre: PreTokenizer) -> "FastSplitter | None":
+        try:
+            import regex
+        except ImportError:  # pragma: no cover - regex is a declared dependency
+            return None
+        probe = _SENTINELS[0]
+        for r in pre.regexes:
+            form = _sentinel_form(r, probe)
+            if form is None:
+                return None
+            try:
+                if _compile_stage(form).groups != 1:
+                    return None  # capturing groups would add items to split()'s output
+            except regex.error:
+                return None
+        return cls(list(pre.regexes))
+
+    def _patterns(self, s: str) -> list[Any]:
+        pats = self._compiled.get(s)
+        if pats is None:
+            pats = []
+            for r in self._stages:
+                form = _sentinel_form(r, s)
+                assert form is not None
+                pats.append(_compile_stage(form))
+            self._compiled[s] = pats
+        return pats
+
+    def split(self, text: str) -> list[str] | None:
+        """The pieces, or None when the text holds characters whose properties the engines may disagree on."""
+        if self._unicode_sensitive and _NEWER_UNICODE_RE.search(text):
+            return None
+        s = _SENTINELS[0]
+        if s in text:
+            s = next((c for c in _SENTINELS if c not in text), "")
+            if not s:
+                raise ValueError("text holds all 256 sentinel characters U+E000..U+E0FF")  # caller falls back
+        pats = self._patterns(s)
+        if len(pats) == 1:
+            return [p for p in pats[0].split(text) if p]
+        joined = text
+        for pat in pats:
+            joined = s.join(pat.split(joined))
+        return [p for p in joined.split(s) if p]

@@ -102,6 +102,25 @@ def test_round_trip_long_runs(shared_dir: Path, name: str) -> None:
         assert tok.decode(tok.encode(text, add_special=False)) == text
 
 
+@pytest.mark.parametrize("name", BPE_VOCABS)
+@settings(max_examples=200)
+@given(text=mixed_text())
+def test_fast_path_matches_hf_tokenizers(shared_dir: Path, name: str, text: str) -> None:
+    """The whole-text splitter (Python re/regex + cached merges) gives exactly what HF tokenizers computes with
+    its own Oniguruma splitting and BPE on the same vocabulary."""
+    tok = tok_for(shared_dir, name)
+    assert tok.encode(text, add_special=False) == tok._encode_reference(text)
+
+
+@pytest.mark.parametrize("name", BPE_VOCABS)
+def test_fast_path_sentinel_in_text(shared_dir: Path, name: str) -> None:
+    """Text holding the private-use characters the splitter joins pieces with still splits exactly."""
+    tok = tok_for(shared_dir, name)
+    text = "a\ue000b \ue000\ue001 12\ue000 345\n\ue000\n  x" + "".join(chr(c) for c in range(0xE000, 0xE100))
+    assert tok.encode(text, add_special=False) == tok._encode_reference(text)
+    assert tok.decode(tok.encode(text, add_special=False)) == text
+
+
 # ------------------------------------------------------------------------------------------------ streaming
 def _stream(tok: Tokenizer, ids: list[int], skip_special: bool = False) -> list[str]:
     dec = tok.stream_decoder(skip_special=skip_special)
