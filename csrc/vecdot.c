@@ -51,273 +51,223 @@ static inline int iq4xs_scale(const mg_block_iq4_xs *b, int ib) {
 }
 
 /* --------------------------------------------------------------------------------------------------------
- * Plain C references
+ * Plain C references: each weight block is decoded to its integer values (and integer scales), then one
+ * generic integer dot per block family does the arithmetic.
  * ------------------------------------------------------------------------------------------------------ */
 
-static float ref_f32(int64_t n, const void *w, const void *a) {
-    const float *x = w, *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += x[i] * y[i];
-    return s;
+static inline uint16_t rd16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
 }
 
-static float ref_f16(int64_t n, const void *w, const void *a) {
-    const uint16_t *x = w;
+/* float weights: F32, F16 (IEEE half) or BF16 element i */
+static inline float wval(int type, const void *w, int64_t i) {
+    if (type == MG_F32) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    return type == MG_F16 ? f16(h) : mg_bf16_to_f32(h);
+}
+
+static inline float ref_float(int type, int64_t n, const void *w, const void *a) {
     const float *y = a;
     float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += f16(x[i]) * y[i];
+    for (int64_t i = 0; i < n; i++) s += wval(type, w, i) * y[i];
     return s;
 }
 
-static float ref_bf16(int64_t n, const void *w, const void *a) {
-    const uint16_t *x = w;
-    const float *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += mg_bf16_to_f32(x[i]) * y[i];
-    return s;
-}
+static float ref_f32(int64_t n, const void *w, const void *a) { return ref_float(MG_F32, n, w, a); }
+static float ref_f16(int64_t n, const void *w, const void *a) { return ref_float(MG_F16, n, w, a); }
+static float ref_bf16(int64_t n, const void *w, const void *a) { return ref_float(MG_BF16, n, w, a); }
 
-static float ref_q4_0(int64_t n, const void *w, const void *a) {
-    const mg_block_q4_0 *x = w;
-    const mg_block_q8_0 *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < MG_QK / 2; j++) {
-            sumi += ((x[i].qs[j] & 15) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + 16];
-        }
-        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
+/* ---- 32-element blocks: q[j] for element j; byte offsets per ggml-common.h ---- */
+
+/* 16 packed bytes -> low nibbles are elements 0..15, high nibbles 16..31, each mapped through lut (or - off) */
+static inline void nibbles_to(const uint8_t *qs, const int8_t *lut, int off, int8_t q[32]) {
+    for (int j = 0; j < 16; j++) {
+        q[j] = (int8_t)(lut ? lut[qs[j] & 15] : (qs[j] & 15) - off);
+        q[j + 16] = (int8_t)(lut ? lut[qs[j] >> 4] : (qs[j] >> 4) - off);
     }
-    return s;
 }
 
-static float ref_q4_1(int64_t n, const void *w, const void *a) {
-    const mg_block_q4_1 *x = w;
-    const mg_block_q8_1x *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < MG_QK / 2; j++) {
-            sumi += (x[i].qs[j] & 15) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + 16];
-        }
-        s += (float)sumi * (f16(x[i].d) * y[i].d) + f16(x[i].m) * y[i].s;
-    }
-    return s;
+/* adds 16 to element j where bit j of the 32-bit qh is set */
+static inline void add_high_bits(const uint8_t *qh4, int8_t q[32]) {
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    for (int j = 0; j < 32; j++) q[j] = (int8_t)(q[j] + (int)((qh >> j) & 1) * 16);
 }
 
-static float ref_q5_0(int64_t n, const void *w, const void *a) {
-    const mg_block_q5_0 *x = w;
-    const mg_block_q8_0 *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        int sumi = 0;
-        for (int j = 0; j < MG_QK / 2; j++) {
-            int v0 = (int)((x[i].qs[j] & 15) | (((qh >> j) & 1) << 4)) - 16;
-            int v1 = (int)((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
-            sumi += v0 * y[i].qs[j] + v1 * y[i].qs[j + 16];
-        }
-        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
-    }
-    return s;
+static void dec_q4_0(const uint8_t *b, int8_t q[32]) { nibbles_to(b + 2, NULL, 8, q); }
+static void dec_q4_1(const uint8_t *b, int8_t q[32]) { nibbles_to(b + 4, NULL, 0, q); }
+static void dec_q5_0(const uint8_t *b, int8_t q[32]) {
+    nibbles_to(b + 6, NULL, 16, q); /* (nibble | bit << 4) - 16 */
+    add_high_bits(b + 2, q);
 }
-
-static float ref_q5_1(int64_t n, const void *w, const void *a) {
-    const mg_block_q5_1 *x = w;
-    const mg_block_q8_1x *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        uint32_t qh;
-        memcpy(&qh, x[i].qh, 4);
-        int sumi = 0;
-        for (int j = 0; j < MG_QK / 2; j++) {
-            int v0 = (int)((x[i].qs[j] & 15) | (((qh >> j) & 1) << 4));
-            int v1 = (int)((x[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
-            sumi += v0 * y[i].qs[j] + v1 * y[i].qs[j + 16];
-        }
-        s += (float)sumi * (f16(x[i].d) * y[i].d) + f16(x[i].m) * y[i].s;
-    }
-    return s;
+static void dec_q5_1(const uint8_t *b, int8_t q[32]) {
+    nibbles_to(b + 8, NULL, 0, q);
+    add_high_bits(b + 4, q);
 }
+static void dec_q8_0(const uint8_t *b, int8_t q[32]) { memcpy(q, b + 2, 32); }
+static void dec_iq4_nl(const uint8_t *b, int8_t q[32]) { nibbles_to(b + 2, mg_kvalues_iq4nl, 0, q); }
 
-static float ref_q8_0(int64_t n, const void *w, const void *a) {
-    const mg_block_q8_0 *x = w;
-    const mg_block_q8_0 *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < MG_QK; j++) sumi += x[i].qs[j] * y[i].qs[j];
-        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
-    }
-    return s;
-}
-
-static float ref_iq4_nl(int64_t n, const void *w, const void *a) {
-    const mg_block_iq4_nl *x = w;
-    const mg_block_q8_0 *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < MG_QK / 2; j++) {
-            sumi += mg_kvalues_iq4nl[x[i].qs[j] & 15] * y[i].qs[j] + mg_kvalues_iq4nl[x[i].qs[j] >> 4] * y[i].qs[j + 16];
-        }
-        s += (float)sumi * (f16(x[i].d) * f16(y[i].d));
-    }
-    return s;
-}
-
-/* sum over the 16-element groups g of coef[g] * bsums[g] (the min / offset term of the K-quants) */
-static inline int bsum_dot16(const int16_t *bsums, const int *coef) {
+static inline int idot(const int8_t *q, const int8_t *y, int n) {
     int s = 0;
-    for (int g = 0; g < 16; g++) s += coef[g] * bsums[g];
+    for (int j = 0; j < n; j++) s += q[j] * y[j];
     return s;
 }
 
-static float ref_q2_K(int64_t n, const void *w, const void *a) {
-    const mg_block_q2_K *x = w;
-    const mg_block_q8_K *y = a;
+/* sum over blocks of d_w * d_a * sum(q_w * q_a), plus m_w * s_a for the affine types (Q8_1-style activations) */
+static inline float ref_blocks32(int64_t n, const void *w, size_t wbytes, const void *a,
+                                 void (*dec)(const uint8_t *, int8_t *), int affine) {
     float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        int mins[16];
-        for (int g = 0; g < 16; g++) mins[g] = x[i].scales[g] >> 4;
-        int summ = bsum_dot16(y[i].bsums, mins);
-        int isum = 0;
-        for (int h = 0; h < 2; h++) {
-            for (int j = 0; j < 4; j++) {
-                for (int b = 0; b < 2; b++) {
-                    int g = 8 * h + 2 * j + b, part = 0;
-                    for (int l = 16 * b; l < 16 * b + 16; l++) {
-                        part += ((x[i].qs[32 * h + l] >> (2 * j)) & 3) * y[i].qs[128 * h + 32 * j + l];
-                    }
-                    isum += (x[i].scales[g] & 15) * part;
-                }
-            }
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        const uint8_t *b = (const uint8_t *)w + (size_t)i * wbytes;
+        int8_t q[MG_QK];
+        dec(b, q);
+        if (affine) {
+            const mg_block_q8_1x *y = (const mg_block_q8_1x *)a + i;
+            s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * y->d) + f16(rd16(b + 2)) * y->s;
+        } else {
+            const mg_block_q8_0 *y = (const mg_block_q8_0 *)a + i;
+            s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * f16(y->d));
         }
-        s += y[i].d * f16(x[i].d) * (float)isum - y[i].d * f16(x[i].dmin) * (float)summ;
     }
     return s;
 }
 
-static float ref_q3_K(int64_t n, const void *w, const void *a) {
-    const mg_block_q3_K *x = w;
-    const mg_block_q8_K *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        int8_t sc[16];
-        unpack_q3k_scales(x[i].scales, sc);
-        int isum = 0;
-        for (int h = 0; h < 2; h++) {
-            for (int j = 0; j < 4; j++) {
-                for (int b = 0; b < 2; b++) {
-                    int g = 8 * h + 2 * j + b, part = 0;
-                    for (int l = 16 * b; l < 16 * b + 16; l++) {
-                        int q = (x[i].qs[32 * h + l] >> (2 * j)) & 3;
-                        if (!(x[i].hmask[l] & (1 << (4 * h + j)))) q -= 4;
-                        part += q * y[i].qs[128 * h + 32 * j + l];
-                    }
-                    isum += sc[g] * part;
-                }
-            }
-        }
-        s += y[i].d * f16(x[i].d) * (float)isum;
+static float ref_q4_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 18, a, dec_q4_0, 0); }
+static float ref_q4_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 20, a, dec_q4_1, 1); }
+static float ref_q5_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 22, a, dec_q5_0, 0); }
+static float ref_q5_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 24, a, dec_q5_1, 1); }
+static float ref_q8_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 34, a, dec_q8_0, 0); }
+static float ref_iq4_nl(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 18, a, dec_iq4_nl, 0); }
+
+/* ---- 256-element super-blocks: q[256] values, per 16-element group g an integer scale sc[g] and min m[g];
+ *      x = d * sc[g] * q - dmin * m[g]  ---- */
+
+typedef struct {
+    int8_t q[MG_QK_K];
+    int sc[16], m[16];
+    float d, dmin;
+} kdec;
+
+static void dec_q2_K(const void *blk, kdec *k) {
+    const mg_block_q2_K *x = blk;
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) k->q[128 * h + 32 * j + l] = (int8_t)((x->qs[32 * h + l] >> (2 * j)) & 3);
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = x->scales[g] & 15;
+        k->m[g] = x->scales[g] >> 4;
     }
-    return s;
+    k->d = f16(x->d);
+    k->dmin = f16(x->dmin);
 }
 
-static float ref_q4_K(int64_t n, const void *w, const void *a) {
-    const mg_block_q4_K *x = w;
-    const mg_block_q8_K *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int coef[16];
-        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
-        int summ = bsum_dot16(y[i].bsums, coef);
-        int isum = 0;
-        for (int c = 0; c < 4; c++) {
-            int lo = 0, hi = 0;
+static void dec_q3_K(const void *blk, kdec *k) {
+    const mg_block_q3_K *x = blk;
+    int8_t sc[16];
+    unpack_q3k_scales(x->scales, sc);
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 4; j++)
             for (int l = 0; l < 32; l++) {
-                lo += (x[i].qs[32 * c + l] & 15) * y[i].qs[64 * c + l];
-                hi += (x[i].qs[32 * c + l] >> 4) * y[i].qs[64 * c + 32 + l];
+                int q = (x->qs[32 * h + l] >> (2 * j)) & 3;
+                k->q[128 * h + 32 * j + l] = (int8_t)(q - ((x->hmask[l] >> (4 * h + j)) & 1 ? 0 : 4));
             }
-            isum += sc[2 * c] * lo + sc[2 * c + 1] * hi;
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = sc[g];
+        k->m[g] = 0;
+    }
+    k->d = f16(x->d);
+    k->dmin = 0.0f;
+}
+
+/* Q4_K and Q5_K share the layout up to qh (Q5_K only) */
+static void dec_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, uint16_t d, uint16_t dmin, kdec *k) {
+    uint8_t sc[8], mn[8];
+    unpack_k4_scales(scales, sc, mn);
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++) {
+            int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
+            if (qh) {
+                lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+            }
+            k->q[64 * c + l] = (int8_t)lo;
+            k->q[64 * c + 32 + l] = (int8_t)hi;
         }
-        s += y[i].d * f16(x[i].d) * (float)isum - y[i].d * f16(x[i].dmin) * (float)summ;
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = sc[g / 2];
+        k->m[g] = mn[g / 2];
+    }
+    k->d = f16(d);
+    k->dmin = f16(dmin);
+}
+
+static void dec_q4_K(const void *blk, kdec *k) {
+    const mg_block_q4_K *x = blk;
+    dec_k4(x->scales, x->qs, NULL, x->d, x->dmin, k);
+}
+
+static void dec_q5_K(const void *blk, kdec *k) {
+    const mg_block_q5_K *x = blk;
+    dec_k4(x->scales, x->qs, x->qh, x->d, x->dmin, k);
+}
+
+static void dec_q6_K(const void *blk, kdec *k) {
+    const mg_block_q6_K *x = blk;
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+        int8_t *q = k->q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            q[l] = (int8_t)((int)((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            q[l + 32] = (int8_t)((int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            q[l + 64] = (int8_t)((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            q[l + 96] = (int8_t)((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = x->scales[g];
+        k->m[g] = 0;
+    }
+    k->d = f16(x->d);
+    k->dmin = 0.0f;
+}
+
+static void dec_iq4_xs(const void *blk, kdec *k) {
+    const mg_block_iq4_xs *x = blk;
+    for (int ib = 0; ib < 8; ib++) {
+        nibbles_to(x->qs + 16 * ib, mg_kvalues_iq4nl, 0, k->q + 32 * ib);
+        k->sc[2 * ib] = k->sc[2 * ib + 1] = iq4xs_scale(x, ib);
+        k->m[2 * ib] = k->m[2 * ib + 1] = 0;
+    }
+    k->d = f16(x->d);
+    k->dmin = 0.0f;
+}
+
+/* sum over super-blocks of d_a * (d * sum_g sc[g] * (q . y)_g - dmin * sum_g m[g] * bsums[g]) */
+static inline float ref_superblocks(int64_t n, const void *w, size_t wbytes, const void *a,
+                                    void (*dec)(const void *, kdec *)) {
+    const mg_block_q8_K *y = a;
+    float s = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        kdec k;
+        dec((const uint8_t *)w + (size_t)i * wbytes, &k);
+        int isum = 0, summ = 0;
+        for (int g = 0; g < 16; g++) {
+            isum += k.sc[g] * idot(k.q + 16 * g, y[i].qs + 16 * g, 16);
+            summ += k.m[g] * y[i].bsums[g];
+        }
+        s += y[i].d * k.d * (float)isum - y[i].d * k.dmin * (float)summ;
     }
     return s;
 }
 
-static float ref_q5_K(int64_t n, const void *w, const void *a) {
-    const mg_block_q5_K *x = w;
-    const mg_block_q8_K *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        uint8_t sc[8], mn[8];
-        unpack_k4_scales(x[i].scales, sc, mn);
-        int coef[16];
-        for (int g = 0; g < 16; g++) coef[g] = mn[g / 2];
-        int summ = bsum_dot16(y[i].bsums, coef);
-        int isum = 0;
-        for (int c = 0; c < 4; c++) {
-            int lo = 0, hi = 0;
-            for (int l = 0; l < 32; l++) {
-                int ql = (x[i].qs[32 * c + l] & 15) | (((x[i].qh[l] >> (2 * c)) & 1) << 4);
-                int qh = (x[i].qs[32 * c + l] >> 4) | (((x[i].qh[l] >> (2 * c + 1)) & 1) << 4);
-                lo += ql * y[i].qs[64 * c + l];
-                hi += qh * y[i].qs[64 * c + 32 + l];
-            }
-            isum += sc[2 * c] * lo + sc[2 * c + 1] * hi;
-        }
-        s += y[i].d * f16(x[i].d) * (float)isum - y[i].d * f16(x[i].dmin) * (float)summ;
-    }
-    return s;
-}
-
-static float ref_q6_K(int64_t n, const void *w, const void *a) {
-    const mg_block_q6_K *x = w;
-    const mg_block_q8_K *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        int isum = 0;
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
-            const int8_t *sc = x[i].scales + 8 * h, *q8 = y[i].qs + 128 * h;
-            int part[8] = {0};
-            for (int l = 0; l < 32; l++) {
-                int b = l / 16;
-                part[0 + b] += ((int)((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32) * q8[l];
-                part[2 + b] += ((int)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32) * q8[l + 32];
-                part[4 + b] += ((int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * q8[l + 64];
-                part[6 + b] += ((int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * q8[l + 96];
-            }
-            for (int g = 0; g < 8; g++) isum += sc[g] * part[g];
-        }
-        s += y[i].d * f16(x[i].d) * (float)isum;
-    }
-    return s;
-}
-
-static float ref_iq4_xs(int64_t n, const void *w, const void *a) {
-    const mg_block_iq4_xs *x = w;
-    const mg_block_q8_K *y = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK_K; i++) {
-        int isum = 0;
-        for (int ib = 0; ib < 8; ib++) {
-            const uint8_t *qs = x[i].qs + 16 * ib;
-            const int8_t *q8 = y[i].qs + 32 * ib;
-            int part = 0;
-            for (int j = 0; j < 16; j++) {
-                part += mg_kvalues_iq4nl[qs[j] & 15] * q8[j] + mg_kvalues_iq4nl[qs[j] >> 4] * q8[j + 16];
-            }
-            isum += iq4xs_scale(&x[i], ib) * part;
-        }
-        s += y[i].d * f16(x[i].d) * (float)isum;
-    }
-    return s;
-}
+static float ref_q2_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 84, a, dec_q2_K); }
+static float ref_q3_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 110, a, dec_q3_K); }
+static float ref_q4_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 144, a, dec_q4_K); }
+static float ref_q5_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 176, a, dec_q5_K); }
+static float ref_q6_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 210, a, dec_q6_K); }
+static float ref_iq4_xs(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 136, a, dec_iq4_xs); }
 
 /* --------------------------------------------------------------------------------------------------------
  * AVX2 + FMA kernels
@@ -363,53 +313,30 @@ MG_TARGET_AVX2 static inline __m256i bits_to_bytes(uint32_t x) {
 
 MG_TARGET_AVX2 static inline __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
-MG_TARGET_AVX2 static float avx_f32(int64_t n, const void *w, const void *a) {
-    const float *x = w, *y = a;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
-    }
-    float s = hsum8(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += x[i] * y[i];
-    return s;
+/* 8 float weights from element i of an F32 / F16 / BF16 row */
+MG_TARGET_AVX2 static inline __m256 load8w(int type, const void *w, int64_t i) {
+    if (type == MG_F32) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w + i));
+    if (type == MG_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* BF16 */
 }
 
-MG_TARGET_AVX2 static float avx_f16(int64_t n, const void *w, const void *a) {
-    const uint16_t *x = w;
+MG_TARGET_AVX2 static inline float avx_float(int type, int64_t n, const void *w, const void *a) {
     const float *y = a;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(x + i)));
-        __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(x + i + 8)));
-        acc0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(y + i), acc0);
-        acc1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(y + i + 8), acc1);
+        acc0 = _mm256_fmadd_ps(load8w(type, w, i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(load8w(type, w, i + 8), _mm256_loadu_ps(y + i + 8), acc1);
     }
     float s = hsum8(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += f16(x[i]) * y[i];
+    for (; i < n; i++) s += wval(type, w, i) * y[i];
     return s;
 }
 
-MG_TARGET_AVX2 static inline __m256 bf16x8(const uint16_t *p) {
-    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-}
-
-MG_TARGET_AVX2 static float avx_bf16(int64_t n, const void *w, const void *a) {
-    const uint16_t *x = w;
-    const float *y = a;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(bf16x8(x + i), _mm256_loadu_ps(y + i), acc0);
-        acc1 = _mm256_fmadd_ps(bf16x8(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
-    }
-    float s = hsum8(_mm256_add_ps(acc0, acc1));
-    for (; i < n; i++) s += mg_bf16_to_f32(x[i]) * y[i];
-    return s;
-}
+MG_TARGET_AVX2 static float avx_f32(int64_t n, const void *w, const void *a) { return avx_float(MG_F32, n, w, a); }
+MG_TARGET_AVX2 static float avx_f16(int64_t n, const void *w, const void *a) { return avx_float(MG_F16, n, w, a); }
+MG_TARGET_AVX2 static float avx_bf16(int64_t n, const void *w, const void *a) { return avx_float(MG_BF16, n, w, a); }
 
 /* One 32-element block of a Q8_0-partnered type: acc += d_w * d_a * sum(q_w * q_a) (and *summ += m_w * s_a
  * for the types with a min).  AVX32_KERNEL runs the blocks with two independent accumulators. */
@@ -542,7 +469,8 @@ MG_TARGET_AVX2 static float avx_q2_K(int64_t n, const void *w, const void *a) {
     for (int64_t i = 0; i < n / MG_QK_K; i++) {
         int mins[16];
         for (int g = 0; g < 16; g++) mins[g] = x[i].scales[g] >> 4;
-        int summ = bsum_dot16(y[i].bsums, mins);
+        int summ = 0;
+        for (int g = 0; g < 16; g++) summ += mins[g] * y[i].bsums[g];
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             __m256i q2 = load256(x[i].qs + 32 * h);
