@@ -505,27 +505,6 @@ class Tokenizer:
             if new is not None:
                 frags = new
         return frags
-        chars = set(text)
-        for tok_text, tid in specials:
-            if tok_text[0] not in chars:
-                continue
-            new: list[str | int] | None = None
-            for k, f in enumerate(frags):
-                if isinstance(f, int) or tok_text not in f:
-                    if new is not None:
-                        new.append(f)
-                    continue
-                if new is None:
-                    new = frags[:k]
-                parts = f.split(tok_text)
-                for j, p in enumerate(parts):
-                    if j:
-                        new.append(tid)
-                    if p:
-                        new.append(p)
-            if new is not None:
-                frags = new
-        return frags
 
     def _spm_tokenize(self, text: str, out: list[int]) -> None:
         """SentencePiece-style merge of one escaped text fragment (llama.cpp's SPM algorithm)."""

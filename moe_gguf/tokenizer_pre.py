@@ -257,7 +257,7 @@ _NEWER_UNICODE = (
     (0x1FADF, 0x1FADF), (0x1FAE8, 0x1FAEA), (0x1FAEF, 0x1FAEF), (0x1FAF7, 0x1FAF8), (0x1FBCB, 0x1FBEF),
     (0x1FBFA, 0x1FBFA), (0x2B739, 0x2B73F), (0x2CEA2, 0x2CEAD), (0x2EBF0, 0x2EE5D), (0x31350, 0x33479),
 )
-_NEWER_UNICODE_RE = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _NEWER_UNICODE) + "]")
+_NEWER_UNICODE_CHARS = frozenset(chr(c) for a, b in _NEWER_UNICODE for c in range(a, b + 1))
 
 
 def _compile_stage(form: str) -> Any:
@@ -318,7 +318,8 @@ class FastSplitter:
 
     def split(self, text: str) -> list[str] | None:
         """The pieces, or None when the text holds characters whose properties the engines may disagree on."""
-        if self._unicode_sensitive and _NEWER_UNICODE_RE.search(text):
+        if self._unicode_sensitive and max(text, default=" ") >= "\u088f" and \
+                not _NEWER_UNICODE_CHARS.isdisjoint(set(text)):
             return None
         s = _SENTINELS[0]
         if s in text:
