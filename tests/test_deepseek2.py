@@ -210,10 +210,11 @@ def q8(tmp, lite):
 def test_q8_0_vs_transformers_and_dequantized(lite, q8):
     hf, _, _ = lite
     qpath, dpath = q8
-    toks = _toks(130, seed=11)
-    ref = hf_logits(hf, toks)
-    q = load_model(qpath).forward(toks, load_model(qpath).new_cache(), all_logits=True)
-    d = load_model(dpath).forward(toks, load_model(dpath).new_cache(), all_logits=True)
+    qm, dm = load_model(qpath), load_model(dpath)
+    seqs = [_toks(130, seed=s) for s in (11, 12, 13)]  # 390 positions: the agreement rate is not one sequence's luck
+    ref = np.concatenate([hf_logits(hf, t) for t in seqs])
+    q = np.concatenate([qm.forward(t, qm.new_cache(), all_logits=True) for t in seqs])
+    d = np.concatenate([dm.forward(t, dm.new_cache(), all_logits=True) for t in seqs])
     assert np.mean(np.argmax(q, -1) == np.argmax(ref, -1)) >= 0.95
     assert np.mean(np.argmax(q, -1) == np.argmax(d, -1)) >= 0.95
     assert _rel(q, d) < 3e-2  # only activation quantization separates the two
