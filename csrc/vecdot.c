@@ -338,23 +338,6 @@ MG_TARGET_AVX2 static float avx_f32(int64_t n, const void *w, const void *a) { r
 MG_TARGET_AVX2 static float avx_f16(int64_t n, const void *w, const void *a) { return avx_float(MG_F16, n, w, a); }
 MG_TARGET_AVX2 static float avx_bf16(int64_t n, const void *w, const void *a) { return avx_float(MG_BF16, n, w, a); }
 
-/* One 32-element block of a Q8_0-partnered type: acc += d_w * d_a * sum(q_w * q_a) (and *summ += m_w * s_a
- * for the types with a min).  AVX32_KERNEL runs the blocks with two independent accumulators. */
-#define AVX32_KERNEL(name, WT, AT, step)                                                     \
-    MG_TARGET_AVX2 static float name(int64_t n, const void *w, const void *a) {              \
-        const WT *x = w;                                                                     \
-        const AT *y = a;                                                                     \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                       \
-        float summ = 0.0f;                                                                   \
-        int64_t nb = n / MG_QK, i = 0;                                                       \
-        for (; i + 1 < nb; i += 2) {                                                         \
-            acc0 = step(&x[i], &y[i], acc0, &summ);                                          \
-            acc1 = step(&x[i + 1], &y[i + 1], acc1, &summ);                                  \
-        }                                                                                    \
-        if (i < nb) acc0 = step(&x[i], &y[i], acc0, &summ);                                  \
-        return hsum8(_mm256_add_ps(acc0, acc1)) + summ;                                      \
-    }
-
 MG_TARGET_AVX2 static inline __m256 scaled_dot(__m256i qx, const int8_t *qy, float d, __m256 acc) {
     /* Q8_0 activations never hold -128 (|q| <= 127), weights may: the activation goes first */
     __m256 p = _mm256_cvtepi32_ps(dot_i8_quads(load256(qy), qx));
@@ -366,10 +349,7 @@ MG_TARGET_AVX2 static inline __m256i unpack_q4_0(const mg_block_q4_0 *x) {
     return _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
 }
 
-MG_TARGET_AVX2 static inline __m256 step_q4_1(const mg_block_q4_1 *x, const mg_block_q8_1x *y, __m256 acc, float *summ) {
-    *summ += f16c(x->m) * y->s;
-    return scaled_dot(nibbles32(x->qs), y->qs, f16c(x->d) * y->d, acc);
-}
+MG_TARGET_AVX2 static inline __m256i unpack_q4_1(const mg_block_q4_1 *x) { return nibbles32(x->qs); }
 
 MG_TARGET_AVX2 static inline __m256i unpack_q5_0(const mg_block_q5_0 *x) {
     uint32_t qh;
@@ -379,12 +359,10 @@ MG_TARGET_AVX2 static inline __m256i unpack_q5_0(const mg_block_q5_0 *x) {
     return _mm256_or_si256(nibbles32(x->qs), hi);
 }
 
-MG_TARGET_AVX2 static inline __m256 step_q5_1(const mg_block_q5_1 *x, const mg_block_q8_1x *y, __m256 acc, float *summ) {
+MG_TARGET_AVX2 static inline __m256i unpack_q5_1(const mg_block_q5_1 *x) {
     uint32_t qh;
     memcpy(&qh, x->qh, 4);
-    __m256i hi = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-    *summ += f16c(x->m) * y->s;
-    return scaled_dot(_mm256_or_si256(nibbles32(x->qs), hi), y->qs, f16c(x->d) * y->d, acc);
+    return _mm256_or_si256(nibbles32(x->qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
 }
 
 MG_TARGET_AVX2 static inline __m256i unpack_q8_0(const mg_block_q8_0 *x) { return load256(x->qs); }
@@ -401,34 +379,41 @@ MG_TARGET_AVX2 static inline __m256i iq4_values32(const uint8_t *p) {
 MG_TARGET_AVX2 static inline __m256i unpack_iq4_nl(const mg_block_iq4_nl *x) { return iq4_values32(x->qs); }
 
 /* Tiles of M <= MT_MAX activation rows: each weight block is unpacked once for all M rows.  Per row the
- * arithmetic does not depend on M (even blocks into acc0, odd into acc1), so results never depend on how
- * tokens are grouped, and the single dot is M = 1. */
+ * arithmetic does not depend on M, so results never depend on how tokens are grouped, and the single dot
+ * is M = 1. */
 #define MT_MAX 4
-#define Q8_0_TILE(name, WT, unpack)                                                                          \
+/* scale, min and block sum accessors of the weight and activation blocks */
+MG_TARGET_AVX2 static inline float act_d_q8_0(const mg_block_q8_0 *y) { return f16c(y->d); }
+MG_TARGET_AVX2 static inline float act_s_q8_0(const mg_block_q8_0 *y) { (void)y; return 0.0f; }
+MG_TARGET_AVX2 static inline float act_d_q8_1x(const mg_block_q8_1x *y) { return y->d; }
+MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return y->s; }
+#define W_MIN_NONE(x) 0.0f
+#define W_MIN(x) f16c((x)->m)
+
+/* 32-element-block tile: y_j += sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
+ * activations AT).  Even blocks go into acc0, odd into acc1, the min terms into summ in block order. */
+#define Q8_TILE(name, WT, AT, unpack, ACT_D, ACT_S, WMIN)                                                    \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const void *w, const char *a, \
                                                                           size_t stride, int M, float *s) {  \
         const WT *x = w;                                                                                     \
         __m256 acc0[MT_MAX], acc1[MT_MAX];                                                                   \
-        for (int j = 0; j < M; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();                                 \
-        int64_t i = 0;                                                                                       \
-        for (; i + 1 < nb; i += 2) {                                                                         \
-            __m256i q0 = unpack(&x[i]), q1 = unpack(&x[i + 1]);                                              \
-            float d0 = f16c(x[i].d), d1 = f16c(x[i + 1].d);                                                  \
+        float summ[MT_MAX];                                                                                  \
+        for (int j = 0; j < M; j++) {                                                                        \
+            acc0[j] = acc1[j] = _mm256_setzero_ps();                                                         \
+            summ[j] = 0.0f;                                                                                  \
+        }                                                                                                    \
+        for (int64_t i = 0; i < nb; i++) {                                                                   \
+            __m256i q = unpack(&x[i]);                                                                       \
+            float d = f16c(x[i].d), m = WMIN(&x[i]);                                                         \
+            (void)m;                                                                                         \
             for (int j = 0; j < M; j++) {                                                                    \
-                const mg_block_q8_0 *y = (const mg_block_q8_0 *)(const void *)(a + (size_t)j * stride) + i;  \
-                acc0[j] = scaled_dot(q0, y[0].qs, d0 * f16c(y[0].d), acc0[j]);                               \
-                acc1[j] = scaled_dot(q1, y[1].qs, d1 * f16c(y[1].d), acc1[j]);                               \
+                const AT *y = (const AT *)(const void *)(a + (size_t)j * stride) + i;                        \
+                if (i & 1) acc1[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc1[j]);                            \
+                else acc0[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc0[j]);                                  \
+                summ[j] += m * ACT_S(y);                                                                     \
             }                                                                                                \
         }                                                                                                    \
-        if (i < nb) {                                                                                        \
-            __m256i q0 = unpack(&x[i]);                                                                      \
-            float d0 = f16c(x[i].d);                                                                         \
-            for (int j = 0; j < M; j++) {                                                                    \
-                const mg_block_q8_0 *y = (const mg_block_q8_0 *)(const void *)(a + (size_t)j * stride) + i;  \
-                acc0[j] = scaled_dot(q0, y[0].qs, d0 * f16c(y[0].d), acc0[j]);                               \
-            }                                                                                                \
-        }                                                                                                    \
-        for (int j = 0; j < M; j++) s[j] = hsum8(_mm256_add_ps(acc0[j], acc1[j]));                           \
+        for (int j = 0; j < M; j++) s[j] = hsum8(_mm256_add_ps(acc0[j], acc1[j])) + summ[j];                 \
     }
 
 /* multi_<name>: all nt activation rows, MT_MAX at a time, through tile(nb, w, a, stride, M, s) */
@@ -445,16 +430,20 @@ MG_TARGET_AVX2 static inline __m256i unpack_iq4_nl(const mg_block_iq4_nl *x) { r
         }                                                                                                    \
     }
 
-Q8_0_TILE(tile_q4_0, mg_block_q4_0, unpack_q4_0)
-Q8_0_TILE(tile_q5_0, mg_block_q5_0, unpack_q5_0)
-Q8_0_TILE(tile_q8_0, mg_block_q8_0, unpack_q8_0)
-Q8_0_TILE(tile_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl)
+#define Q80(name, WT, unpack) Q8_TILE(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE)
+#define Q81(name, WT, unpack) Q8_TILE(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN)
+Q80(tile_q4_0, mg_block_q4_0, unpack_q4_0)
+Q81(tile_q4_1, mg_block_q4_1, unpack_q4_1)
+Q80(tile_q5_0, mg_block_q5_0, unpack_q5_0)
+Q81(tile_q5_1, mg_block_q5_1, unpack_q5_1)
+Q80(tile_q8_0, mg_block_q8_0, unpack_q8_0)
+Q80(tile_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl)
 MULTI_TILES(multi_avx_q4_0, tile_q4_0, MG_QK)
+MULTI_TILES(multi_avx_q4_1, tile_q4_1, MG_QK)
 MULTI_TILES(multi_avx_q5_0, tile_q5_0, MG_QK)
+MULTI_TILES(multi_avx_q5_1, tile_q5_1, MG_QK)
 MULTI_TILES(multi_avx_q8_0, tile_q8_0, MG_QK)
 MULTI_TILES(multi_avx_iq4_nl, tile_iq4_nl, MG_QK)
-AVX32_KERNEL(avx_q4_1, mg_block_q4_1, mg_block_q8_1x, step_q4_1)
-AVX32_KERNEL(avx_q5_1, mg_block_q5_1, mg_block_q8_1x, step_q5_1)
 
 /* int16 scale pair for a 32-element chunk: lanes 0..7 (elements 0..15) get s0, lanes 8..15 get s1 */
 MG_TARGET_AVX2 static inline __m256i scale_pair(int s0, int s1) {
@@ -705,8 +694,6 @@ MG_REF_ONLY(iq4_xs)
 MG_AVX(f32)
 MG_AVX(f16)
 MG_AVX(bf16)
-MG_AVX(q4_1)
-MG_AVX(q5_1)
 MG_AVX(q2_K)
 MG_AVX(q3_K)
 #define SIMD(t) multi_avx_##t
