@@ -108,6 +108,17 @@ def test_mixed_chunks_and_truncate(lite):
     assert _rel(model.forward(toks[:10], cache, all_logits=True), ref[:10]) < TOL
 
 
+def test_thread_count_does_not_change_logits(lite, q8):
+    toks = _toks(40, seed=16)
+    for path in (lite[1], q8[0]):
+        models = [load_model(path, n_threads=t) for t in (1, 2, 3)]
+        outs = [m.forward(toks, m.new_cache(), all_logits=True) for m in models]
+        for o in outs[1:]:
+            np.testing.assert_array_equal(o, outs[0])
+    with pytest.raises(ValueError):
+        load_model(lite[1], n_threads=0)
+
+
 def test_f16_cache(lite):
     hf, path, _ = lite
     toks = _toks(130, seed=15)
