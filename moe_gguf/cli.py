@@ -315,5 +315,28 @@ def quantize(
                f"in {r.seconds:.1f} s ({r.gb_per_s:.2f} GB/s)")
 
 
+@app.command()
+def convert(
+    model_dir: Annotated[str, typer.Argument(help="Hugging Face model directory (config.json, *.safetensors, tokenizer).")],
+    outfile: Annotated[str, typer.Option("--outfile", "-o", help="Output .gguf path.")],
+    outtype: Annotated[str, typer.Option("--outtype", help="f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, q4_k_s, q5_k_s, iq4_nl, iq4_xs.")] = "f16",
+    threads: Annotated[int, typer.Option("-t", "--threads", help="Worker threads (0 = all cores).")] = 0,
+    no_tokenizer: Annotated[bool, typer.Option("--no-tokenizer", help="Write no tokenizer metadata.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Convert a Hugging Face checkpoint to GGUF with llama.cpp's tensor names and metadata (streamed, atomic)."""
+    import sys
+
+    try:
+        from .convert import convert as run_convert
+
+        r = run_convert(model_dir, outfile, outtype, n_threads=threads, tokenizer=not no_tokenizer,
+                        progress=not no_progress and sys.stderr.isatty())
+    except (*_user_errors(), RuntimeError) as e:
+        raise _fail(e) from None
+    typer.echo(f"wrote {r.path}: {r.arch}, {r.n_tensors} tensors, {r.n_params / 1e6:.1f} M params, "
+               f"{r.bytes_out / 2**20:.1f} MiB in {r.seconds:.1f} s")
+
+
 if __name__ == "__main__":
     app()

@@ -1,1 +1,6 @@
-"""Hugging Face -> GGUF conversion and the quantization recipes (see mixes.py, hf.py)."""
+"""Hugging Face -> GGUF conversion (`convert`) and llama-quantize's type recipes (`mixes`)."""
+from __future__ import annotations
+
+from .driver import OUTTYPES, ConvertError, ConvertResult, convert
+
+__all__ = ["OUTTYPES", "ConvertError", "ConvertResult", "convert"]
