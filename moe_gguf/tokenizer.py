@@ -21,6 +21,7 @@ added in front of the first text piece is removed again.
 from __future__ import annotations
 
 import codecs
+import re
 import heapq
 import os
 from itertools import accumulate, chain, repeat
@@ -78,7 +79,9 @@ _BYTE_TO_CHAR = _bytes_to_unicode()
 _CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
 # str.translate table: latin-1 character of a raw byte -> its byte-level character
 _BYTE_TO_CHAR_TABLE = {b: c for b, c in _BYTE_TO_CHAR.items()}
-_BPE_CACHE_MAX = 1 << 18  # distinct pre-tokenized pieces remembered per tokenizer
+_BPE_CACHE_MAX = 1 << 18
+_SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
+_SPM_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # distinct pre-tokenized pieces remembered per tokenizer
 
 
 def _latin1_or_utf8(s: str) -> bytes:
@@ -312,7 +315,6 @@ class Tokenizer:
         return text.encode("utf-8")
 
     def _init_spm(self) -> None:
-        assert self.scores is not None or True
         scores = self.scores if self.scores is not None else np.zeros(self.n_vocab, dtype=np.float32)
         self._spm_scores: list[float] = scores.tolist()
         byte_ids: list[int | None] = []
@@ -322,6 +324,11 @@ class Tokenizer:
                 i = self._token_to_id.get(chr(b)) if b < 128 else None
             byte_ids.append(i)
         self._spm_byte_ids = byte_ids
+        # When no vocabulary entry has U+2581 right after another character (SentencePiece's usual
+        # split-by-whitespace vocabularies), no merge can cross the start of a "word" (a U+2581 run after other
+        # text), so words are merged independently - and each distinct word only once (cached).
+        self._spm_words = None if any(_SPM_CROSSING.search(t) for t in self.tokens) else _SPM_WORD_START
+        self._spm_cache: dict[str, list[int]] = {}
 
     def _init_bpe(self, md: dict[str, Any]) -> None:
         try:
@@ -387,7 +394,7 @@ class Tokenizer:
                     prev_special = True
                 else:
                     s = (" " + f) if (self.add_space_prefix and prev_special) else f
-                    self._spm_tokenize(s.replace(" ", _SPACE), out)
+                    self._spm_encode(s.replace(" ", _SPACE), out)
                     prev_special = False
         else:
             for f in frags:
@@ -505,6 +512,23 @@ class Tokenizer:
             if new is not None:
                 frags = new
         return frags
+
+    def _spm_encode(self, text: str, out: list[int]) -> None:
+        if self._spm_words is None:
+            self._spm_tokenize(text, out)
+            return
+        words = self._spm_words.split(text)
+        cache = self._spm_cache
+        missing = set(words).difference(cache)
+        if missing:
+            if len(cache) + len(missing) > _BPE_CACHE_MAX:
+                cache = self._spm_cache = {}
+                missing = set(words)
+            for w in missing:
+                ids: list[int] = []
+                self._spm_tokenize(w, ids)
+                cache[w] = ids
+        out.extend(chain.from_iterable(map(cache.__getitem__, words)))
 
     def _spm_tokenize(self, text: str, out: list[int]) -> None:
         """SentencePiece-style merge of one escaped text fragment (llama.cpp's SPM algorithm)."""
