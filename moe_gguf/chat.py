@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
@@ -186,7 +187,8 @@ class ChatTemplate:
                   name: str | None = None) -> "ChatTemplate":
         """The template of a GGUF file (an open GGUFFile, a path, or its metadata dict).
 
-        name=None: the file's `tokenizer.chat_template`, or, when it has none, a built-in chosen from the
+        name=None: the file's `tokenizer.chat_template` (if it does not compile: a warning and the built-in
+        below), or, when it has none, a built-in chosen from the
         architecture and vocabulary (deepseek2 for DeepSeek-V2, llama3/chatml/gemma/deepseek3 by their marker
         tokens, chatml otherwise). A name picks the file's `tokenizer.chat_template.<name>` if present, else the
         built-in of that name."""
@@ -219,7 +221,10 @@ class ChatTemplate:
             return t
         src = md.get("tokenizer.chat_template")
         if isinstance(src, str) and src:
-            return cls(src, bos, eos, name="gguf", special_tokens=specials)
+            try:
+                return cls(src, bos, eos, name="gguf", special_tokens=specials)
+            except ChatTemplateError as e:
+                warnings.warn(f"{e}; using the built-in {cls.guess_builtin(md)!r} template instead", stacklevel=2)
         t = cls.builtin(cls.guess_builtin(md), bos, eos)
         t.special_tokens = specials
         return t

@@ -7,7 +7,10 @@ Two vocabulary kinds (`tokenizer.ggml.model`):
   merged piece (highest first, leftmost on ties); symbols that are not vocabulary entries come out as `<0xNN>` bytes.
 * ``gpt2`` - byte-level BPE: the pre-tokenizer regexes named by `tokenizer.ggml.pre` (see `tokenizer_pre.py`) split
   the text, bytes are mapped to printable characters (GPT-2's byte-to-unicode table) and `tokenizer.ggml.merges`
-  ranks drive the merges. The merging runs in the HF `tokenizers` library, built from the GGUF vocabulary + merges.
+  ranks drive the merges. The splitting runs over the whole text at once in Python's `re`/`regex` (FastSplitter),
+  each distinct piece is merged once by an HF `tokenizers` BPE model built from the GGUF vocabulary + merges and
+  cached. Text the fast splitter declines (characters newer than Unicode 14) is encoded wholly by HF tokenizers,
+  the path the fast one is tested against (`_encode_reference`).
 
 Special tokens (llama.cpp's partition step): before the model runs, the text is split around occurrences of
 user-defined tokens (always) and of control/unknown tokens (only with ``parse_special=True``), longest token text
@@ -16,14 +19,14 @@ first. With ``parse_special=False`` text such as ``<|im_end|>`` is tokenized as 
 Decoding concatenates each token's bytes and decodes them as UTF-8 (invalid sequences become U+FFFD); control and
 unknown tokens render as their text unless ``skip_special=True``. Decoding never rewrites spaces, so for the BPE
 vocabularies ``decode(encode(s, add_special=False)) == s`` for every string. For ``llama`` vocabularies the space
-added in front of the first text piece is removed again.
+added in front of the first text piece is removed again (and a literal U+2581 in the input decodes as a space).
 """
 from __future__ import annotations
 
 import codecs
-import re
 import heapq
 import os
+import re
 from itertools import accumulate, chain, repeat
 from typing import Any, Iterable, Sequence
 

@@ -102,6 +102,9 @@ def test_gguf_template_and_fallbacks(shared_dir: Path) -> None:
     assert ChatTemplate.from_gguf(GGUFFile(shared_dir / "vocab" / "ggml-vocab-llama-bpe.gguf")).name == "llama3"
     with pytest.raises(ChatTemplateError, match="no built-in"):
         ChatTemplate.from_gguf(f, name="nope")
+    with pytest.warns(UserWarning, match="does not compile"):
+        t = ChatTemplate.from_gguf(dict(f.metadata, **{"tokenizer.chat_template": "{% if %}"}))
+    assert t.name == "chatml"
 
 
 def test_deepseek2_builtin_exact() -> None:
