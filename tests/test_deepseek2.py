@@ -240,6 +240,18 @@ def test_q8_0_tensors_are_quantized(q8):
 
 
 # ------------------------------------------------------------------------------------------- V3 and YaRN variants
+@pytest.mark.parametrize("which", ["lite", "v2"])
+def test_files_from_moe_gguf_convert(request, tmp, which):
+    """Files written by the project's HF->GGUF converter (independent of tests/tiny_deepseek2.py) load and match."""
+    conv = pytest.importorskip("moe_gguf.convert")
+    hf, _, _ = request.getfixturevalue(which)
+    hf.save_pretrained(tmp / f"hf_{which}")
+    out = conv.convert(tmp / f"hf_{which}", tmp / f"conv_{which}.gguf", "f32", tokenizer=False)
+    toks = _toks(40, seed=17)
+    model = load_model(out.path)
+    assert _rel(model.forward(toks, model.new_cache(), all_logits=True), hf_logits(hf, toks)) < TOL
+
+
 def test_v3_sigmoid_bias_groups_vs_transformers(tmp):
     pytest.importorskip("transformers.models.deepseek_v3")  # (the routing math alone is checked by test_moe_route_kernel)
     hf = build_hf(seed=4, version=3, n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, mscale_all_dim=1.0)
