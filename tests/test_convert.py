@@ -1,0 +1,263 @@
+"""HF -> GGUF conversion: tiny random DeepSeek-V2 checkpoints saved by transformers (single file and sharded)
+converted and run by moe-gguf (logits vs transformers), tensors/metadata vs the independent llama.cpp-layout
+writer in tests/tiny_deepseek2.py, a byte-level BPE tokenizer built with `tokenizers` carried over exactly,
+other families' names/shapes vs llama.cpp's conventions, and clear errors that leave no output file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny_deepseek2 as td  # noqa: E402
+
+from moe_gguf.convert import ConvertError, convert  # noqa: E402
+from moe_gguf.gguf import GGUFFile  # noqa: E402
+from moe_gguf.ops.quants import dequantize  # noqa: E402
+from moe_gguf.tokenizer_pre import DEEPSEEK_LLM, LLAMA3  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 320
+CORPUS = [
+    "Hello world! How are you doing today? I'm fine, thanks.",
+    "The quick brown fox jumps over the lazy dog 1234567890 times.",
+    "def f(x):\n    return x ** 2  # squares\n\n\tindented\ttabs",
+    "Ünïcödé: naïve café, Straße, Ελληνικά, русский текст, 日本語のテキスト, 中文文本, 한국어",
+    "emoji 🙂🚀 and symbols ©®™ ±×÷ ≤≥ «quotes» “smart” — dashes…",
+    "   leading and trailing spaces   ",
+    "numbers: 3.14159, 2,718, -42, 1e-5, 0x1F, 10000000",
+    "mixed\r\nline\nendings\r\n\n\nand   multiple    spaces",
+    "it's they're we've I'll he'd SHE'S",
+    "<s> literal special-looking text </s> [INST] x [/INST]",
+]
+
+
+def _tokenizer(kind: str) -> "object":
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    if kind == "llama3":
+        splits = [pre_tokenizers.Split(Regex(LLAMA3), behavior="isolated")]
+    else:
+        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in DEEPSEEK_LLM]
+    tok = Tokenizer(models.BPE(ignore_merges=(kind == "llama3")))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 4, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|begin|>", "<|end|>"], show_progress=False)
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin|> $A", pair="<|begin|> $A $B", special_tokens=[("<|begin|>", tok.token_to_id("<|begin|>"))])
+    return tok
+
+
+def _save_tokenizer(d: Path, kind: str) -> "object":
+    tok = _tokenizer(kind)
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin|>", "eos_token": {"content": "<|end|>"}, "add_bos_token": True,
+        "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    }))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def ds_model(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("ds")
+    model = td.build_hf(n_layer=3, vocab=VOCAB)
+    single, sharded = base / "single", base / "sharded"
+    model.save_pretrained(single)
+    model.save_pretrained(sharded, max_shard_size="150KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    tok = _save_tokenizer(single, "llama3")
+    _save_tokenizer(sharded, "deepseek")
+    return model, single, sharded, tok
+
+
+TOKS = np.array([1, 5, 9, 33, 200, 7, 7, 81, 150, 3, 99, 12, 310, 44])
+
+
+def _logits(path: Path) -> np.ndarray:
+    from moe_gguf.models import load_model
+
+    m = load_model(str(path))
+    return m.forward(TOKS, m.new_cache(), all_logits=True)
+
+
+@pytest.mark.parametrize("which", ["single", "sharded"])
+def test_deepseek2_f32_logits_and_layout(ds_model, tmp_path: Path, which: str) -> None:
+    model, single, sharded, _ = ds_model
+    out = tmp_path / "m.gguf"
+    r = convert(single if which == "single" else sharded, out, "f32", n_threads=2)
+    assert r.arch == "deepseek2"
+    ref = td.hf_logits(model, TOKS)
+    got = _logits(out)
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
+    # tensors: identical to the independent llama.cpp-layout writer's, in name, shape and value
+    f = GGUFFile(out)
+    want = td.gguf_tensors(model)
+    assert set(f.tensors) == set(want)
+    for name, arr in want.items():
+        assert f.tensors[name].shape == arr.shape, name
+        assert np.array_equal(f.tensor(name), arr), name
+    # metadata: every key the reference writer sets has the same value (general.name aside)
+    td.write_gguf(model, tmp_path / "ref.gguf")
+    g = GGUFFile(tmp_path / "ref.gguf")
+    for k, v in g.metadata.items():
+        if k in ("general.name", "general.file_type") or k.startswith("tokenizer."):
+            continue
+        assert k in f.metadata, k
+        assert np.allclose(np.asarray(f.metadata[k], dtype=object).astype(float), np.asarray(v, dtype=object).astype(float)) \
+            if not isinstance(v, str) else f.metadata[k] == v, k
+    md = f.metadata
+    assert md["general.file_type"] == 0
+    assert md["deepseek2.rope.scaling.yarn_log_multiplier"] == pytest.approx(0.1 * 0.707)
+    assert md["deepseek2.attention.key_length"] == 64 + 16 and md["deepseek2.attention.value_length"] == 64
+    assert md["deepseek2.attention.key_length_mla"] == 48 and md["deepseek2.attention.value_length_mla"] == 32
+    assert md["deepseek2.expert_gating_func"] == 1 and md["deepseek2.leading_dense_block_count"] == 1
+    assert md["tokenizer.ggml.pre"] == ("llama-bpe" if which == "single" else "deepseek-llm")
+
+
+@pytest.mark.parametrize("outtype,tol", [("q8_0", 0.03), ("q4_k_m", 0.2), ("f16", 0.002), ("bf16", 0.02)])
+def test_deepseek2_quantized_outputs(ds_model, tmp_path: Path, outtype: str, tol: float) -> None:
+    model, single, _, _ = ds_model
+    out = tmp_path / "m.gguf"
+    r = convert(single, out, outtype, n_threads=2)
+    ref = td.hf_logits(model, TOKS)
+    err = float(np.abs(_logits(out) - ref).max() / np.abs(ref).max())
+    assert err < tol, err
+    f = GGUFFile(out)
+    assert f.metadata["general.file_type"] == {"q8_0": 7, "q4_k_m": 15, "f16": 1, "bf16": 32}[outtype]
+    want = td.gguf_tensors(model)
+    for name, info in f.tensors.items():  # each tensor within its format's error of the source
+        x = want[name]
+        y = dequantize(np.ascontiguousarray(f.tensor(name)), info.ggml_type, info.shape)
+        if x.ndim == 1 or "gate_inp" in name:
+            assert info.type_name == "F32" and np.array_equal(x, y), name
+            continue
+        rel = float(np.sqrt(np.mean((x - y) ** 2) / np.mean(x**2)))
+        assert rel < {"F16": 1e-3, "BF16": 5e-3, "Q8_0": 6e-3, "Q6_K": 0.02, "Q5_0": 0.045, "Q5_1": 0.045,
+                      "Q4_K": 0.08}[info.type_name], (name, info.type_name, rel)
+    assert r.types["output.weight"] in ("Q8_0", "F16", "BF16")
+
+
+@pytest.mark.parametrize("which", ["single", "sharded"])
+def test_tokenizer_carried_over(ds_model, tmp_path: Path, which: str) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from moe_gguf.tokenizer import Tokenizer
+
+    _, single, sharded, _ = ds_model
+    d = single if which == "single" else sharded
+    out = tmp_path / "m.gguf"
+    convert(d, out, "f32", n_threads=1)
+    hf = HFTokenizer.from_file(str(d / "tokenizer.json"))
+    ours = Tokenizer.from_gguf(str(out))
+    for text in CORPUS + ["".join(CORPUS), "", " ", "\n\n"]:
+        assert ours.encode(text) == hf.encode(text).ids, text
+    md = GGUFFile(out).metadata
+    assert md["tokenizer.ggml.bos_token_id"] == hf.token_to_id("<|begin|>")
+    assert md["tokenizer.ggml.eos_token_id"] == hf.token_to_id("<|end|>")
+    assert md["tokenizer.ggml.add_bos_token"] is True
+    assert md["tokenizer.chat_template"].startswith("{% for m in messages %}")
+    assert len(md["tokenizer.ggml.tokens"]) == VOCAB
+    types = np.asarray(md["tokenizer.ggml.token_type"])
+    assert types[hf.token_to_id("<|end|>")] == 3 and types[-1] == 5  # control; padding entry unused
+
+
+def _one_line_error(args: list[str], script: bool = False) -> str:
+    if script:  # the tools/convert.py entry point, in a fresh interpreter
+        res = subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), *args], capture_output=True,
+                             text=True, timeout=120)
+        code, err = res.returncode, res.stderr
+    else:
+        from typer.testing import CliRunner
+
+        from moe_gguf.cli import app
+
+        r = CliRunner().invoke(app, ["convert", *args])
+        code, err = r.exit_code, r.output
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_inputs_clear_errors_no_output(ds_model, tmp_path: Path) -> None:
+    _, single, sharded, _ = ds_model
+    out = tmp_path / "out" / "o.gguf"
+    out.parent.mkdir()
+    # unsupported architecture: the supported ones are listed
+    d = _copy(single, tmp_path / "arch")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["FooForCausalLM"]}))
+    msg = _one_line_error([str(d), "--outfile", str(out)], script=True)
+    assert "FooForCausalLM" in msg and "DeepseekV2ForCausalLM" in msg and "Qwen3MoeForCausalLM" in msg
+    # a missing config key
+    d = _copy(single, tmp_path / "key")
+    (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "kv_lora_rank"}))
+    assert "kv_lora_rank" in _one_line_error([str(d), "--outfile", str(out)])
+    # config and weights disagree
+    d = _copy(single, tmp_path / "shape")
+    (d / "config.json").write_text(json.dumps({**cfg, "moe_intermediate_size": 48}))
+    assert "shape" in _one_line_error([str(d), "--outfile", str(out)])
+    # missing tokenizer
+    d = _copy(single, tmp_path / "notok")
+    (d / "tokenizer.json").unlink()
+    assert "no tokenizer" in _one_line_error([str(d), "--outfile", str(out)])
+    # a missing shard
+    d = _copy(sharded, tmp_path / "shard")
+    next(d.glob("model-00002-*.safetensors")).unlink()
+    assert "missing" in _one_line_error([str(d), "--outfile", str(out)])
+    # unknown outtype, missing directory
+    assert "q4_k_m" in _one_line_error([str(single), "--outfile", str(out), "--outtype", "q3_zz"])
+    assert "not found" in _one_line_error([str(tmp_path / "nowhere"), "--outfile", str(out)])
+    assert os.listdir(out.parent) == []
+
+
+def test_unexpected_dtype(ds_model, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    _, single, _, _ = ds_model
+    d = _copy(single, tmp_path / "i8")
+    sd = load_file(str(d / "model.safetensors"))
+    sd["model.norm.weight"] = np.ones(64, np.int8)
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(ConvertError, match="dtype I8"):
+        convert(d, tmp_path / "o.gguf", "f16")
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_failure_mid_write_leaves_nothing(ds_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from moe_gguf.convert import stream
+
+    _, single, _, _ = ds_model
+    real = stream.encode_rows
+    calls = {"n": 0}
+
+    def full_disk(x: np.ndarray, t: object) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(x, t)
+
+    monkeypatch.setattr(stream, "encode_rows", full_disk)
+    out = tmp_path / "sub"
+    out.mkdir()
+    with pytest.raises(OSError, match="No space"):
+        convert(single, out / "o.gguf", "q8_0", n_threads=2)
+    assert os.listdir(out) == []
