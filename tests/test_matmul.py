@@ -381,10 +381,14 @@ def test_thread_pool_lifecycle() -> None:
     x = np.ones((8, 1024), np.float32)
     for _ in range(200):  # many back-to-back jobs through the same workers
         assert not matmul(p, w, x).any()
+    with p.lock:
+        assert lib.mg_pool_n_threads(p.handle()) == 3
     p.close()
     p.close()
     with pytest.raises(ValueError, match="closed"):
         matmul(p, w, x)
+    with pytest.raises(ValueError, match="closed"):
+        p.handle()
 
 
 def test_pool_from_another_process_is_refused() -> None:

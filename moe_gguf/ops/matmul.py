@@ -89,6 +89,15 @@ class ThreadPool:
     def closed(self) -> bool:
         return self._ptr is None
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around every C call on this pool; other ops that pass `handle()` to C should hold it too."""
+        return self._lock
+
+    def handle(self) -> Any:
+        """The C `mg_pool *` for other kernels (checked: raises if closed or inherited through fork)."""
+        return _pool_ptr(self)
+
     def __enter__(self) -> "ThreadPool":
         return self
 
