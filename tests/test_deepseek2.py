@@ -312,14 +312,14 @@ def test_bad_files(tmp, lite):
     p = write_gguf(hf, tmp / "missing.gguf", "mla", drop=("blk.2.ffn_down_exps.weight",))
     with pytest.raises(ModelLoadError, match="blk.2.ffn_down_exps.weight"):
         load_model(p)
-    w = gguf.GGUFWriter(str(tmp / "llama.gguf"), "llama")
+    w = gguf.GGUFWriter(str(tmp / "unknown.gguf"), "nonesuch-arch")
     w.add_tensor("x", np.zeros(4, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(ModelLoadError, match="deepseek2"):
-        load_model(tmp / "llama.gguf")
+    with pytest.raises(ModelLoadError, match="nonesuch-arch.*supported: .*deepseek2"):
+        load_model(tmp / "unknown.gguf")
     assert "deepseek2" in SUPPORTED_ARCHITECTURES
     # inconsistent shape: attn_output from a model with a different v_head_dim
     t = gguf_tensors(hf, "mla")

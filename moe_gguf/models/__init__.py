@@ -13,6 +13,8 @@ or tensor.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from typing import Any
 
@@ -20,29 +22,63 @@ from ..gguf import GGUFFile
 from .base import ContextFullError, KVCache, ModelLoadError
 from .deepseek2 import DeepseekV2Model
 
-_REGISTRY: dict[str, type] = {
-    "deepseek2": DeepseekV2Model,
+# general.architecture -> (module in moe_gguf.models, class).  Modules are imported on first use, so one
+# architecture's file cannot break loading another; adding an architecture = adding a file + one line here.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "deepseek2": ("deepseek2", "DeepseekV2Model"),
+    "llama": ("llama", "LlamaModel"),
+    "qwen2": ("qwen2", "Qwen2Model"),
+    "qwen2moe": ("qwen2moe", "Qwen2MoeModel"),
+    "qwen3": ("qwen3", "Qwen3Model"),
+    "qwen3moe": ("qwen3moe", "Qwen3MoeModel"),
+    "olmoe": ("olmoe", "OlmoeModel"),
+    "gemma3": ("gemma3", "Gemma3Model"),
 }
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(sorted(_REGISTRY))
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(
+    sorted(a for a, (mod, _) in _REGISTRY.items() if importlib.util.find_spec(f"{__name__}.{mod}") is not None)
+)
+
+
+def model_class(arch: str | None) -> type:
+    """The class implementing GGUF architecture `arch`; ModelLoadError naming the supported ones otherwise."""
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    mod, cls = _REGISTRY[arch]
+    try:
+        return getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
+    except (ImportError, AttributeError) as e:
+        raise ModelLoadError(f"architecture {arch!r}: its implementation failed to import ({e})") from e
 
 
 def load_model(path: str | os.PathLike[str], n_ctx: int | None = None, n_threads: int | None = None, **kwargs: Any) -> Any:
     """Opens a GGUF file and builds the model its `general.architecture` names.
 
     Raises ModelLoadError (a ValueError) for an unknown architecture (listing the supported ones) or for
-    missing/inconsistent metadata and tensors (naming the key or tensor); GGUFError for a malformed file."""
+    missing/inconsistent metadata and tensors (naming the key or tensor); GGUFError for a malformed file.
+    Extra keyword arguments go to the architecture's class (e.g. deepseek2's cache_type, mla)."""
     f = GGUFFile(path)
     try:
-        arch = f.architecture
-        cls = _REGISTRY.get(arch or "")
-        if cls is None:
-            raise ModelLoadError(
-                f"{f.path}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
-        return cls(f, n_ctx=n_ctx, n_threads=n_threads, **kwargs)
+        try:
+            cls = model_class(f.architecture)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{f.path}: {e}") from None
+        try:
+            return cls(f, n_ctx=n_ctx, n_threads=n_threads, **kwargs)
+        except TypeError as e:
+            if kwargs and "unexpected keyword" in str(e):
+                raise TypeError(f"architecture {f.architecture!r} does not take {sorted(kwargs)}: {e}") from None
+            raise
     except BaseException:
         f.close()
         raise
 
 
-__all__ = ["load_model", "SUPPORTED_ARCHITECTURES", "ContextFullError", "ModelLoadError", "KVCache", "DeepseekV2Model"]
+__all__ = [
+    "load_model",
+    "model_class",
+    "SUPPORTED_ARCHITECTURES",
+    "ContextFullError",
+    "ModelLoadError",
+    "KVCache",
+    "DeepseekV2Model",
+]
