@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .convert.mixes import ModelShape, get_mix, plan_types
-from .convert.stream import encode_chunks, to_f32
+from .convert.stream import CHUNK_ELEMS, encode_chunks, pread_array, to_f32
 from .ggml_types import GGMLType
 from .gguf import GGUFError, GGUFFile, ValueType
 from .gguf_writer import GGUFWriter
@@ -122,10 +122,12 @@ def quantize_file(
                 w.add_tensor_info(t.name, t.shape, int(types[t.name]))
             bar = _progress(bytes_in, progress)
             pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+            fd = os.open(src, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             try:
                 for t in infos:
-                    _write_one(w, f, t, types[t.name], pool, n_threads, bar)
+                    _write_one(w, f, fd, t, types[t.name], pool, n_threads, bar)
             finally:
+                os.close(fd)
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
                 if bar is not None:
@@ -138,27 +140,34 @@ def quantize_file(
     return QuantizeResult(dst, dt, bytes_in, os.path.getsize(dst), {k: v.name for k, v in types.items()})
 
 
-def _write_one(w: GGUFWriter, f: GGUFFile, t: Any, new: GGMLType, pool: ThreadPoolExecutor | None,
+def _write_one(w: GGUFWriter, f: GGUFFile, fd: int, t: Any, new: GGMLType, pool: ThreadPoolExecutor | None,
                n_threads: int, bar: Any) -> None:
     src = GGMLType(t.ggml_type)
-    data = f.tensor(t.name)
     if bar is not None:
         bar.set_description(f"{t.name} {src.name}->{new.name}"[:48], refresh=False)
-    if new == src:  # copied as is
-        w.write_tensor_data(t.name, memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)))
-        if bar is not None:
-            bar.update(t.nbytes)
-        return
     n_per_row = int(t.ne[0])
     n_rows = t.n_elements // n_per_row if n_per_row else 0
-    flat = data.reshape(n_rows, -1)  # rows of elements (F32/F16/BF16) or of raw blocks
-    src_row_bytes = t.nbytes // n_rows if n_rows else 0
+    row_bytes = t.nbytes // n_rows if n_rows else 0
+    base = f.data_offset + t.offset
+    dtype = {GGMLType.F32: "<f4", GGMLType.F16: "<f2", GGMLType.BF16: "<u2"}.get(src, "u1")
 
-    def read_rows(r0: int, r1: int) -> np.ndarray:
-        return to_f32(flat[r0:r1], src, n_per_row)
+    def read(r0: int, r1: int) -> np.ndarray:  # raw rows, pread (nothing of the input stays mapped)
+        return pread_array(fd, base + r0 * row_bytes, (r1 - r0) * row_bytes, dtype, t.name)
 
     def on_rows(k: int) -> None:
         if bar is not None:
-            bar.update(k * src_row_bytes)
+            bar.update(k * row_bytes)
 
-    w.write_tensor_data(t.name, encode_chunks(n_rows, n_per_row, read_rows, new, pool, 2 * n_threads, on_rows))
+    if new == src:  # copied as is, in ~8 MB pieces
+        step = max(1, CHUNK_ELEMS * 4 // max(1, row_bytes))
+
+        def copy() -> Any:
+            for r0 in range(0, n_rows, step):
+                r1 = min(n_rows, r0 + step)
+                yield read(r0, r1).view(np.uint8)
+                on_rows(r1 - r0)
+
+        w.write_tensor_data(t.name, copy())
+        return
+    w.write_tensor_data(t.name, encode_chunks(n_rows, n_per_row, lambda r0, r1: to_f32(read(r0, r1), src, n_per_row),
+                                              new, pool, 2 * n_threads, on_rows))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..ggml_types import GGMLType
+from .stream import pread_array
 
 __all__ = ["ConvertError", "Checkpoint", "STTensor", "load_json", "load_config"]
 
@@ -130,6 +131,7 @@ class Checkpoint:
                 raise ConvertError(f"{d}: no model.safetensors or model.safetensors.index.json")
         self.tensors: dict[str, STTensor] = {}
         self._maps: dict[str, mmap.mmap] = {}
+        self._fds: dict[str, int] = {}
         for fn in files:
             p = d / fn
             if not p.is_file():
@@ -156,7 +158,32 @@ class Checkpoint:
         dt = np.dtype(_DTYPES[t.dtype][0])
         return np.frombuffer(mm, dtype=dt, count=math.prod(t.shape), offset=t.start).reshape(t.shape)
 
+    def read_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of a tensor viewed as 2-D (rows, last dim), read with pread into a fresh array: only
+        those bytes are read and nothing stays mapped, so resident memory does not grow with the model size."""
+        t = self.tensors.get(name)
+        if t is None:
+            raise ConvertError(f"tensor {name!r} not found in the checkpoint")
+        n = t.shape[-1] if t.shape else 1
+        rows = math.prod(t.shape[:-1]) if len(t.shape) > 1 else 1
+        if not 0 <= r0 <= r1 <= rows:
+            raise ValueError(f"rows [{r0}, {r1}) out of range for {name!r} ({rows} rows)")
+        dt = np.dtype(_DTYPES[t.dtype][0])
+        want = (r1 - r0) * n * dt.itemsize
+        fd = self._fds.get(t.file)
+        if fd is None:
+            fd = os.open(t.file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fds[t.file] = fd
+        try:
+            a = pread_array(fd, t.start + r0 * n * dt.itemsize, want, dt, repr(name))
+        except EOFError as e:
+            raise ConvertError(f"{t.file}: {e}") from None
+        return a.reshape(r1 - r0, n)
+
     def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         for mm in self._maps.values():
             try:
                 mm.close()

@@ -7,18 +7,33 @@ is decoded and encoded on a worker thread (numpy casts and the C quantizers rele
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from ..ggml_types import TYPE_INFO, GGMLType
 from ..gguf_writer import f32_to_bf16_bits
 
-__all__ = ["CHUNK_ELEMS", "encode_rows", "encode_chunks", "to_f32"]
+__all__ = ["CHUNK_ELEMS", "encode_rows", "encode_chunks", "to_f32", "pread_array"]
 
 CHUNK_ELEMS = 1 << 21  # ~8 MB of float32 per row group
+
+
+def pread_array(fd: int, offset: int, nbytes: int, dtype: "np.dtype[Any] | str", what: str) -> np.ndarray:
+    """`nbytes` at `offset` of an open file as a fresh 1-D array: read with pread, nothing stays mapped, so
+    resident memory stays at the row groups in flight whatever the file size."""
+    buf = bytearray(nbytes)
+    mv, got = memoryview(buf), 0
+    while got < nbytes:
+        k = os.preadv(fd, [mv[got:]], offset + got)
+        if k <= 0:
+            raise EOFError(f"unexpected end of file reading {what}")
+        got += k
+    return np.frombuffer(buf, dtype=dtype)
 
 
 def to_f32(data: np.ndarray, src: GGMLType, n_per_row: int) -> np.ndarray:

@@ -30,7 +30,7 @@ __all__ = ["OutTensor", "ModelPlan", "SUPPORTED", "plan_model"]
 class OutTensor:
     name: str
     shape: tuple[int, ...]  # numpy order
-    parts: list[Callable[[], np.ndarray]]  # each returns a 2-D (rows, n) view/array; concatenated by rows
+    parts: list[tuple[int, Callable[[int, int], np.ndarray]]]  # (rows, read(lo, hi) -> 2-D rows), concatenated
     src_type: GGMLType = GGMLType.F32
 
     @property
@@ -44,12 +44,10 @@ class OutTensor:
     def read(self, r0: int, r1: int) -> np.ndarray:
         out: list[np.ndarray] = []
         base = 0
-        for part in self.parts:
-            a = part()
-            n = a.shape[0]
+        for n, rows in self.parts:
             lo, hi = max(r0, base), min(r1, base + n)
             if lo < hi:
-                out.append(_f32(a[lo - base : hi - base], self.n_per_row))
+                out.append(_f32(rows(lo - base, hi - base), self.n_per_row))
             base += n
             if base >= r1:
                 break
@@ -93,24 +91,31 @@ class _Src:
     def has(self, name: str) -> bool:
         return name in self.ck
 
-    def get(self, name: str, shape: Sequence[int]) -> Callable[[], np.ndarray]:
+    def check(self, name: str, shape: Sequence[int]) -> None:
         t = self.ck.tensors.get(name)
         if t is None:
             raise ConvertError(f"tensor {name!r} is missing from the checkpoint")
         if tuple(t.shape) != tuple(shape):
             raise ConvertError(f"tensor {name!r} has shape {list(t.shape)}, the config implies {list(shape)}")
         self.used.add(name)
-        ck = self.ck
-        return lambda: ck.array(name)
+
+    def get(self, name: str, shape: Sequence[int]) -> Callable[[], np.ndarray]:
+        """The whole tensor (for the small tensors that are transformed as a whole)."""
+        self.check(name, shape)
+        ck, rows = self.ck, math.prod(shape[:-1]) if len(shape) > 1 else 1
+        return lambda: ck.read_rows(name, 0, rows).reshape(shape)
 
     def src_type(self, name: str) -> GGMLType:
         return self.ck.tensors[name].ggml_type
 
-    def rows(self, name: str, shape: Sequence[int]) -> Callable[[], np.ndarray]:
-        """A tensor as a 2-D (rows, last dim) view."""
-        g = self.get(name, shape)
-        n = shape[-1]
-        return lambda: g().reshape(-1, n)
+    def rows(self, name: str, shape: Sequence[int], first: int = 0, count: int | None = None
+             ) -> tuple[int, Callable[[int, int], np.ndarray]]:
+        """Rows [first, first + count) of a tensor (viewed as 2-D) as a part: (count, read(lo, hi))."""
+        self.check(name, shape)
+        n_rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        count = n_rows - first if count is None else count
+        ck = self.ck
+        return count, lambda lo, hi: ck.read_rows(name, first + lo, first + hi)
 
 
 def _direct(src: _Src, out: str, hf: str, shape: Sequence[int]) -> OutTensor:
@@ -124,7 +129,8 @@ def _stack(src: _Src, out: str, names: list[str], shape: Sequence[int]) -> OutTe
 
 def _computed(out: str, shape: Sequence[int], fn: Callable[[], np.ndarray]) -> OutTensor:
     n = shape[-1]
-    return OutTensor(out, tuple(shape), [lambda: np.ascontiguousarray(fn(), dtype=np.float32).reshape(-1, n)])
+    rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
+    return OutTensor(out, tuple(shape), [(rows, lambda lo, hi: np.ascontiguousarray(fn(), np.float32).reshape(-1, n)[lo:hi])])
 
 
 def _req(cfg: dict[str, Any], key: str, *alts: str) -> Any:
@@ -307,13 +313,12 @@ def _experts(s: _Src, e: str, b: str, n_exp: int, FE: int, D: int, names: tuple[
         "gate_proj", "up_proj", "down_proj"), fused: str = "gate_up_proj", sfx: str = ".weight") -> list[OutTensor]:
     """Expert FFNs merged into (E, FE, D) gate/up and (E, D, FE) down: per-expert tensors or HF's fused ones."""
     if s.has(e + fused) or s.has(e + "down_proj") and not s.has(f"{e}0.{names[2]}{sfx}"):
-        gu = s.get(e + fused, (n_exp, 2 * FE, D))
-        dn = s.get(e + "down_proj", (n_exp, D, FE))
+        gshape = (n_exp, 2 * FE, D)
         gate = OutTensor(b + "ffn_gate_exps.weight", (n_exp, FE, D),
-                         [(lambda i=i: gu()[i, :FE]) for i in range(n_exp)], s.src_type(e + fused))
+                         [s.rows(e + fused, gshape, 2 * FE * i, FE) for i in range(n_exp)], s.src_type(e + fused))
         up = OutTensor(b + "ffn_up_exps.weight", (n_exp, FE, D),
-                       [(lambda i=i: gu()[i, FE:]) for i in range(n_exp)], s.src_type(e + fused))
-        down = OutTensor(b + "ffn_down_exps.weight", (n_exp, D, FE), [lambda: dn().reshape(-1, FE)],
+                       [s.rows(e + fused, gshape, 2 * FE * i + FE, FE) for i in range(n_exp)], s.src_type(e + fused))
+        down = OutTensor(b + "ffn_down_exps.weight", (n_exp, D, FE), [s.rows(e + "down_proj", (n_exp, D, FE))],
                          s.src_type(e + "down_proj"))
         return [gate, up, down]
     out = []
