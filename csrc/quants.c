@@ -590,7 +590,7 @@ static void quant_q8_0_scalar(const float *x, uint8_t *y, int64_t nb) {
     }
 }
 
-/* Q8_K: iscale = -128/max (max = the first value of largest magnitude), q = min(127, nearest_int(iscale*x)),
+/* Q8_K: iscale = -127/max (as ggml's quantize_row_q8_K_ref) (max = the first value of largest magnitude), q = min(127, nearest_int(iscale*x)),
  * d = 1/iscale (f32), bsums = sums of each 16 q. */
 static void quant_q8_K_scalar(const float *x, uint8_t *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += MG_QK_K, y += sizeof(mg_block_q8_K)) {
@@ -600,7 +600,7 @@ static void quant_q8_K_scalar(const float *x, uint8_t *y, int64_t nb) {
             float a = fabsf(x[j]);
             if (a > amax) { amax = a; max = x[j]; }
         }
-        const float iscale = amax != 0.0f ? -128.0f / max : 0.0f;
+        const float iscale = amax != 0.0f ? -127.0f / max : 0.0f;
         if (amax == 0.0f || !isfinite(iscale)) { /* zero block, or so tiny that 1/d overflows: all zeros */
             memset(&b, 0, sizeof(b));
         } else {
@@ -682,7 +682,7 @@ MG_TARGET_AVX2 static void quant_q8_K_avx2(const float *x, uint8_t *y, int64_t n
         for (int j = 0; amax != 0.0f && j < MG_QK_K; j++) {
             if (fabsf(x[j]) == amax) { max = x[j]; break; }
         }
-        const float iscale = amax != 0.0f ? -128.0f / max : 0.0f;
+        const float iscale = amax != 0.0f ? -127.0f / max : 0.0f;
         if (amax == 0.0f || !isfinite(iscale)) {
             memset(&b, 0, sizeof(b));
             memcpy(y, &b, sizeof(b));

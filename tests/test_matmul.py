@@ -111,8 +111,8 @@ def act_reference(tname: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return xq, np.zeros(x.shape)
     bs = 32 if tname in Q8_0_ACT else 256
     amax = np.abs(x.reshape(*x.shape[:-1], -1, bs)).max(axis=-1, keepdims=True).astype(np.float64)
-    # Q8_K: a full step allowed, for quantizers that scale by -128/max and clamp the opposite extreme at 127
-    step = 0.6 if bs == 32 else 1.0
+    # half a step (amax/127) plus rounding slack for both Q8_0 and Q8_K (ggml's -127/max convention)
+    step = 0.6
     bound = np.broadcast_to(step * amax / 127.0, (*amax.shape[:-1], bs)).reshape(x.shape)
     assert np.all(np.abs(xq - x) <= bound + 1e-30), f"{tname}: activation quantization error too large"
     return xq, bound

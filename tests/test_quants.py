@@ -246,7 +246,7 @@ def _q8_K_ref(x: np.ndarray) -> np.ndarray:
         mx = b[j]
         if mx == 0:
             continue
-        iscale = np.float32(-128.0) / mx
+        iscale = np.float32(-127.0) / mx
         q = np.minimum(np.rint(iscale * b), 127).astype(np.int8)  # rint: half to even, as nearest_int
         out[i, :4] = np.array([np.float32(1.0) / iscale], dtype=np.float32).view(np.uint8)
         out[i, 4:260] = q.view(np.uint8)
