@@ -83,6 +83,7 @@ _CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
 # str.translate table: latin-1 character of a raw byte -> its byte-level character
 _BYTE_TO_CHAR_TABLE = {b: c for b, c in _BYTE_TO_CHAR.items()}
 _BPE_CACHE_MAX = 1 << 18
+_PY_BPE_MAX = 200  # longer pre-tokenized pieces are merged by HF tokenizers' BPE (the Python loop is quadratic)
 _SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
 _SPM_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # distinct pre-tokenized pieces remembered per tokenizer
 
@@ -334,31 +335,78 @@ class Tokenizer:
         self._spm_cache: dict[str, list[int]] = {}
 
     def _init_bpe(self, md: dict[str, Any]) -> None:
-        try:
-            from tokenizers import Regex
-            from tokenizers import Tokenizer as HFTokenizer
-            from tokenizers import models, pre_tokenizers
-        except ImportError as e:  # pragma: no cover - tokenizers is a declared dependency
-            raise ImportError("byte-level BPE vocabularies need the 'tokenizers' package (pip install tokenizers)") from e
-        merges_raw = md.get("tokenizer.ggml.merges")
-        if not isinstance(merges_raw, list):
+        merges = md.get("tokenizer.ggml.merges")
+        if not isinstance(merges, list):
             raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
-        if not all(isinstance(m, str) for m in merges_raw[:1]):
+        if not all(isinstance(m, str) for m in merges[:1]):
             raise ValueError("tokenizer.ggml.merges must be strings")
-        merges = _split_merges(merges_raw)
+        self._merges: list[str] = merges
+        # merge rank by its "left right" text, the first entry winning on duplicates as in llama.cpp. Symbols of
+        # byte-level text never hold a space, so the pair (a, b) has rank ranks[a + " " + b] whatever the entry
+        # shapes (entries llama.cpp cannot use cannot be hit here either).
+        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
         assert self.pre is not None
-        bpe = models.BPE(
-            vocab=self._token_to_id, merges=merges, ignore_merges=self.pre.ignore_merges, fuse_unk=False,
-            byte_fallback=False,
-        )
-        hf = HFTokenizer(bpe)
-        steps = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in self.pre.regexes]
-        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
-        hf.pre_tokenizer = pre_tokenizers.Sequence(steps)
-        self._hf = hf
-        # fast path: split with the `regex` module over the whole text, merge each distinct piece once (cached)
+        self._ignore_merges = self.pre.ignore_merges
+        self._hf_tok: Any = None  # HF tokenizers pipeline, built on first need (see _hf)
+        # fast path: split over the whole text at once, merge each distinct piece once (cached)
         self._fast: FastSplitter | None = FastSplitter.create(self.pre)
         self._bpe_cache: dict[str, list[int]] = {}
+
+    @property
+    def _hf(self) -> Any:
+        """The same tokenizer as an HF `tokenizers` pipeline (Oniguruma splitting + Rust BPE): used for text the
+        fast splitter declines, for very long pieces, and as the reference the fast path is tested against."""
+        if self._hf_tok is None:
+            try:
+                from tokenizers import Regex
+                from tokenizers import Tokenizer as HFTokenizer
+                from tokenizers import models, pre_tokenizers
+            except ImportError as e:  # pragma: no cover - tokenizers is a declared dependency
+                raise ImportError("this text needs the 'tokenizers' package (pip install tokenizers)") from e
+            assert self.pre is not None
+            bpe = models.BPE(vocab=self._token_to_id, merges=_split_merges(self._merges),
+                             ignore_merges=self._ignore_merges, fuse_unk=False, byte_fallback=False)
+            hf = HFTokenizer(bpe)
+            steps = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in self.pre.regexes]
+            steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+            hf.pre_tokenizer = pre_tokenizers.Sequence(steps)
+            self._hf_tok = hf
+        return self._hf_tok
+
+    def _bpe_word(self, word: str) -> list[int]:
+        """llama.cpp's BPE on one byte-level piece: merge the lowest-ranked adjacent pair (leftmost on ties) until
+        none is left; symbols that are not vocabulary entries come out as their single-byte tokens."""
+        vocab = self._token_to_id
+        if self._ignore_merges:
+            tid = vocab.get(word)
+            if tid is not None:
+                return [tid]
+        if len(word) > _PY_BPE_MAX:  # quadratic below: long pieces go to the Rust BPE
+            return [t.id for t in self._hf.model.tokenize(word)]
+        ranks = self._ranks
+        syms = list(word)
+        while len(syms) > 1:
+            best = -1
+            best_rank = 1 << 62
+            left = syms[0]
+            for i in range(1, len(syms)):
+                right = syms[i]
+                r = ranks.get(left + " " + right)
+                if r is not None and r < best_rank:
+                    best_rank = r
+                    best = i
+                left = right
+            if best < 0:
+                break
+            syms[best - 1 : best + 1] = [syms[best - 1] + syms[best]]
+        out: list[int] = []
+        for sym in syms:
+            tid = vocab.get(sym)
+            if tid is not None:
+                out.append(tid)
+            else:
+                out.extend(t for t in map(vocab.get, sym) if t is not None)
+        return out
 
     # ------------------------------------------------------------------ public API
     def is_eog(self, token_id: int) -> bool:
@@ -474,10 +522,10 @@ class Tokenizer:
             if len(cache) + len(missing) > _BPE_CACHE_MAX:
                 cache = self._bpe_cache = {}  # a fresh dict: other threads keep using the one they hold
                 missing = set(pieces)
-            tokenize = self._hf.model.tokenize
+            bpe_word = self._bpe_word
             table = _BYTE_TO_CHAR_TABLE
             for w in missing:
-                cache[w] = [t.id for t in tokenize(w.encode("utf-8").decode("latin-1").translate(table))]
+                cache[w] = bpe_word(w.encode("utf-8").decode("latin-1").translate(table))
         out.extend(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def _encode_reference(self, text: str, parse_special: bool = False) -> list[int]:
