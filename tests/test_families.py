@@ -1,0 +1,179 @@
+"""Dense/MoE families (llama, Mixtral, Mistral, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, gemma3) against transformers.
+
+Tiny random HF checkpoints (tests/tiny_families.py) are written to GGUF in llama.cpp's layout; our logits must
+match transformers' within 1e-3 x max|logit| with F32 weights, for a whole batch and token by token, greedy
+continuations must be identical, and with Q8_0 weights the top-1 token must agree at >= 95 % of positions.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import tiny_families as tf  # noqa: E402
+
+from moe_gguf.models import ModelLoadError  # noqa: E402
+from moe_gguf.models.transformer import FAMILY_MODELS, load_family  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*eos_token_id.*")
+
+CASES = [
+    ("llama", {}),
+    ("llama", {"rope": {"rope_type": "linear", "factor": 2.0}}),
+    ("llama", {"rope": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}}),
+    ("llama", {"rope": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 32}}),
+    ("llama", {"tied": True}),
+    ("mistral", {}),  # sliding window 6 on every layer
+    ("mixtral", {}),
+    ("qwen2", {}),
+    ("qwen3", {}),
+    ("qwen2moe", {}),
+    ("qwen3moe", {}),
+    ("olmoe", {}),
+    ("gemma3", {"n_layer": 7}),  # layers 0-4 and 6 sliding (window 6), layer 5 global with its own RoPE base
+    ("gemma3", {"n_layer": 7, "rope": {"rope_type": "linear", "factor": 4.0}, "seed": 3}),  # scaling on global layers only
+]
+
+
+def _ids(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, 256, size=n)
+
+
+def _case_id(c: tuple[str, dict]) -> str:
+    fam, kw = c
+    r = kw.get("rope", {}).get("rope_type")
+    return fam + (f"-{r}" if r else "") + ("-tied" if kw.get("tied") else "")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return {}
+
+
+def _get(built: dict, tmp_path_factory: pytest.TempPathFactory, case: tuple[str, dict], qtype: str = "F32"):
+    key = (_case_id(case), qtype)
+    if key not in built:
+        fam, kw = case
+        model = tf.build_hf(fam, **kw)
+        path = tf.write_gguf(model, fam, tmp_path_factory.mktemp("fam") / f"{key[0]}-{qtype}.gguf", qtype)
+        built[key] = (model, path)
+    return built[key]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_f32_logits_batch_and_stepwise(case, built, tmp_path_factory) -> None:
+    hf, path = _get(built, tmp_path_factory, case)
+    ids = _ids(1, 20)  # longer than the sliding window (6)
+    ref = tf.hf_logits(hf, ids)
+    tol = 1e-3 * float(np.abs(ref).max())
+    m = load_family(path, n_ctx=64)
+    assert m.architecture == tf.GGUF_ARCH.get(case[0], case[0])
+    got = m.forward(ids, m.new_cache(), all_logits=True)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= tol
+    cache = m.new_cache()  # token by token, and a split batch (7 then the rest)
+    step = np.stack([m.forward(ids[i : i + 1], cache) for i in range(len(ids))])
+    assert np.abs(step - ref).max() <= tol
+    cache = m.new_cache()
+    split = np.concatenate([m.forward(ids[:7], cache, all_logits=True), m.forward(ids[7:], cache, all_logits=True)])
+    assert np.abs(split - ref).max() <= tol
+    assert cache.n_past == len(ids)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_greedy_continuation_matches(case, built, tmp_path_factory) -> None:
+    hf, path = _get(built, tmp_path_factory, case)
+    prompt = _ids(2, 5)
+    want = tf.hf_greedy(hf, prompt, 10)
+    m = load_family(path, n_ctx=64)
+    cache = m.new_cache()
+    lg, got = m.forward(prompt, cache), []
+    for _ in range(10):
+        got.append(int(np.argmax(lg)))
+        lg = m.forward(np.array([got[-1]]), cache)
+    assert got == want
+
+
+@pytest.mark.parametrize("fam", ["llama", "mixtral", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe", "gemma3"])
+def test_q8_0_top1_agreement(fam, built, tmp_path_factory) -> None:
+    case = (fam, {"n_layer": 7} if fam == "gemma3" else {})
+    hf, path = _get(built, tmp_path_factory, case, "Q8_0")
+    ids = _ids(3, 64)
+    ref = tf.hf_logits(hf, ids)
+    m = load_family(path, n_ctx=64)
+    got = m.forward(ids, m.new_cache(), all_logits=True)
+    assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.95
+
+
+def test_sliding_window_matters(built, tmp_path_factory) -> None:
+    """The window changes the answer (so the parity tests above do exercise it)."""
+    hf, path = _get(built, tmp_path_factory, ("mistral", {}))
+    no_window = tf.write_gguf(hf, "llama", tmp_path_factory.mktemp("nw") / "nw.gguf")
+    ids = _ids(1, 20)
+    ref = tf.hf_logits(hf, ids)
+    m = load_family(no_window, n_ctx=64)
+    assert np.abs(m.forward(ids, m.new_cache(), all_logits=True) - ref).max() > 1e-2 * np.abs(ref).max()
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.fixture(scope="module")
+def qwen3_model():
+    return tf.build_hf("qwen3")
+
+
+def test_unknown_architecture_lists_supported(tmp_path: Path) -> None:
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "mamba9")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelLoadError) as e:
+        load_family(tmp_path / "x.gguf")
+    msg = str(e.value)
+    assert "'mamba9'" in msg and "not supported" in msg
+    for arch in FAMILY_MODELS:
+        assert arch in msg
+
+
+def test_missing_tensor_named(qwen3_model, tmp_path: Path) -> None:
+    p = tf.write_gguf(qwen3_model, "qwen3", tmp_path / "m.gguf", drop=("blk.1.attn_k_norm.weight",))
+    with pytest.raises(ModelLoadError, match=r"blk\.1\.attn_k_norm\.weight.*missing"):
+        load_family(p)
+
+
+def test_inconsistent_shape_named(qwen3_model, tmp_path: Path) -> None:
+    p = tf.write_gguf(qwen3_model, "qwen3", tmp_path / "m.gguf", override={"attention.head_count_kv": 1})
+    with pytest.raises(ModelLoadError, match=r"blk\.0\.attn_k\.weight.*shape"):
+        load_family(p)
+
+
+def test_bad_metadata_named(qwen3_model, tmp_path: Path) -> None:
+    p = tf.write_gguf(qwen3_model, "qwen3", tmp_path / "m.gguf", override={"attention.head_count_kv": 3})
+    with pytest.raises(ModelLoadError, match="head_count_kv"):
+        load_family(p)
+    p = tf.write_gguf(qwen3_model, "qwen3", tmp_path / "m2.gguf", override={"rope.scaling.type": "su"})
+    with pytest.raises(ModelLoadError, match="'su'"):
+        load_family(p)
+
+
+def test_bad_forward_inputs(qwen3_model, tmp_path: Path) -> None:
+    from moe_gguf.models import ContextFullError
+
+    m = load_family(tf.write_gguf(qwen3_model, "qwen3", tmp_path / "m.gguf"), n_ctx=8)
+    c = m.new_cache()
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward(np.array([256]), c)
+    with pytest.raises(TypeError):
+        m.forward(np.array([1.5]), c)
+    with pytest.raises(ContextFullError):
+        m.forward(np.arange(9), c)
+    assert c.n_past == 0
