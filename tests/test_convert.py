@@ -261,3 +261,103 @@ def test_failure_mid_write_leaves_nothing(ds_model, tmp_path: Path, monkeypatch:
     with pytest.raises(OSError, match="No space"):
         convert(single, out / "o.gguf", "q8_0", n_threads=2)
     assert os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------------------------- other families
+_COMMON = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False)
+_FAMILIES = {
+    # arch: (transformers config class, model class, extra config, gguf arch)
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(intermediate_size=96), "llama"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(intermediate_size=32, num_local_experts=4,
+                                                           num_experts_per_tok=2), "llama"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(intermediate_size=96), "qwen2"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(intermediate_size=96, head_dim=32, tie_word_embeddings=True),
+              "qwen3"),
+    "qwen2moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(intermediate_size=96, moe_intermediate_size=32,
+                 shared_expert_intermediate_size=48, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+                 mlp_only_layers=[]), "qwen2moe"),
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(intermediate_size=96, moe_intermediate_size=32,
+                 num_experts=4, num_experts_per_tok=2, head_dim=16, norm_topk_prob=True, decoder_sparse_step=1,
+                 mlp_only_layers=[]), "qwen3moe"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(intermediate_size=32, num_experts=4, num_experts_per_tok=2),
+              "olmoe"),
+}
+
+
+def _expected_names(fam: str, n_layer: int = 2, tied: bool = False) -> set[str]:
+    """llama.cpp's tensor names for each family (convert_hf_to_gguf.py / gguf-py's tensor map)."""
+    names = {"token_embd.weight", "output_norm.weight"} | (set() if tied else {"output.weight"})
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        names |= {b + n for n in ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                                  "attn_output.weight", "ffn_norm.weight")}
+        if fam in ("qwen2", "qwen2moe"):
+            names |= {b + "attn_q.bias", b + "attn_k.bias", b + "attn_v.bias"}
+        if fam in ("qwen3", "qwen3moe", "olmoe"):
+            names |= {b + "attn_q_norm.weight", b + "attn_k_norm.weight"}
+        if fam in ("llama", "qwen2", "qwen3"):
+            names |= {b + "ffn_gate.weight", b + "ffn_up.weight", b + "ffn_down.weight"}
+        else:
+            names |= {b + "ffn_gate_inp.weight", b + "ffn_gate_exps.weight", b + "ffn_up_exps.weight",
+                      b + "ffn_down_exps.weight"}
+        if fam == "qwen2moe":
+            names |= {b + "ffn_gate_inp_shexp.weight", b + "ffn_gate_shexp.weight", b + "ffn_up_shexp.weight",
+                      b + "ffn_down_shexp.weight"}
+    return names
+
+
+@pytest.mark.parametrize("fam", list(_FAMILIES))
+def test_family_names_shapes_logits(fam: str, tmp_path: Path) -> None:
+    import torch
+    import transformers
+
+    cfg_cls, model_cls, extra, arch = _FAMILIES[fam]
+    cfg = getattr(transformers, cfg_cls)(**{**_COMMON, **extra})
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 5.0 if name.endswith("mlp.gate.weight") else 0.4
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape) if p.ndim == 1 and "norm" in name
+                    else torch.randn(p.shape) * (scale / p.shape[-1] ** 0.5))
+    model.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "m.gguf"
+    r = convert(tmp_path / "hf", out, "f32", tokenizer=False)
+    assert r.arch == arch
+    f = GGUFFile(out)
+    tied = bool(extra.get("tie_word_embeddings"))
+    assert set(f.tensors) == _expected_names(fam, tied=tied)
+    H, HKV, D = 4, 2, 64
+    hd = extra.get("head_dim", D // H)
+    assert f.tensors["blk.0.attn_q.weight"].shape == (H * hd, D)
+    assert f.tensors["blk.0.attn_k.weight"].shape == (HKV * hd, D)
+    md = f.metadata
+    assert md[f"{arch}.block_count"] == 2 and md[f"{arch}.attention.head_count_kv"] == HKV
+    assert md[f"{arch}.rope.dimension_count"] == hd
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    q = sd["model.layers.0.self_attn.q_proj.weight"]
+    if arch == "llama":  # rows permuted from HF's rotate-half order to llama.cpp's interleaved pairs
+        half = hd // 2
+        perm = [h * hd + (j // 2) + (j % 2) * half for h in range(H) for j in range(hd)]
+        q = q[perm]
+    assert np.array_equal(f.tensor("blk.0.attn_q.weight"), q)
+    if "ffn_gate_exps.weight" in "".join(f.tensors):
+        E = md[f"{arch}.expert_count"]
+        assert f.tensors["blk.1.ffn_gate_exps.weight"].shape[0] == E == 4
+        assert md[f"{arch}.expert_used_count"] == 2
+    from moe_gguf.models import SUPPORTED_ARCHITECTURES
+
+    if arch not in SUPPORTED_ARCHITECTURES:
+        pytest.skip(f"moe-gguf cannot run {arch} yet")
+    with torch.no_grad():
+        ref = model(torch.as_tensor(TOKS[None] % 128), use_cache=False).logits[0].float().numpy()
+    got = _logits_any(out, TOKS % 128)
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+def _logits_any(path: Path, toks: np.ndarray) -> np.ndarray:
+    from moe_gguf.models import load_model
+
+    m = load_model(str(path))
+    return m.forward(toks, m.new_cache(), all_logits=True)

@@ -370,6 +370,11 @@ def _llama_like(cfg: dict[str, Any], ck: Checkpoint, arch: str, *, qkv_bias: boo
         p.add("{arch}.expert_used_count", _int(cfg, "num_experts_per_tok"), U32)
         if moe != "mixtral":
             p.add("{arch}.expert_feed_forward_length", FE, U32)
+        if moe != "mixtral" and isinstance(cfg.get("norm_topk_prob"), bool):
+            p.add("{arch}.expert_weights_norm", cfg["norm_topk_prob"], BOOL)
+        if cfg.get("mlp_only_layers") or _int(cfg, "decoder_sparse_step", default=1) not in (0, 1):
+            raise ConvertError("dense layers between MoE layers (mlp_only_layers / decoder_sparse_step) are not "
+                               "supported by llama.cpp's layout")
         if moe == "qwen2moe" and cfg.get("shared_expert_intermediate_size"):
             p.add("{arch}.expert_shared_feed_forward_length", _int(cfg, "shared_expert_intermediate_size"), U32)
     T = p.tensors
@@ -406,7 +411,9 @@ def _llama_like(cfg: dict[str, Any], ck: Checkpoint, arch: str, *, qkv_bias: boo
             T.extend(_experts(s, m + "experts.", b, n_exp, FE, D))
             if moe == "qwen2moe":
                 FS = _int(cfg, "shared_expert_intermediate_size")
-                T.append(_direct(s, b + "ffn_gate_inp_shexp.weight", m + "shared_expert_gate.weight", (1, D)))
+                gi = _direct(s, b + "ffn_gate_inp_shexp.weight", m + "shared_expert_gate.weight", (1, D))
+                gi.shape = (D,)  # a vector (llama.cpp creates it as {n_embd}; 1-D also keeps it unquantized)
+                T.append(gi)
                 for nm, hf, shp in (("ffn_gate_shexp", "gate_proj", (FS, D)), ("ffn_up_shexp", "up_proj", (FS, D)),
                                     ("ffn_down_shexp", "down_proj", (D, FS))):
                     T.append(_direct(s, b + nm + ".weight", m + "shared_expert." + hf + ".weight", shp))
