@@ -136,12 +136,15 @@ def test_unknown_architecture_lists_supported(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(ModelLoadError) as e:
-        load_family(tmp_path / "x.gguf")
-    msg = str(e.value)
-    assert "'mamba9'" in msg and "not supported" in msg
-    for arch in FAMILY_MODELS:
-        assert arch in msg
+    from moe_gguf.models import load_model
+
+    for loader in (load_family, load_model):
+        with pytest.raises(ModelLoadError) as e:
+            loader(tmp_path / "x.gguf")
+        msg = str(e.value)
+        assert "'mamba9'" in msg and "not supported" in msg
+        for arch in FAMILY_MODELS:
+            assert arch in msg
 
 
 def test_missing_tensor_named(qwen3_model, tmp_path: Path) -> None:
@@ -177,3 +180,20 @@ def test_bad_forward_inputs(qwen3_model, tmp_path: Path) -> None:
     with pytest.raises(ContextFullError):
         m.forward(np.arange(9), c)
     assert c.n_past == 0
+
+
+# ------------------------------------------------------------------------------------------------ the project's converter
+@pytest.mark.parametrize("fam", ["llama", "mixtral", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe"])
+def test_files_from_moe_gguf_convert(fam, tmp_path: Path) -> None:
+    """The same parity for files written by moe_gguf.convert (HF checkpoint directory -> GGUF), through load_model."""
+    convert = pytest.importorskip("moe_gguf.convert.driver").convert
+    from moe_gguf.models import load_model
+
+    hf = tf.build_hf(fam, seed=5)
+    hf.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "m.gguf", "f32", tokenizer=False)
+    ids = _ids(4, 12)
+    ref = tf.hf_logits(hf, ids)
+    m = load_model(tmp_path / "m.gguf", n_ctx=32)
+    got = m.forward(ids, m.new_cache(), all_logits=True)
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
