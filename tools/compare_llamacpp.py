@@ -42,11 +42,14 @@ for i, p in enumerate(args["prompts"]):
     llm.reset()
     llm.eval(toks)
     np.save(f"{args['out']}/logits{i}.npy", np.asarray(llm.scores[: len(toks)], dtype=np.float32))
-    gen = []
+    gen, steps = [], []
     for _ in range(args["n"]):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        steps.append(row)
+        t = int(np.argmax(row))
         gen.append(t)
         llm.eval([t])
+    np.save(f"{args['out']}/steps{i}.npy", np.stack(steps))
     res.append({"prompt_ids": toks, "greedy": gen})
 print(json.dumps(res))
 """
@@ -72,6 +75,7 @@ def run_llamacpp(model: str, n: int, py: str, lib: str | None, src: str | None, 
         res = json.loads(r.stdout.strip().splitlines()[-1])
         for i, item in enumerate(res):
             item["logits"] = np.load(f"{td}/logits{i}.npy")
+            item["steps"] = np.load(f"{td}/steps{i}.npy")
     return res
 
 
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     m = (load_model if in_registry else load_family)(model, n_ctx=n_ctx, n_threads=a.threads)
     tok = Tokenizer.from_gguf(m.file)
     ok = True
+    notes: list[str] = []
     print(f"model: {model}")
     for prompt, r in zip(PROMPTS, ref):
         ids = np.array(r["prompt_ids"], dtype=np.int32)
@@ -108,18 +113,25 @@ def main(argv: list[str] | None = None) -> int:
         logits = m.forward(ids, cache, all_logits=True)
         diff = float(np.max(np.abs(logits - r["logits"])))
         scale = float(np.max(np.abs(r["logits"])))
-        gen, lg = [], logits[-1]
+        gen, lg, ours_steps = [], logits[-1], []
         for _ in range(a.n):
+            ours_steps.append(lg)
             t = int(np.argmax(lg))
             gen.append(t)
             lg = m.forward(np.array([t]), cache)
         agree = next((i for i, (x, y) in enumerate(zip(gen, r["greedy"])) if x != y), len(gen))
+        if agree < a.n:  # how close the two candidates were on each side at the first divergence
+            to, tl = gen[agree], r["greedy"][agree]
+            mo, ml = ours_steps[agree][to] - ours_steps[agree][tl], r["steps"][agree][tl] - r["steps"][agree][to]
+            notes.append(f"{prompt!r}: step {agree}: margin of each side's choice over the other's: ours {mo:.3f}, llama.cpp {ml:.3f}")
         ok &= agree >= a.n
         print(f"\nprompt {prompt!r}: {len(ids)} tokens (tokenizers agree: {ours_ids == r['prompt_ids']})")
         print(f"  max |logit diff| on the prompt: {diff:.4f} (max |logit| {scale:.2f}, relative {diff / scale:.2e})")
         print(f"  greedy tokens agreeing: {agree}/{a.n}")
         print(f"  moe-gguf : {tok.decode(gen)!r}")
         print(f"  llama.cpp: {tok.decode(r['greedy'])!r}")
+    for note in notes:
+        print("first divergence", note)
     print("\nOK" if ok else "\nMISMATCH")
     return 0 if ok else 1
 
