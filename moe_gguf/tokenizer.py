@@ -83,6 +83,7 @@ _CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
 # str.translate table: latin-1 character of a raw byte -> its byte-level character
 _BYTE_TO_CHAR_TABLE = {b: c for b, c in _BYTE_TO_CHAR.items()}
 _BPE_CACHE_MAX = 1 << 18
+_HF_MISSES = 2000  # more new pieces than this in one call: merge them with HF tokenizers' Rust BPE instead
 _PY_BPE_MAX = 200  # longer pre-tokenized pieces are merged by HF tokenizers' BPE (the Python loop is quadratic)
 _SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
 _SPM_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # distinct pre-tokenized pieces remembered per tokenizer
@@ -522,10 +523,16 @@ class Tokenizer:
             if len(cache) + len(missing) > _BPE_CACHE_MAX:
                 cache = self._bpe_cache = {}  # a fresh dict: other threads keep using the one they hold
                 missing = set(pieces)
-            bpe_word = self._bpe_word
             table = _BYTE_TO_CHAR_TABLE
-            for w in missing:
-                cache[w] = bpe_word(w.encode("utf-8").decode("latin-1").translate(table))
+            if self._hf_tok is not None or len(missing) > _HF_MISSES:
+                # many new pieces (bulk text): the Rust BPE is worth building once (and is then kept)
+                tokenize = self._hf.model.tokenize
+                for w in missing:
+                    cache[w] = [t.id for t in tokenize(w.encode("utf-8").decode("latin-1").translate(table))]
+            else:
+                bpe_word = self._bpe_word
+                for w in missing:
+                    cache[w] = bpe_word(w.encode("utf-8").decode("latin-1").translate(table))
         out.extend(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def _encode_reference(self, text: str, parse_special: bool = False) -> list[int]:
