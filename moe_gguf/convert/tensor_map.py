@@ -227,8 +227,8 @@ def _deepseek2(cfg: dict[str, Any], ck: Checkpoint) -> ModelPlan:
     p.add("{arch}.feed_forward_length", F, U32)
     p.add("{arch}.attention.layer_norm_rms_epsilon", _float(cfg, "rms_norm_eps", 1e-6), F32)
     p.add("{arch}.rope.dimension_count", R, U32)
-    if QL is not None:
-        p.add("{arch}.attention.q_lora_rank", QL, U32)
+    # always written (0 = no q compression): llama.cpp requires the key unless the layer count says "Lite"
+    p.add("{arch}.attention.q_lora_rank", QL or 0, U32)
     p.add("{arch}.attention.kv_lora_rank", C, U32)
     p.add("{arch}.attention.key_length", C + R, U32)
     p.add("{arch}.attention.value_length", C, U32)
