@@ -88,6 +88,14 @@ def bench(path: Path, text: str, repeat: int, compare_hf: bool) -> None:
             times.append(time.perf_counter() - t0)
         return times, result
 
+    prompt = text[:2000]
+
+    def load_and_prompt() -> Tokenizer:
+        t = Tokenizer.from_gguf(path)
+        t.encode(prompt)
+        return t
+
+    t_first, _ = timed(load_and_prompt)  # what a run pays before its first forward pass
     t_load, tok = timed(lambda: Tokenizer.from_gguf(path))
     t_read, _ = timed(lambda: GGUFFile(path).close())
     t_enc, ids = timed(lambda: tok.encode(text, add_special=False))  # first run: empty merge cache
@@ -106,7 +114,8 @@ def bench(path: Path, text: str, repeat: int, compare_hf: bool) -> None:
         hf = f" | HF-tokenizers-only encode {nbytes / t_hf / 1e6:5.2f} MB/s ({'same ids' if ref == ids else 'DIFFERENT ids'})"
     name = path.name.replace("ggml-vocab-", "").replace(".gguf", "")
     print(
-        f"{name:14s} n_vocab={tok.n_vocab:6d} load {min(t_load) * 1e3:5.0f} ms (GGUF read {min(t_read) * 1e3:4.0f} ms) | "
+        f"{name:14s} n_vocab={tok.n_vocab:6d} load {min(t_load) * 1e3:5.0f} ms (GGUF read {min(t_read) * 1e3:4.0f} ms, "
+        f"+ first 2 kB prompt {min(t_first) * 1e3:5.0f} ms) | "
         f"encode {nbytes / t_enc[0] / 1e6:5.2f} MB/s cold, {nbytes / min(t_enc) / 1e6:5.2f} warm "
         f"({len(ids)} tokens, {nbytes / len(ids):.2f} B/tok) | decode {nbytes / min(t_dec) / 1e6:5.1f} MB/s | stream {len(ids) / t_stream / 1e6:5.2f} Mtok/s | "
         f"round trip {'ok' if ok else 'MISMATCH'}{hf}"
