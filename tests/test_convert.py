@@ -361,3 +361,31 @@ def _logits_any(path: Path, toks: np.ndarray) -> np.ndarray:
 
     m = load_model(str(path))
     return m.forward(toks, m.new_cache(), all_logits=True)
+
+
+def test_sentencepiece_tokenizer_carried_over(tmp_path: Path) -> None:
+    """tokenizer.model (SentencePiece BPE with byte fallback) -> tokenizer.ggml.model=llama, same ids as sentencepiece."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20), model_writer=buf, vocab_size=440, model_type="bpe", byte_fallback=True,
+        character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, minloglevel=2)
+    d = tmp_path / "hf"
+    td.build_hf(n_layer=2, vocab=448).save_pretrained(d)
+    (d / "tokenizer.model").write_bytes(buf.getvalue())
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}))
+    convert(d, tmp_path / "m.gguf", "q8_0")
+    from moe_gguf.tokenizer import Tokenizer
+
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    ours = Tokenizer.from_gguf(str(tmp_path / "m.gguf"))
+    for text in CORPUS + ["".join(CORPUS)]:
+        assert ours.encode(text) == [sp.bos_id()] + sp.encode(text), text
+    md = GGUFFile(tmp_path / "m.gguf").metadata
+    assert md["tokenizer.ggml.model"] == "llama" and len(md["tokenizer.ggml.tokens"]) == 448
+    assert md["tokenizer.ggml.bos_token_id"] == 1 and md["tokenizer.ggml.eos_token_id"] == 2
+    assert np.allclose(np.asarray(md["tokenizer.ggml.scores"])[:440], [sp.get_score(i) for i in range(440)])
