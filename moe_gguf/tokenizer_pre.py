@@ -163,7 +163,7 @@ def resolve_pre(name: str | None) -> PreTokenizer:
             "from the original model's",
             stacklevel=3,
         )
-        return PreTokenizer(f"{name} (fallback: llama3)", (LLAMA3,))
+        return PreTokenizer(f"{name} (fallback: {FALLBACK_PRE})", PRE_TOKENIZERS[FALLBACK_PRE].regexes)
     return pre
 
 
