@@ -240,3 +240,25 @@ def test_failure_leaves_no_file(tmp_path: Path) -> None:
     msg = _one_line_error(["quantize", str(src), str(out), "q8_0"])
     assert "NaN" in msg
     assert sorted(os.listdir(tmp_path)) == ["nan.gguf"]
+
+
+def test_recipe_dense_and_8_expert_rules() -> None:
+    """attn_v in the use_more_bits positions (counted in file order) for a dense model; Mixtral-style 8-expert
+    models: attn_v/attn_k Q8_0 and attn_output Q5_K at q4_k_m (llama.cpp's n_expert == 8 rules)."""
+    from moe_gguf.convert.mixes import ModelShape, plan_types
+
+    n = 16
+    tensors = []
+    for il in range(n):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_down"):
+            tensors.append((f"blk.{il}.{part}.weight", (512, 512), QT.F32))
+    dense = plan_types("q4_k_m", tensors, ModelShape("llama", n, 0, 8, 8))
+    more = {0, 1, 4, 7, 10, 13, 14, 15}  # i < 2, i >= 14, (i - 2) % 3 == 2
+    for il in range(n):
+        want = QT.Q6_K if il in more else QT.Q4_K
+        assert dense[f"blk.{il}.attn_v.weight"] == want and dense[f"blk.{il}.ffn_down.weight"] == want, il
+        assert dense[f"blk.{il}.attn_k.weight"] == QT.Q4_K and dense[f"blk.{il}.attn_output.weight"] == QT.Q4_K
+    moe = plan_types("q4_k_m", tensors, ModelShape("llama", n, 8, 8, 2))
+    for il in range(n):
+        assert moe[f"blk.{il}.attn_v.weight"] == QT.Q8_0 and moe[f"blk.{il}.attn_k.weight"] == QT.Q8_0
+        assert moe[f"blk.{il}.attn_output.weight"] == QT.Q5_K and moe[f"blk.{il}.attn_q.weight"] == QT.Q4_K
