@@ -25,7 +25,10 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 2000 /* roughly 20-50 us of spinning before sleeping */
+#define SPIN_ITERS 2000        /* caller waiting for workers: roughly 20-50 us of spinning before sleeping */
+#define WORKER_SPIN_ITERS 20000 /* worker waiting for the next job: a few hundred us, which covers the Python
+                                 * between two kernel calls of a decode step, so the caller rarely needs the
+                                 * futex wake-up syscall */
 #define MAX_THREADS 255
 
 struct mg_pool {
@@ -38,6 +41,8 @@ struct mg_pool {
     _Atomic int pending;     /* static job: participating workers not yet done */
     _Atomic uint64_t gate;   /* dynamic job: generation << 16 | closed << 15 | workers inside */
     _Atomic int stop;
+    _Atomic int sleepers;    /* workers inside the cv_work sleep loop (changed under mu) */
+    _Atomic int caller_asleep; /* the caller sleeps on cv_done (changed under mu) */
     mg_task_fn fn;           /* written by the caller before publishing `job` (release) */
     void *arg;
 };
@@ -48,10 +53,15 @@ typedef struct { mg_pool *pool; int ith; } worker_arg;
 #define GATE_CLOSED ((uint64_t)1 << 15)
 #define GATE_COUNT ((uint64_t)0x7fff)
 
+/* Sleeper flags and the words they wait on are seq_cst on both sides: a sleeper raises its flag (under mu) and
+ * then re-reads the word; a waker changes the word and then reads the flag.  One of the two sees the other, and
+ * a waker that sees the flag takes mu, which the sleeper holds until it is inside pthread_cond_wait, so no
+ * wake-up is lost and the common case (nobody asleep) costs no lock and no syscall. */
 static void wake_caller(mg_pool *pool) {
+    if (!atomic_load(&pool->caller_asleep)) return;
     pthread_mutex_lock(&pool->mu);
-    pthread_cond_signal(&pool->cv_done);
     pthread_mutex_unlock(&pool->mu);
+    pthread_cond_signal(&pool->cv_done);
 }
 
 /* A worker enters dynamic job `gen` only while the gate is open for exactly that job. */
@@ -71,16 +81,17 @@ static void *worker_main(void *p) {
     uint64_t seen = 0; /* the value `job` had before any worker started */
     for (;;) {
         uint64_t job = atomic_load_explicit(&pool->job, memory_order_acquire);
-        for (int i = 0; job == seen && i < SPIN_ITERS; i++) {
+        for (int i = 0; job == seen && i < WORKER_SPIN_ITERS; i++) {
             CPU_RELAX();
             job = atomic_load_explicit(&pool->job, memory_order_acquire);
         }
         if (job == seen) {
             pthread_mutex_lock(&pool->mu);
-            while ((job = atomic_load_explicit(&pool->job, memory_order_acquire)) == seen &&
-                   !atomic_load_explicit(&pool->stop, memory_order_acquire)) {
+            atomic_fetch_add(&pool->sleepers, 1);
+            while ((job = atomic_load(&pool->job)) == seen && !atomic_load(&pool->stop)) {
                 pthread_cond_wait(&pool->cv_work, &pool->mu);
             }
+            atomic_fetch_sub(&pool->sleepers, 1);
             pthread_mutex_unlock(&pool->mu);
         }
         if (atomic_load_explicit(&pool->stop, memory_order_acquire)) break;
@@ -90,11 +101,11 @@ static void *worker_main(void *p) {
         if (job & GATE_DYNAMIC) {
             if (!gate_enter(pool, job >> 16)) continue; /* the caller already finished: skip */
             pool->fn(pool->arg, wa.ith, nth);
-            uint64_t v = atomic_fetch_sub_explicit(&pool->gate, 1, memory_order_acq_rel);
+            uint64_t v = atomic_fetch_sub(&pool->gate, 1); /* seq_cst: see wake_caller */
             if ((v & GATE_COUNT) == 1 && (v & GATE_CLOSED)) wake_caller(pool);
         } else {
             pool->fn(pool->arg, wa.ith, nth);
-            if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) wake_caller(pool);
+            if (atomic_fetch_sub(&pool->pending, 1) == 1) wake_caller(pool);
         }
     }
     return NULL;
@@ -113,6 +124,8 @@ mg_pool *mg_pool_create(int n_threads) {
     atomic_init(&pool->pending, 0);
     atomic_init(&pool->gate, 0);
     atomic_init(&pool->stop, 0);
+    atomic_init(&pool->sleepers, 0);
+    atomic_init(&pool->caller_asleep, 0);
     if (n_threads > 1) {
         pool->threads = calloc((size_t)n_threads - 1, sizeof(pthread_t));
         if (!pool->threads) {
@@ -161,16 +174,16 @@ static void wait_until(mg_pool *pool, int (*done)(mg_pool *)) {
     for (int i = 0; i < SPIN_ITERS && !done(pool); i++) CPU_RELAX();
     if (!done(pool)) {
         pthread_mutex_lock(&pool->mu);
+        atomic_store(&pool->caller_asleep, 1);
         while (!done(pool)) pthread_cond_wait(&pool->cv_done, &pool->mu);
+        atomic_store(&pool->caller_asleep, 0);
         pthread_mutex_unlock(&pool->mu);
     }
 }
 
-static int static_done(mg_pool *pool) { return atomic_load_explicit(&pool->pending, memory_order_acquire) <= 0; }
+static int static_done(mg_pool *pool) { return atomic_load(&pool->pending) <= 0; }
 
-static int dynamic_done(mg_pool *pool) {
-    return (atomic_load_explicit(&pool->gate, memory_order_acquire) & GATE_COUNT) == 0;
-}
+static int dynamic_done(mg_pool *pool) { return (atomic_load(&pool->gate) & GATE_COUNT) == 0; }
 
 static void run(mg_pool *pool, mg_task_fn fn, void *arg, int nth, int dynamic) {
     if (!pool || nth <= 1 || pool->n_threads <= 1) {
@@ -184,10 +197,14 @@ static void run(mg_pool *pool, mg_task_fn fn, void *arg, int nth, int dynamic) {
     uint64_t gen = ((atomic_load_explicit(&pool->job, memory_order_relaxed) >> 16) + 1) & (((uint64_t)1 << 48) - 1);
     atomic_store_explicit(&pool->pending, nth - 1, memory_order_relaxed);
     atomic_store_explicit(&pool->gate, gen << 16, memory_order_relaxed); /* open, nobody inside */
-    pthread_mutex_lock(&pool->mu);
-    atomic_store_explicit(&pool->job, (gen << 16) | (dynamic ? GATE_DYNAMIC : 0) | (uint64_t)nth, memory_order_release);
-    pthread_cond_broadcast(&pool->cv_work);
-    pthread_mutex_unlock(&pool->mu);
+    atomic_store(&pool->job, (gen << 16) | (dynamic ? GATE_DYNAMIC : 0) | (uint64_t)nth);
+    if (atomic_load(&pool->sleepers) > 0) { /* spinning workers need no syscall */
+        /* Taking mu once orders the new job after any sleeper's check; broadcasting after unlocking lets the
+         * woken workers take mu without blocking on the caller (no futex wake-up from the unlock). */
+        pthread_mutex_lock(&pool->mu);
+        pthread_mutex_unlock(&pool->mu);
+        pthread_cond_broadcast(&pool->cv_work);
+    }
 
     fn(arg, 0, nth);
 
