@@ -1,15 +1,14 @@
 """Lazy reading of a Hugging Face checkpoint directory: config.json, generation_config.json and safetensors.
 
 Safetensors files (a single `model.safetensors`, or shards listed by `model.safetensors.index.json`) are parsed
-here (8-byte header length, JSON header, raw little-endian data) and memory-mapped: `Checkpoint.array(name)` is a
-zero-copy numpy view (F32 / F16 typed, BF16 as uint16 bits), so nothing is read from disk until a row group of a
-tensor is converted. Every offset is checked against the file size before a view is made.
+here (8-byte header length, JSON header, raw little-endian data); `Checkpoint.read_rows(name, r0, r1)` reads just
+those rows with pread (F32 / F16 typed, BF16 as uint16 bits), so nothing is read from disk until a row group of a
+tensor is converted and nothing stays mapped. Every offset is checked against the file size when the header is read.
 """
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -130,7 +129,6 @@ class Checkpoint:
                                        "(model.save_pretrained(dir, safe_serialization=True))")
                 raise ConvertError(f"{d}: no model.safetensors or model.safetensors.index.json")
         self.tensors: dict[str, STTensor] = {}
-        self._maps: dict[str, mmap.mmap] = {}
         self._fds: dict[str, int] = {}
         for fn in files:
             p = d / fn
@@ -144,19 +142,6 @@ class Checkpoint:
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
-
-    def array(self, name: str) -> np.ndarray:
-        """Zero-copy read-only view of a tensor (F32/F16 typed, BF16 as uint16 bits)."""
-        t = self.tensors.get(name)
-        if t is None:
-            raise ConvertError(f"tensor {name!r} not found in the checkpoint")
-        mm = self._maps.get(t.file)
-        if mm is None:
-            with open(t.file, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[t.file] = mm
-        dt = np.dtype(_DTYPES[t.dtype][0])
-        return np.frombuffer(mm, dtype=dt, count=math.prod(t.shape), offset=t.start).reshape(t.shape)
 
     def read_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
         """Rows [r0, r1) of a tensor viewed as 2-D (rows, last dim), read with pread into a fresh array: only
@@ -184,9 +169,3 @@ class Checkpoint:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        for mm in self._maps.values():
-            try:
-                mm.close()
-            except BufferError:  # a view is still alive; the map goes when it does
-                pass
-        self._maps.clear()

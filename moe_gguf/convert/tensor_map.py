@@ -2,7 +2,7 @@
 
 Each architecture gives a `ModelPlan`: the GGUF architecture name, the metadata keys (typed) and the ordered
 list of output tensors. An output tensor is a lazy row source: `read(r0, r1)` returns rows [r0, r1) of the tensor
-(numpy order, last axis = row) as float32, reading only those rows from the memory-mapped safetensors. Experts
+(numpy order, last axis = row) as float32, reading only those rows from the safetensors files. Experts
 stored one tensor per expert are stacked into one 3-D tensor (E, rows, cols) by reading each expert's rows in
 turn; fused HF expert tensors (`experts.gate_up_proj`) are split by rows. Every HF tensor's shape is checked
 against the config before anything is written, and every checkpoint tensor must be used (or be a known
@@ -84,7 +84,7 @@ U32, F32, BOOL, STR = ValueType.UINT32, ValueType.FLOAT32, ValueType.BOOL, Value
 class _Src:
     """The checkpoint plus bookkeeping of which tensors were used and shape checks."""
 
-    def __init__(self, ck: Checkpoint, prefix_strip: tuple[str, ...] = ()) -> None:
+    def __init__(self, ck: Checkpoint) -> None:
         self.ck = ck
         self.used: set[str] = set()
 
