@@ -22,6 +22,8 @@
 #include "vecdot.h"
 
 #define ROWS_PER_CHUNK 16
+#define GEMV_CHUNK_BYTES 65536 /* decode: work items of about this many contiguous weight bytes */
+#define GEMV_MIN_ITEMS 8       /* ... but at least this many items per thread, for balance */
 #define TOK_TILE 8
 #define TOK_BLOCK 32 /* work items are (up to 32 tokens) x (ROWS_PER_CHUNK rows), token blocks outermost */
 #define MIN_MACS_PER_THREAD (1 << 18) /* below this, extra threads cost more to wake than they save */
@@ -50,7 +52,7 @@ typedef struct {
     const int32_t *seg_e;
     const int64_t *seg_a;
     const int32_t *out_row;
-    int64_t chunks_per_expert, n_chunks;
+    int64_t rows_per_chunk, chunks_per_expert, n_chunks;
     _Atomic int64_t next;   /* next work item of the compute phase */
     _Atomic int64_t qnext;  /* next row of the conversion / copy phases */
 } mm_job;
@@ -106,7 +108,7 @@ static void compute_task(void *arg, int ith, int nth) {
         int64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (c >= j->n_chunks) break;
         int64_t u = c / j->chunks_per_expert, rb = c % j->chunks_per_expert;
-        int64_t r0 = rb * ROWS_PER_CHUNK, r1 = r0 + ROWS_PER_CHUNK < j->n_out ? r0 + ROWS_PER_CHUNK : j->n_out;
+        int64_t r0 = rb * j->rows_per_chunk, r1 = r0 + j->rows_per_chunk < j->n_out ? r0 + j->rows_per_chunk : j->n_out;
         if (j->seg_e) {
             const char *w = j->w + (size_t)j->seg_e[u] * j->w_expert_bytes;
             run_block(j, w, r0, r1, j->seg_a[u], j->seg_a[u + 1]);
@@ -154,8 +156,21 @@ static int setup(mm_job *j, int type, const void *w, int64_t n_out, int64_t n_in
     j->x = x;
     j->y = y;
     j->act_row_bytes = mg_act_row_bytes(j->info, n_in);
+    j->rows_per_chunk = ROWS_PER_CHUNK;
     j->chunks_per_expert = (n_out + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK;
     return MG_OK;
+}
+
+/* Decode-sized calls (about one activation row per weight matrix): each work item streams its rows once, so
+ * longer contiguous runs of rows (fewer item boundaries for the hardware prefetcher, fewer atomics) pay, as
+ * long as every thread still gets GEMV_MIN_ITEMS items.  Only the row split changes, never a result. */
+static void gemv_chunks(mm_job *j, int64_t n_units, int pool_n) {
+    int64_t rows = (int64_t)(GEMV_CHUNK_BYTES / j->w_row_bytes) / ROWS_PER_CHUNK * ROWS_PER_CHUNK;
+    int64_t cap = j->n_out * n_units / ((int64_t)GEMV_MIN_ITEMS * (pool_n > 0 ? pool_n : 1)) / ROWS_PER_CHUNK * ROWS_PER_CHUNK;
+    if (rows > cap) rows = cap;
+    if (rows <= ROWS_PER_CHUNK) return;
+    j->rows_per_chunk = rows;
+    j->chunks_per_expert = (j->n_out + rows - 1) / rows;
 }
 
 /* Per-thread scratch buffer (activation rows, expert lists), grown on demand and reused across calls: a fresh
@@ -207,6 +222,7 @@ int mg_matmul(mg_pool *pool, int type, const void *w, int64_t n_out, int64_t n_i
     j.act = scratch_get(j.act_row_bytes * (size_t)n_tok);
     if (!j.act) return MG_ENOMEM;
     quantize_all(pool, &j);
+    if (n_tok <= 2) gemv_chunks(&j, 1, mg_pool_n_threads(pool));
     j.n_chunks = j.chunks_per_expert * ((n_tok + TOK_BLOCK - 1) / TOK_BLOCK);
     atomic_init(&j.next, 0);
     mg_pool_run_dynamic(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_tok, mg_pool_n_threads(pool)));
@@ -272,6 +288,7 @@ int mg_matmul_id(mg_pool *pool, int type, const void *w, int64_t n_expert, int64
     j.seg_e = seg_e;
     j.seg_a = seg_a;
     quantize_all(pool, &j);
+    if (n_pairs <= 2 * n_seg) gemv_chunks(&j, n_seg, mg_pool_n_threads(pool));
     j.n_chunks = j.chunks_per_expert * n_seg;
     atomic_init(&j.next, 0);
     mg_pool_run_dynamic(pool, compute_task, &j, threads_for(&j, (double)n_out * n_in * n_pairs, mg_pool_n_threads(pool)));
