@@ -25,10 +25,9 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 2000        /* caller waiting for workers: roughly 20-50 us of spinning before sleeping */
-#define WORKER_SPIN_ITERS 20000 /* worker waiting for the next job: a few hundred us, which covers the Python
-                                 * between two kernel calls of a decode step, so the caller rarely needs the
-                                 * futex wake-up syscall */
+#define SPIN_ITERS 2000 /* PAUSEs before sleeping, for workers and caller: ~10 us to ~100 us here (PAUSE takes
+                        * ~5-60 ns on this VM).  Longer spins measured slower on the shared 2-core machine:
+                        * a spinning thread takes the core from the thread with work. */
 #define MAX_THREADS 255
 
 struct mg_pool {
@@ -81,7 +80,7 @@ static void *worker_main(void *p) {
     uint64_t seen = 0; /* the value `job` had before any worker started */
     for (;;) {
         uint64_t job = atomic_load_explicit(&pool->job, memory_order_acquire);
-        for (int i = 0; job == seen && i < WORKER_SPIN_ITERS; i++) {
+        for (int i = 0; job == seen && i < SPIN_ITERS; i++) {
             CPU_RELAX();
             job = atomic_load_explicit(&pool->job, memory_order_acquire);
         }
