@@ -623,7 +623,7 @@ def test_fallback_type_as_llama_quantize():
     assert Q.fallback_type(T.Q4_K, 2048) == T.Q4_K
     # DeepSeek-V2-Lite ffn_down_exps: rows of 1408 = 5.5 * 256
     assert [Q.fallback_type(t, 1408) for t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_XS)] == [
-        T.IQ4_NL, T.IQ4_NL, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL]
+        T.Q4_0, T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL]  # llama.cpp's tensor_type_fallback (src/llama-quant.cpp)
     assert Q.fallback_type(T.Q4_K, 100) == T.F16  # not even a multiple of 32
     assert Q.fallback_type(T.Q8_0, 100) == T.F16
     assert Q.fallback_type(T.F32, 7) == T.F32

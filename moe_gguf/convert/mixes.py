@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 
 from ..ggml_types import TYPE_INFO, GGMLType
+from ..ops.quants import fallback_type
 
 __all__ = ["Mix", "MIXES", "ModelShape", "get_mix", "allows_quantization", "plan_types", "use_more_bits"]
 
@@ -119,12 +120,10 @@ def _category(name: str) -> str:
 
 
 def fallback(t: GGMLType, ncols: int) -> GGMLType:
-    """llama-quantize's tensor_type_fallback for rows of `ncols` elements."""
+    """llama-quantize's tensor_type_fallback for rows of `ncols` elements (one rule, in ops.quants)."""
     if ncols % TYPE_INFO[t].block_size == 0:
         return t
-    alt = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q5_K: GGMLType.Q5_1, GGMLType.Q6_K: GGMLType.Q8_0,
-           GGMLType.IQ4_XS: GGMLType.IQ4_NL, GGMLType.Q2_K: GGMLType.Q4_0, GGMLType.Q3_K: GGMLType.Q4_0}.get(t, t)
-    return alt if ncols % TYPE_INFO[alt].block_size == 0 else GGMLType.F16
+    return fallback_type(t, ncols)
 
 
 _LAYER = re.compile(r"blk\.(\d+)\.")

@@ -90,8 +90,8 @@ def row_bytes(ggml_type: int | GGMLType, n: int) -> int:
 # llama-quantize's fallback when a row length is not a multiple of 256 (tensor_type_fallback in mainline
 # llama.cpp's llama-quant.cpp): e.g. DeepSeek-V2-Lite's ffn_down_exps rows of 1408 elements.
 _FALLBACK: dict[GGMLType, GGMLType] = {
-    GGMLType.Q2_K: GGMLType.IQ4_NL,
-    GGMLType.Q3_K: GGMLType.IQ4_NL,
+    GGMLType.Q2_K: GGMLType.Q4_0,
+    GGMLType.Q3_K: GGMLType.Q4_0,
     GGMLType.IQ4_XS: GGMLType.IQ4_NL,
     GGMLType.Q4_K: GGMLType.Q5_0,
     GGMLType.Q5_K: GGMLType.Q5_1,
@@ -101,7 +101,7 @@ _FALLBACK: dict[GGMLType, GGMLType] = {
 
 def fallback_type(ggml_type: int | GGMLType, n_per_row: int) -> GGMLType:
     """The type llama-quantize actually writes for rows of ``n_per_row`` elements when ``ggml_type`` is asked
-    for: the type itself if its block size divides the row, else Q2_K/Q3_K/IQ4_XS -> IQ4_NL, Q4_K -> Q5_0,
+    for: the type itself if its block size divides the row, else Q2_K/Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, Q4_K -> Q5_0,
     Q5_K -> Q5_1, Q6_K -> Q8_0, and F16 if even the fallback's block size does not divide the row."""
     t = _as_type(ggml_type, SUPPORTED_QUANT, "quantization")
     if n_per_row < 0:
