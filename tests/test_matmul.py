@@ -275,6 +275,25 @@ def test_matmul_id_decode_shape(pools) -> None:
         check_against_numpy("Q4_K", y[0, s][None], deq[e], x)
 
 
+@pytest.mark.parametrize("tname", ["Q5_0", "Q8_0", "Q4_K"])
+def test_decode_row_chunks_vs_numpy(tname: str, pools) -> None:
+    """One activation row against matrices large enough that decode calls take multi-row work items (with a
+    partial last item): every row still right against numpy, for 1 and 2 threads, matmul and matmul_id."""
+    rng = np.random.default_rng(11)
+    n_out, n_in = 600, 512
+    raw, deq = make_weight(tname, (8, n_out, n_in), rng)
+    w3 = QWeight(raw, GGMLType[tname], (8, n_out, n_in))
+    w2 = QWeight(np.ascontiguousarray(raw[3]), GGMLType[tname], (n_out, n_in))
+    x = rng.standard_normal((1, n_in)).astype(np.float32)
+    ids = np.array([[7, 0, 3, 5, 2, 6]], dtype=np.int32)
+    for n in (1, 2):
+        y = matmul(pools[n], w2, x)
+        check_against_numpy(tname, y, deq[3], x)
+        y3 = matmul_id(pools[n], w3, x, ids)
+        for s, e in enumerate(ids[0]):
+            check_against_numpy(tname, y3[0, s][None], deq[e], x)
+
+
 def test_from_gguf_file(tmp_path, pools) -> None:
     """QWeight.from_gguf over a GGUF written by gguf-py's writer: 2-D and 3-D (expert) tensors, zero-copy."""
     from moe_gguf.gguf import GGUFFile
