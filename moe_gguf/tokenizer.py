@@ -83,7 +83,10 @@ _CHAR_TO_BYTE_TABLE = {ord(c): b for b, c in _BYTE_TO_CHAR.items()}
 # str.translate table: latin-1 character of a raw byte -> its byte-level character
 _BYTE_TO_CHAR_TABLE = {b: c for b, c in _BYTE_TO_CHAR.items()}
 _BPE_CACHE_MAX = 1 << 18
-_HF_MISSES = 2000  # more new pieces than this in one call: merge them with HF tokenizers' Rust BPE instead
+# more new pieces than this in one call: merge them with HF tokenizers' Rust BPE instead. Building that pipeline
+# costs ~1 s (vocabulary + merges handed to Rust), the Python merge loop ~50-100 us per piece, so the Rust BPE only
+# pays off for texts with more than ~10k distinct pieces (1 MB of mixed text has ~9k)
+_HF_MISSES = 12000
 _PY_BPE_MAX = 200  # longer pre-tokenized pieces are merged by HF tokenizers' BPE (the Python loop is quadratic)
 _SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
 _SPM_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # distinct pre-tokenized pieces remembered per tokenizer
@@ -195,9 +198,7 @@ class Tokenizer:
         self.scores: np.ndarray | None = scores
 
         # text -> id (first id wins on duplicates, which valid files do not have)
-        self._token_to_id: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            self._token_to_id.setdefault(t, i)
+        self._token_to_id: dict[str, int] = dict(zip(reversed(tokens), range(n - 1, -1, -1)))
 
         def valid(i: int | None) -> int | None:
             return i if i is not None and 0 <= i < n else None
