@@ -385,22 +385,22 @@ class Tokenizer:
                 return [tid]
         if len(word) > _PY_BPE_MAX:  # quadratic below: long pieces go to the Rust BPE
             return [t.id for t in self._hf.model.tokenize(word)]
-        ranks = self._ranks
+        rank = self._ranks.get
+        none = 1 << 62
         syms = list(word)
-        while len(syms) > 1:
-            best = -1
-            best_rank = 1 << 62
-            left = syms[0]
-            for i in range(1, len(syms)):
-                right = syms[i]
-                r = ranks.get(left + " " + right)
-                if r is not None and r < best_rank:
-                    best_rank = r
-                    best = i
-                left = right
-            if best < 0:
+        # pair_rank[i]: rank of the pair (syms[i], syms[i + 1]); a merge only changes the two pairs around it
+        pair_rank = [rank(a + " " + b, none) for a, b in zip(syms, syms[1:])]
+        while pair_rank:
+            best_rank = min(pair_rank)
+            if best_rank == none:
                 break
-            syms[best - 1 : best + 1] = [syms[best - 1] + syms[best]]
+            i = pair_rank.index(best_rank)  # leftmost on ties
+            syms[i : i + 2] = [syms[i] + syms[i + 1]]
+            del pair_rank[i]
+            if i > 0:
+                pair_rank[i - 1] = rank(syms[i - 1] + " " + syms[i], none)
+            if i < len(pair_rank):
+                pair_rank[i] = rank(syms[i] + " " + syms[i + 1], none)
         out: list[int] = []
         for sym in syms:
             tid = vocab.get(sym)
