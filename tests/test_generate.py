@@ -340,7 +340,7 @@ def test_scheduler_matches_single_generation(batching: bool) -> None:
 
 def test_scheduler_interleaves_long_prefill_with_decoding() -> None:
     nxt = cycle_next(ORDER)
-    model = BatchingModel(nxt, n_ctx=4096)
+    model = BatchingModel(nxt, n_ctx=1 << 20)  # room enough that the short job cannot finish first, however fast
     long_prompt = [int(x) for x in np.random.default_rng(0).integers(1, V, 1500)]
     # the short job starts first, so it is decoding when the long prompt arrives
     sched = Scheduler(model, TOK, n_slots=2, max_queue=8)
@@ -352,7 +352,7 @@ def test_scheduler_interleaves_long_prefill_with_decoding() -> None:
         first.set()
 
     long_done = threading.Event()
-    short = Job([1], SamplingParams(temperature=0), 2500, None, on_short)  # still running when the long one ends
+    short = Job([1], SamplingParams(temperature=0), (1 << 20) - 2, None, on_short)  # still running when the long one ends
     sched.submit(short)
     sched.start()
     assert first.wait(10)

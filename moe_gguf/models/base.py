@@ -178,10 +178,10 @@ class Weight:
             or (x.ndim == 3 and x.shape[1] != ids.shape[1])
         ):
             raise ValueError(f"{self.name}: bad mm_id shapes weight {self.shape}, x {x.shape}, ids {ids.shape}")
+        if self._q is not None:  # ops.matmul_id (and its kernel) reject out-of-range ids with a clear error
+            return _mm.matmul_id(self._pool, self._q, x, ids)
         if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
             raise ValueError(f"{self.name}: expert id out of range [0, {self.shape[0]})")
-        if self._q is not None:
-            return _mm.matmul_id(self._pool, self._q, x, ids)
         n, k = ids.shape
         out = np.empty((n, k, self.shape[1]), dtype=np.float32)
         for e in np.unique(ids):  # group rows per expert: each expert's weights stream once per batch
@@ -263,6 +263,61 @@ class KVCache:
 
 
 # --------------------------------------------------------------------------------------------- RoPE / YaRN
+
+
+class CausalLM:
+    """What every architecture's model shares: the public `forward` (argument and context checks, causal chunking
+    of long inputs so scratch stays bounded) and the cache checks. Subclasses set `config` (with `n_layer` and
+    `cache_width`), `n_vocab`, `max_batch`, and implement `_forward_chunk`."""
+
+    config: Any
+    n_vocab: int
+    max_batch: int = 512
+
+    def _forward_chunk(self, toks: np.ndarray, cache: KVCache, want_logits: bool, all_rows: bool) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _check_cache(self, cache: Any) -> None:
+        if not isinstance(cache, KVCache) or cache.n_layer != self.config.n_layer or cache.width != self.config.cache_width:
+            raise TypeError("cache must come from this model's new_cache()")
+
+    def _check_shift(self, cache: Any, n_keep: int, n_discard: int) -> tuple[int, int]:
+        """Validates a context shift; returns (n_keep, n_discard) as ints."""
+        self._check_cache(cache)
+        n_keep, n_discard = int(n_keep), int(n_discard)
+        if n_keep < 0 or n_discard <= 0 or n_keep + n_discard > cache.n_past:
+            raise ValueError(f"cannot discard {n_discard} positions after {n_keep} from a cache holding {cache.n_past}")
+        return n_keep, n_discard
+
+    def forward(self, tokens: Any, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Runs `tokens` (int array (n,)) at positions cache.n_past.. and advances the cache.
+        Returns float32 logits (n, n_vocab) if all_logits else (n_vocab,) for the last token."""
+        toks = np.asarray(tokens)
+        if toks.ndim != 1 or toks.size == 0:
+            raise ValueError(f"tokens must be a non-empty 1-D array, got shape {toks.shape}")
+        if not np.issubdtype(toks.dtype, np.integer):
+            raise TypeError(f"tokens must be integers, got {toks.dtype}")
+        if toks.min() < 0 or toks.max() >= self.n_vocab:
+            raise ValueError(f"token id out of range [0, {self.n_vocab}): min {int(toks.min())}, max {int(toks.max())}")
+        toks = toks.astype(np.int32)
+        self._check_cache(cache)
+        n, p0 = toks.shape[0], cache.n_past
+        if p0 + n > cache.n_ctx:
+            raise ContextFullError(
+                f"context full: {p0} cached + {n} new tokens > n_ctx {cache.n_ctx} (truncate or clear the cache, or load with a larger n_ctx)"
+            )
+        outs = []
+        for c0 in range(0, n, self.max_batch):  # bounded scratch: long inputs run in causal chunks
+            part = toks[c0 : c0 + self.max_batch]
+            last = c0 + len(part) == n
+            logits = self._forward_chunk(part, cache, all_logits or last, all_logits)
+            if logits is not None:
+                outs.append(logits)
+        if all_logits:
+            return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return outs[-1][0]
+
+
 def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
     """DeepSeek's / YaRN's magnitude factor 0.1*m*ln(s) + 1 (1 when s <= 1)."""
     if scale <= 1.0:

@@ -20,6 +20,7 @@ import numpy as np
 from ..gguf import GGUFFile
 from ..ops import nn
 from .base import (
+    CausalLM,
     ContextFullError,
     KVCache,
     MetadataReader,
@@ -218,7 +219,7 @@ class _Layer:
     down_sh: Weight | None = None
 
 
-class DeepseekV2Model:
+class DeepseekV2Model(CausalLM):
     """A loaded `deepseek2` GGUF.  See moe_gguf.models for the interface (forward / new_cache)."""
 
     architecture = ARCH
@@ -326,11 +327,7 @@ class DeepseekV2Model:
         Only k_pe (the last n_rot values of each cache row) depends on the position, so the moved rows are
         re-rotated by -n_discard; c_kv stays as it is.  As in llama.cpp, the kept rows still carry what they
         saw of the discarded tokens in deeper layers.  cache.n_past drops by n_discard."""
-        if not isinstance(cache, KVCache) or cache.width != self.config.cache_width or cache.n_layer != self.config.n_layer:
-            raise TypeError("cache must come from this model's new_cache()")
-        n_keep, n_discard = int(n_keep), int(n_discard)
-        if n_keep < 0 or n_discard <= 0 or n_keep + n_discard > cache.n_past:
-            raise ValueError(f"cannot discard {n_discard} positions after {n_keep} from a cache holding {cache.n_past}")
+        n_keep, n_discard = self._check_shift(cache, n_keep, n_discard)
         C = self.config.kv_lora_rank
         src0, n_move = n_keep + n_discard, cache.n_past - n_keep - n_discard
         if n_move:
@@ -340,35 +337,6 @@ class DeepseekV2Model:
                 kpe = np.ascontiguousarray(cache.data[il, n_keep : n_keep + n_move, C:], dtype=np.float32)
                 cache.data[il, n_keep : n_keep + n_move, C:] = nn.rope_(kpe[:, None, :], pos, self.inv_freq, 1.0)[:, 0]
         cache.n_past = n_keep + n_move
-
-    def forward(self, tokens: Any, cache: KVCache, all_logits: bool = False) -> np.ndarray:
-        """Runs `tokens` (int array (n,)) at positions cache.n_past.. and advances the cache.
-        Returns float32 logits (n, n_vocab) if all_logits else (n_vocab,) for the last token."""
-        toks = np.asarray(tokens)
-        if toks.ndim != 1 or toks.size == 0:
-            raise ValueError(f"tokens must be a non-empty 1-D array, got shape {toks.shape}")
-        if not np.issubdtype(toks.dtype, np.integer):
-            raise TypeError(f"tokens must be integers, got {toks.dtype}")
-        if toks.min() < 0 or toks.max() >= self.n_vocab:
-            raise ValueError(f"token id out of range [0, {self.n_vocab}): min {int(toks.min())}, max {int(toks.max())}")
-        toks = toks.astype(np.int32)
-        if not isinstance(cache, KVCache) or cache.n_layer != self.config.n_layer or cache.width != self.config.cache_width:
-            raise TypeError("cache must come from this model's new_cache()")
-        n, p0 = toks.shape[0], cache.n_past
-        if p0 + n > cache.n_ctx:
-            raise ContextFullError(
-                f"context full: {p0} cached + {n} new tokens > n_ctx {cache.n_ctx} (truncate or clear the cache, or load with a larger n_ctx)"
-            )
-        outs = []
-        for c0 in range(0, n, self.max_batch):  # bounded scratch: long inputs run in causal chunks
-            part = toks[c0 : c0 + self.max_batch]
-            last = c0 + len(part) == n
-            logits = self._forward_chunk(part, cache, all_logits or last, all_logits)
-            if logits is not None:
-                outs.append(logits)
-        if all_logits:
-            return outs[0] if len(outs) == 1 else np.concatenate(outs)
-        return outs[-1][0]
 
     def _forward_chunk(self, toks: np.ndarray, cache: KVCache, want_logits: bool, all_rows: bool) -> np.ndarray | None:
         cfg = self.config
