@@ -167,13 +167,12 @@ def _use_more_bits(i_layer: int, n_layer: int) -> bool:
 
 
 def _fallback(t: int, ne0: int) -> int:
-    """llama.cpp's `tensor_type_fallback`: row lengths that are not a multiple of the block size."""
+    """llama.cpp's `tensor_type_fallback` for row lengths that are not a multiple of the block size."""
     if ne0 % TYPE_INFO[t].block_size == 0:
         return t
-    alt = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q5_K: GGMLType.Q5_1, GGMLType.Q6_K: GGMLType.Q8_0,
-           GGMLType.Q2_K: GGMLType.Q4_0, GGMLType.Q3_K: GGMLType.Q4_0, GGMLType.IQ4_XS: GGMLType.IQ4_NL}.get(
-        GGMLType(t), GGMLType.F16)
-    return int(alt) if ne0 % TYPE_INFO[alt].block_size == 0 else int(GGMLType.F16)
+    from .ops.quants import fallback_type  # one rule for the converter, quantize and synth
+
+    return int(fallback_type(GGMLType(t), ne0))
 
 
 def _keeps_source_type(name: str, ne: tuple[int, ...]) -> bool:
