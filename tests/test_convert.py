@@ -4,11 +4,13 @@ writer in tests/tiny_deepseek2.py, a byte-level BPE tokenizer built with `tokeni
 other families' names/shapes vs llama.cpp's conventions, and clear errors that leave no output file."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -363,17 +365,23 @@ def _logits_any(path: Path, toks: np.ndarray) -> np.ndarray:
     return m.forward(toks, m.new_cache(), all_logits=True)
 
 
-def test_sentencepiece_tokenizer_carried_over(tmp_path: Path) -> None:
-    """tokenizer.model (SentencePiece BPE with byte fallback) -> tokenizer.ggml.model=llama, same ids as sentencepiece."""
-    import io
-
+def _spm_model(**kw: Any) -> io.BytesIO:
+    """A SentencePiece BPE model (byte fallback) trained on CORPUS."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS * 20), model_writer=buf, vocab_size=440, model_type="bpe", byte_fallback=True,
         character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=True, minloglevel=2)
+        remove_extra_whitespaces=False, split_digits=True, minloglevel=2, **kw)
+    return buf
+
+
+def test_sentencepiece_tokenizer_carried_over(tmp_path: Path) -> None:
+    """tokenizer.model (SentencePiece BPE with byte fallback) -> tokenizer.ggml.model=llama, same ids as sentencepiece."""
+    import sentencepiece as spm
+
+    buf = _spm_model()
     d = tmp_path / "hf"
     td.build_hf(n_layer=2, vocab=448).save_pretrained(d)
     (d / "tokenizer.model").write_bytes(buf.getvalue())
@@ -389,3 +397,83 @@ def test_sentencepiece_tokenizer_carried_over(tmp_path: Path) -> None:
     assert md["tokenizer.ggml.model"] == "llama" and len(md["tokenizer.ggml.tokens"]) == 448
     assert md["tokenizer.ggml.bos_token_id"] == 1 and md["tokenizer.ggml.eos_token_id"] == 2
     assert np.allclose(np.asarray(md["tokenizer.ggml.scores"])[:440], [sp.get_score(i) for i in range(440)])
+
+
+# ---------------------------------------------------------------------------------------------- gemma3
+def test_gemma3_names_norms_metadata_logits(tmp_path: Path) -> None:
+    """A tiny random Gemma3ForCausalLM (7 layers: sliding-window layers 0-4 and 6, global layer 5; window 6 <
+    14 tokens) saved by transformers, converted to f32: llama.cpp's names, norms stored as 1 + w, gemma3 keys,
+    and moe-gguf's logits vs transformers."""
+    import tiny_families as tf
+
+    model = tf.build_hf("gemma3", n_layer=7, vocab=320, window=6)
+    model.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "g.gguf"
+    r = convert(tmp_path / "hf", out, "f32", tokenizer=False)
+    assert r.arch == "gemma3"
+    f = GGUFFile(out)
+    names = {"token_embd.weight", "output_norm.weight"}  # tied: no output.weight
+    for i in range(7):
+        names |= {f"blk.{i}.{n}.weight" for n in (
+            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_q_norm", "attn_k_norm", "attn_output",
+            "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm")}
+    assert set(f.tensors) == names
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    for ours, hf in (("blk.3.attn_norm", "model.layers.3.input_layernorm"),
+                     ("blk.3.attn_q_norm", "model.layers.3.self_attn.q_norm"),
+                     ("blk.3.attn_k_norm", "model.layers.3.self_attn.k_norm"),
+                     ("blk.3.post_attention_norm", "model.layers.3.post_attention_layernorm"),
+                     ("blk.3.ffn_norm", "model.layers.3.pre_feedforward_layernorm"),
+                     ("blk.3.post_ffw_norm", "model.layers.3.post_feedforward_layernorm"),
+                     ("output_norm", "model.norm")):
+        np.testing.assert_allclose(f.tensor(ours + ".weight"), sd[hf + ".weight"] + 1.0, rtol=0, atol=1e-6)
+    assert np.array_equal(f.tensor("blk.2.attn_k.weight"), sd["model.layers.2.self_attn.k_proj.weight"])
+    md = f.metadata
+    assert md["gemma3.block_count"] == 7 and md["gemma3.attention.sliding_window"] == 6
+    assert md["gemma3.attention.key_length"] == md["gemma3.attention.value_length"] == 32
+    assert md["gemma3.attention.head_count"] == 4 and md["gemma3.attention.head_count_kv"] == 2
+    assert md["gemma3.feed_forward_length"] == 96 and md["gemma3.embedding_length"] == 64
+    assert md["gemma3.rope.freq_base"] == 10000.0
+    toks = TOKS % 320
+    ref = tf.hf_logits(model, toks)
+    got = _logits_any(out, toks)
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+def test_gemma3_refusals(tmp_path: Path) -> None:
+    import tiny_families as tf
+
+    model = tf.build_hf("gemma3", n_layer=2, vocab=128)
+    d = tmp_path / "hf"
+    model.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    for change, msg in ((dict(architectures=["Gemma3ForConditionalGeneration"]), "text-only Gemma3ForCausalLM"),
+                        (dict(architectures=["NoSuchForCausalLM"]), "Gemma3ForCausalLM"),
+                        (dict(layer_types=["full_attention", "sliding_attention"]), "layer_types"),
+                        (dict(query_pre_attn_scalar=64), "query_pre_attn_scalar"),
+                        (dict(attn_logit_softcapping=50.0), "attn_logit_softcapping")):
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ConvertError, match=msg):
+            convert(d, tmp_path / "o.gguf", "f32", tokenizer=False)
+        assert not (tmp_path / "o.gguf").exists()
+
+
+def test_gemma3_sentencepiece_no_space_prefix(tmp_path: Path) -> None:
+    """Gemma 3's SentencePiece vocabulary is written with add_space_prefix = false (as llama.cpp does); ids then
+    equal sentencepiece's for a model trained without a dummy prefix."""
+    import sentencepiece as spm
+    import tiny_families as tf
+
+    buf = _spm_model(add_dummy_prefix=False)
+    d = tmp_path / "hf"
+    tf.build_hf("gemma3", n_layer=1, vocab=448).save_pretrained(d)
+    (d / "tokenizer.model").write_bytes(buf.getvalue())
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}))
+    convert(d, tmp_path / "m.gguf", "f32")
+    assert GGUFFile(tmp_path / "m.gguf").metadata["tokenizer.ggml.add_space_prefix"] is False
+    from moe_gguf.tokenizer import Tokenizer
+
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    ours = Tokenizer.from_gguf(str(tmp_path / "m.gguf"))
+    for text in CORPUS:
+        assert ours.encode(text) == [sp.bos_id()] + sp.encode(text), text

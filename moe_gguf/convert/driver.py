@@ -70,6 +70,8 @@ def convert(
         plan = plan_model(cfg, ck)
         n_vocab = int(cfg["vocab_size"])
         tok = tokenizer_kv(d, cfg, n_vocab) if tokenizer else []
+        if plan.arch == "gemma3" and ("tokenizer.ggml.model", "llama") in [(k, v) for k, v, _ in tok]:
+            tok.append(("tokenizer.ggml.add_space_prefix", False, ValueType.BOOL))  # as llama.cpp writes Gemma 3
         types = _plan_types(plan, outtype)
         out = Path(outfile)
         if out.resolve().parent == d.resolve() and out.suffix != ".gguf":

@@ -448,6 +448,89 @@ def _llama(cfg: dict[str, Any], ck: Checkpoint) -> ModelPlan:
     return _llama_like(cfg, ck, "llama", permute=True, moe=moe)
 
 
+# ---------------------------------------------------------------------------------------------- gemma3
+def _gemma3(cfg: dict[str, Any], ck: Checkpoint) -> ModelPlan:
+    """Gemma 3 text (llama.cpp's `gemma3`): every RMSNorm weight stored as 1 + w (Gemma computes x * (1 + w)),
+    incl. the per-head q/k norms; post-attention and post-FFN norms; sliding-window layers with the fixed
+    5-local : 1-global pattern llama.cpp assumes (other layouts are refused rather than run wrongly)."""
+    if cfg.get("attn_logit_softcapping") is not None:
+        raise ConvertError("gemma3: attn_logit_softcapping is not supported (Gemma 3 has none; llama.cpp refuses it)")
+    s = _Src(ck)
+    n_layer = _int(cfg, "num_hidden_layers")
+    D, H = _int(cfg, "hidden_size"), _int(cfg, "num_attention_heads", default=8)
+    HKV = _int(cfg, "num_key_value_heads", default=4)
+    HD = _int(cfg, "head_dim", default=256)
+    F = _int(cfg, "intermediate_size")
+    n_vocab = _int(cfg, "vocab_size")
+    act = cfg.get("hidden_activation", cfg.get("hidden_act", "gelu_pytorch_tanh"))
+    if act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
+        raise ConvertError(f"gemma3: activation {act!r} is not supported (tanh-approximated GELU only)")
+    # attention scale: the runtime (like llama.cpp) uses 1/sqrt(head_dim), or 1/sqrt(D/H) for the 62-layer 27B
+    qpa = _float(cfg, "query_pre_attn_scalar", float(HD))
+    want = D / H if n_layer == 62 else float(HD)
+    if abs(qpa - want) > 1e-6 * want:
+        raise ConvertError(f"gemma3: query_pre_attn_scalar {qpa:g} differs from the {want:g} llama.cpp's gemma3 "
+                           "assumes for this shape")
+    window = _int(cfg, "sliding_window", default=0)
+    types = cfg.get("layer_types")
+    pattern = ["full_attention" if (il + 1) % 6 == 0 else "sliding_attention" for il in range(n_layer)]
+    if types is not None and list(types) != pattern:
+        raise ConvertError("gemma3: layer_types must be 5 sliding-window layers then 1 global layer, repeated "
+                           "(the pattern llama.cpp's gemma3 assumes)")
+    if cfg.get("sliding_window_pattern") not in (None, 6):
+        raise ConvertError(f"gemma3: sliding_window_pattern {cfg['sliding_window_pattern']!r} is not supported (6 only)")
+    if float(cfg.get("rope_local_base_freq") or 10000.0) != 10000.0:
+        raise ConvertError("gemma3: rope_local_base_freq must be 10000 (llama.cpp's sliding-window RoPE base)")
+    rp = _rope_params(cfg)
+    local = rp.get("sliding_attention") if isinstance(rp.get("sliding_attention"), dict) else None
+    if local is not None:
+        lt = local.get("rope_type", "default")
+        if lt not in ("default", None) or float(local.get("rope_theta", 10000.0)) != 10000.0:
+            raise ConvertError("gemma3: sliding-window layers must use plain RoPE with base 10000 (llama.cpp's layout)")
+    glob = rp.get("full_attention", rp) if isinstance(rp.get("full_attention"), dict) else rp
+    glob = {k: v for k, v in glob.items() if k not in ("full_attention", "sliding_attention")}
+    p = ModelPlan("gemma3", n_layer=n_layer, n_head=H, n_head_kv=HKV)
+    _common_kv(p, {**cfg, "max_position_embeddings": _int(cfg, "max_position_embeddings", default=131072)}, n_vocab)
+    p.add("{arch}.feed_forward_length", F, U32)
+    p.add("{arch}.attention.layer_norm_rms_epsilon", _float(cfg, "rms_norm_eps", 1e-6), F32)
+    p.add("{arch}.attention.key_length", HD, U32)
+    p.add("{arch}.attention.value_length", HD, U32)
+    p.add("{arch}.rope.dimension_count", HD, U32)
+    _rope_kv(p, {"rope_parameters": glob}, default_theta=1_000_000.0)
+    if window:
+        p.add("{arch}.attention.sliding_window", window, U32)
+    if cfg.get("final_logit_softcapping"):
+        p.add("{arch}.final_logit_softcapping", _float(cfg, "final_logit_softcapping"), F32)
+
+    def norm(out: str, hf: str, shape: tuple[int, ...]) -> OutTensor:
+        g = s.get(hf, shape)
+        return _computed(out, shape, lambda: _f32(g(), shape[-1]).reshape(shape) + np.float32(1.0))
+
+    T = p.tensors
+    T.append(_direct(s, "token_embd.weight", "model.embed_tokens.weight", (n_vocab, D)))
+    for il in range(n_layer):
+        L, b = f"model.layers.{il}.", f"blk.{il}."
+        a = L + "self_attn."
+        T.append(norm(b + "attn_norm.weight", L + "input_layernorm.weight", (D,)))
+        T.append(_direct(s, b + "attn_q.weight", a + "q_proj.weight", (H * HD, D)))
+        T.append(_direct(s, b + "attn_k.weight", a + "k_proj.weight", (HKV * HD, D)))
+        T.append(_direct(s, b + "attn_v.weight", a + "v_proj.weight", (HKV * HD, D)))
+        T.append(norm(b + "attn_q_norm.weight", a + "q_norm.weight", (HD,)))
+        T.append(norm(b + "attn_k_norm.weight", a + "k_norm.weight", (HD,)))
+        T.append(_direct(s, b + "attn_output.weight", a + "o_proj.weight", (D, H * HD)))
+        T.append(norm(b + "post_attention_norm.weight", L + "post_attention_layernorm.weight", (D,)))
+        T.append(norm(b + "ffn_norm.weight", L + "pre_feedforward_layernorm.weight", (D,)))
+        m = L + "mlp."
+        for nm, hf, shp in (("ffn_gate", "gate_proj", (F, D)), ("ffn_up", "up_proj", (F, D)),
+                            ("ffn_down", "down_proj", (D, F))):
+            T.append(_direct(s, b + nm + ".weight", m + hf + ".weight", shp))
+        T.append(norm(b + "post_ffw_norm.weight", L + "post_feedforward_layernorm.weight", (D,)))
+    T.append(norm("output_norm.weight", "model.norm.weight", (D,)))
+    _output(s, p, {**cfg, "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}, n_vocab, D)
+    _check_all_used(s)
+    return p
+
+
 # HF architectures -> (builder, description)
 SUPPORTED: dict[str, Callable[[dict[str, Any], Checkpoint], ModelPlan]] = {
     "DeepseekV2ForCausalLM": _deepseek2,
@@ -460,6 +543,7 @@ SUPPORTED: dict[str, Callable[[dict[str, Any], Checkpoint], ModelPlan]] = {
     "Qwen2MoeForCausalLM": lambda c, k: _llama_like(c, k, "qwen2moe", qkv_bias=True, moe="qwen2moe"),
     "Qwen3MoeForCausalLM": lambda c, k: _llama_like(c, k, "qwen3moe", qk_norm=True, moe="qwen3moe"),
     "OlmoeForCausalLM": lambda c, k: _llama_like(c, k, "olmoe", qk_norm=True, moe="olmoe"),
+    "Gemma3ForCausalLM": _gemma3,
 }
 
 
@@ -467,6 +551,9 @@ def plan_model(cfg: dict[str, Any], ck: Checkpoint) -> ModelPlan:
     archs = cfg.get("architectures")
     if not isinstance(archs, list) or not archs:
         raise ConvertError("config.json has no 'architectures' list")
+    if archs[0] == "Gemma3ForConditionalGeneration":
+        raise ConvertError("Gemma3ForConditionalGeneration (vision + text) is not supported; convert a text-only "
+                           f"Gemma3ForCausalLM checkpoint (supported: {', '.join(SUPPORTED)})")
     builder = SUPPORTED.get(archs[0])
     if builder is None:
         raise ConvertError(f"unsupported architecture {archs[0]!r}; supported: {', '.join(SUPPORTED)}")
