@@ -12,6 +12,7 @@ warning; see `resolve_pre`.
 from __future__ import annotations
 
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -260,6 +261,14 @@ _NEWER_UNICODE = (
 _NEWER_UNICODE_CHARS = frozenset(chr(c) for a, b in _NEWER_UNICODE for c in range(a, b + 1))
 
 
+def _engines_may_disagree(chars: set[str]) -> bool:
+    """True when `chars` holds a character newer than Unicode 14 or unassigned (category Cn) in this Python:
+    Oniguruma's property tables may class those differently (e.g. it counts unassigned U+3D000 as a letter)."""
+    if not _NEWER_UNICODE_CHARS.isdisjoint(chars):
+        return True
+    return any(c >= "\u088f" and unicodedata.category(c) == "Cn" for c in chars)
+
+
 def _compile_stage(form: str) -> Any:
     """Compile one rewritten stage, wrapped in a capturing group for split(): Python's `re` (several times faster
     on large character classes) when the pattern needs nothing beyond it, else the `regex` module."""
@@ -318,8 +327,7 @@ class FastSplitter:
 
     def split(self, text: str) -> list[str] | None:
         """The pieces, or None when the text holds characters whose properties the engines may disagree on."""
-        if self._unicode_sensitive and max(text, default=" ") >= "\u088f" and \
-                not _NEWER_UNICODE_CHARS.isdisjoint(set(text)):
+        if self._unicode_sensitive and max(text, default=" ") >= "\u088f" and _engines_may_disagree(set(text)):
             return None
         s = _SENTINELS[0]
         if s in text:

@@ -324,3 +324,18 @@ def test_every_pre_tokenizer_fast_split_matches_oniguruma(data: st.DataObject, t
     if pieces is not None:
         assert pieces == _hf_split(name)(text), name
         assert "".join(pieces) == text
+
+
+@pytest.mark.parametrize("text", [":\U0003d000", "ab\U0003d000cd 12", "x \U000e0080y", "\U0010fffd!"])
+def test_unassigned_code_points_split_as_oniguruma(text: str) -> None:
+    """Unassigned code points (category Cn here) may be classed differently by Oniguruma (it counts U+3D000 as a
+    letter): the fast splitter must decline such text or cut it exactly where HF tokenizers does."""
+    from moe_gguf.tokenizer_pre import PRE_TOKENIZERS, FastSplitter
+
+    for name in sorted(PRE_TOKENIZERS):
+        fast = FastSplitter.create(PRE_TOKENIZERS[name])
+        if fast is None:
+            continue
+        pieces = fast.split(text)
+        if pieces is not None:
+            assert pieces == _hf_split(name)(text), name
