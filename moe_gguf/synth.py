@@ -19,8 +19,6 @@ How the weights are made (documented, deterministic for a given seed):
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -39,7 +37,6 @@ __all__ = [
     "SynthResult",
     "deepseek2_plan",
     "deepseek2_metadata",
-    "q4_k_m_type",
     "write_synth",
 ]
 
@@ -161,56 +158,17 @@ class SynthResult:
 
 
 # ---------------------------------------------------------------------------------------------- type recipe
-def _use_more_bits(i_layer: int, n_layer: int) -> bool:
-    # llama.cpp's rule for the layers that get more bits in *_M mixes (integer division as in C)
-    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
+def _tensor_types(specs: list[tuple[str, tuple[int, ...]]], qtype: str, p: "DeepSeek2Preset") -> dict[str, GGMLType]:
+    """The type llama-quantize would give each tensor of an F32 file with these shapes (one recipe for
+    convert, quantize and synth: `convert.mixes.plan_types`)."""
+    from .convert.mixes import ModelShape, plan_types
 
-
-def _fallback(t: int, ne0: int) -> int:
-    """llama.cpp's `tensor_type_fallback` for row lengths that are not a multiple of the block size."""
-    if ne0 % TYPE_INFO[t].block_size == 0:
-        return t
-    from .ops.quants import fallback_type  # one rule for the converter, quantize and synth
-
-    return int(fallback_type(GGMLType(t), ne0))
-
-
-def _keeps_source_type(name: str, ne: tuple[int, ...]) -> bool:
-    # llama-quantize leaves 1-D tensors, norms and the expert routers as they are (F32)
-    return len(ne) < 2 or name.endswith("_norm.weight") or "ffn_gate_inp.weight" in name or not name.endswith("weight")
-
-
-def q4_k_m_type(name: str, ne: tuple[int, ...], n_layer: int) -> int:
-    """The type llama.cpp's Q4_K_M recipe gives a deepseek2 tensor (MLA split layout; untied output).
-
-    Default Q4_K; `output.weight` Q6_K; every `ffn_down*` (dense, routed stack, shared) Q6_K in the
-    use_more_bits layers; `attn_k_b`/`attn_v_b` are not attn_v-like names, so they stay Q4_K; then the
-    row-length fallback (Q4_K->Q5_0, Q6_K->Q8_0) for rows that are not multiples of 256.
-    """
-    if _keeps_source_type(name, ne):
-        return int(GGMLType.F32)
-    t = GGMLType.Q4_K
-    if name == "output.weight":
-        t = GGMLType.Q6_K if ne[0] % 256 == 0 else GGMLType.Q8_0
-    elif "ffn_down" in name:
-        m = re.match(r"blk\.(\d+)\.", name)
-        if m is None:
-            raise ValueError(f"cannot find the layer of {name!r}")
-        if _use_more_bits(int(m.group(1)), n_layer):
-            t = GGMLType.Q6_K
-    return _fallback(int(t), ne[0])
-
-
-def tensor_type(name: str, ne: tuple[int, ...], qtype: str, n_layer: int) -> int:
     if qtype not in QTYPES:
         raise ValueError(f"unknown type {qtype!r}; choose one of {', '.join(QTYPES)}")
-    if qtype == "q4_k_m":
-        return q4_k_m_type(name, ne, n_layer)
-    if _keeps_source_type(name, ne) or qtype == "f32":
-        return int(GGMLType.F32)
-    if qtype == "f16":
-        return int(GGMLType.F16)
-    return _fallback(int(GGMLType.Q8_0), ne[0])
+    # head_count_kv is 1 in an MLA file (run as MQA over the latent), as the metadata says
+    shape = ModelShape(arch="deepseek2", n_layer=p.num_hidden_layers, n_expert=p.n_routed_experts,
+                       n_head=p.num_attention_heads, n_head_kv=1)
+    return plan_types(qtype, [(name, ne, GGMLType.F32) for name, ne in specs], shape)
 
 
 # ---------------------------------------------------------------------------------------------- plan + metadata
@@ -267,10 +225,11 @@ def deepseek2_plan(preset: str | DeepSeek2Preset = "v2-lite", qtype: str = "q4_k
             ]
     specs += [("output_norm.weight", (E,)), ("output.weight", (E, p.vocab_size))]
 
+    types = _tensor_types(specs, qtype, p)
     plans = []
     for name, ne in specs:
         kind = "norm" if len(ne) == 1 else "router" if "ffn_gate_inp" in name else "weight"
-        plans.append(TensorPlan(name, ne, tensor_type(name, ne, qtype, L), kind))
+        plans.append(TensorPlan(name, ne, int(types[name]), kind))
     return plans
 
 
@@ -418,63 +377,33 @@ def _vocab_kv(vocab_path: str | os.PathLike[str]) -> list[tuple[str, Any, str, s
     return out
 
 
-class _StreamWriter:
-    """Header and tensor infos through gguf.GGUFWriter, then the data streamed chunk by chunk; written under a
-    temporary name and renamed at the end, so no half-written OUT is ever left behind."""
+def _write(path: str | os.PathLike[str], kv: list[tuple[str, Any, str, str | None]], plans: list[TensorPlan],
+           chunks: Callable[[TensorPlan], Iterator[np.ndarray]],
+           progress: Callable[[int, int], None] | None = None) -> None:
+    """Header, then each tensor's data streamed chunk by chunk through moe_gguf's GGUFWriter (written under a
+    temporary name and renamed at the end, so no half-written file is ever left behind)."""
+    from .gguf import ValueType
+    from .gguf_writer import GGUFWriter
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".partial", dir=d)
-        os.close(fd)
+    total = sum(p.nbytes for p in plans)
+    done = 0
 
-    def write(self, kv: list[tuple[str, Any, str, str | None]], plans: list[TensorPlan],
-              chunks: Callable[[TensorPlan], Iterator[np.ndarray]],
-              progress: Callable[[int, int], None] | None = None) -> None:
-        import gguf
+    def counted(p: TensorPlan) -> Iterator[np.ndarray]:
+        nonlocal done
+        yield from chunks(p)
+        done += p.nbytes
+        if progress is not None:
+            progress(done, total)
 
-        w = gguf.GGUFWriter(self.tmp, arch=str(kv[0][1]), use_temp_file=False)
-        w.kv_data[0].clear()  # we write every key ourselves, in our order
+    w = GGUFWriter(path, alignment=ALIGNMENT)
+    try:
         for key, val, vt, sub in kv:
-            w.add_key_value(key, val, gguf.GGUFValueType[vt], sub_type=gguf.GGUFValueType[sub] if sub else None)
+            w.add(key, val, (ValueType.ARRAY, getattr(ValueType, sub)) if sub else getattr(ValueType, vt))
         for p in plans:
-            w.add_tensor_info(p.name, tuple(reversed(p.ne)), np.dtype(np.float32), p.nbytes,
-                              raw_dtype=gguf.GGMLQuantizationType(p.ggml_type))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        assert w.fout is not None
-        fout = w.fout[0]
-        total = sum(p.nbytes for p in plans)
-        written = 0
-        try:
-            self._pad(fout)
-            for p in plans:
-                n = 0
-                for c in chunks(p):
-                    fout.write(memoryview(np.ascontiguousarray(c)).cast("B"))
-                    n += c.nbytes
-                if n != p.nbytes:
-                    raise RuntimeError(f"internal error: {p.name} produced {n} bytes, expected {p.nbytes}")
-                self._pad(fout)
-                written += n
-                if progress is not None:
-                    progress(written, total)
-            w.close()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp made it 0600
-            os.replace(self.tmp, self.path)
-        finally:
-            w.close()
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-
-    @staticmethod
-    def _pad(f: Any) -> None:
-        pad = -f.tell() % ALIGNMENT
-        if pad:
-            f.write(b"\0" * pad)
+            w.add_tensor(p.name, lambda p=p: counted(p), ggml_type=p.ggml_type, shape=tuple(reversed(p.ne)))
+        w.finish()
+    finally:
+        w.abort()  # a no-op once finished
 
 
 def write_synth(out: str | os.PathLike[str], arch: str = "deepseek2", preset: str = "v2-lite",
@@ -503,7 +432,7 @@ def write_synth(out: str | os.PathLike[str], arch: str = "deepseek2", preset: st
     pools = _Pools(seed)
     rngs = np.random.default_rng(seed).spawn(len(plans))
     rng_of = {pl.name: r for pl, r in zip(plans, rngs)}
-    _StreamWriter(out).write(kv, plans, lambda pl: _tensor_chunks(pl, pools, rng_of[pl.name]), progress)
+    _write(out, kv, plans, lambda pl: _tensor_chunks(pl, pools, rng_of[pl.name]), progress)
     seconds = time.perf_counter() - t0
     counts: dict[str, int] = {}
     for pl in plans:
