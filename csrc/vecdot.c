@@ -638,12 +638,14 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
                 }
             }
             float dx = f16c(dh[0]), dmx = f16c(dh[1]);
+            __m256i sp[8];
+            for (int c = 0; c < 8; c++) sp[c] = pick16(sc, c);
             for (int t = 0; t < M; t++) {
-                __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(y[t]->qs)), pick16(sc, 0));
-                __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[1], load256(y[t]->qs + 32)), pick16(sc, 1));
+                __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(y[t]->qs)), sp[0]);
+                __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[1], load256(y[t]->qs + 32)), sp[1]);
                 for (int c = 2; c < 8; c += 2) {
-                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y[t]->qs + 32 * c)), pick16(sc, c)));
-                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c + 1], load256(y[t]->qs + 32 * c + 32)), pick16(sc, c + 1)));
+                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y[t]->qs + 32 * c)), sp[c]));
+                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c + 1], load256(y[t]->qs + 32 * c + 32)), sp[c + 1]));
                 }
                 __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
                 __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(y[t]->d * dmx), pm, acc[r * M + t]);
@@ -758,14 +760,16 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t
             __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
             __m256i scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, even_odd));
             float dx = f16c(x->d);
+            __m256i sp[8];
+            for (int c = 0; c < 8; c++) sp[c] = pick16(scv, c);
             for (int t = 0; t < M; t++) {
                 const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
                 __m256i s0 = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y->bsums)), 5));
-                __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(y->qs)), pick16(scv, 0));
+                __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(y->qs)), sp[0]);
                 for (int c = 1; c < 8; c += 2) {
-                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), pick16(scv, c)));
+                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), sp[c]));
                     if (c + 1 < 8)
-                        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c + 1], load256(y->qs + 32 * c + 32)), pick16(scv, c + 1)));
+                        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c + 1], load256(y->qs + 32 * c + 32)), sp[c + 1]));
                 }
                 acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[r * M + t]);
             }

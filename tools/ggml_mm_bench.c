@@ -95,17 +95,20 @@ int main(int argc, char **argv) {
         const uint16_t h001 = 0x211f; /* 0.01 in IEEE half */
         for (size_t b = 0; b + blk_bytes <= w_bytes; b += blk_bytes)
             for (int k = 0; k < n_offs; k++) memcpy(host + b + offs[k], &h001, 2);
-        struct ggml_init_params ip = {ggml_tensor_overhead() * 2, NULL, true};
-        wctx[c] = ggml_init(ip);
-        W[c] = n_exp > 0 ? ggml_new_tensor_3d(wctx[c], type, n_in, n_out, n_exp) : ggml_new_tensor_2d(wctx[c], type, n_in, n_out);
-        wbuf[c] = ggml_backend_alloc_ctx_tensors_from_buft(wctx[c], wbuft);
-        if (!wbuf[c]) return 1;
-        if (wbuft != ggml_backend_cpu_buffer_type() && W[c]->extra == NULL) { /* no repacked layout: plain buffer */
-            ggml_backend_buffer_free(wbuf[c]);
-            wbuf[c] = ggml_backend_alloc_ctx_tensors_from_buft(wctx[c], ggml_backend_cpu_buffer_type());
+        for (int attempt = 0; attempt < 2; attempt++) {
+            ggml_backend_buffer_type_t bt = attempt == 0 ? wbuft : ggml_backend_cpu_buffer_type();
+            struct ggml_init_params ip = {ggml_tensor_overhead() * 2, NULL, true};
+            wctx[c] = ggml_init(ip);
+            W[c] = n_exp > 0 ? ggml_new_tensor_3d(wctx[c], type, n_in, n_out, n_exp) : ggml_new_tensor_2d(wctx[c], type, n_in, n_out);
+            wbuf[c] = ggml_backend_alloc_ctx_tensors_from_buft(wctx[c], bt);
             if (!wbuf[c]) return 1;
-        } else if (wbuft != ggml_backend_cpu_buffer_type()) {
-            repacked = 1;
+            if (bt == ggml_backend_cpu_buffer_type()) break;
+            if (W[c]->extra != NULL) { /* the repack buffer has a layout for this tensor */
+                repacked = 1;
+                break;
+            }
+            ggml_backend_buffer_free(wbuf[c]); /* no repacked layout: the plain CPU buffer, as llama.cpp does */
+            ggml_free(wctx[c]);
         }
         ggml_backend_tensor_set(W[c], host, 0, w_bytes);
     }
