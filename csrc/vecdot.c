@@ -430,23 +430,48 @@ MG_TARGET_AVX2 static inline void store_sums(const __m256 *acc, int cnt, float *
         }                                                                                                    \
     }
 
+/* 8 int32 sums of 4 products q . y of a weight block q and an activation block y (|y| = yabs), exact.
+ * W: any signed weights (Q8_0 may hold -128: |q| goes first); S: signed weights that never hold -128 (|y| is
+ * shared by every weight row); U: unsigned weights (Q4_1/Q5_1 nibbles, 0..31). */
+MG_TARGET_AVX2 static inline __m256i idot32_W(__m256i q, __m256i y, __m256i yabs) {
+    (void)yabs;
+    return dot_i8_quads(y, q);
+}
+MG_TARGET_AVX2 static inline __m256i idot32_S(__m256i q, __m256i y, __m256i yabs) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(yabs, _mm256_sign_epi8(q, y)), _mm256_set1_epi16(1));
+}
+MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs) {
+    (void)yabs;
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), _mm256_set1_epi16(1));
+}
+
 /* 32-element-block kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
  * R * M <= 4; out[r * M + t] = sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
  * activations AT).  Even blocks go into acc0, odd into acc1, the min terms into summ in block order; the sums
  * through hsum8x4, so per (row, activation) the arithmetic never depends on R or M.  Decode (M = 1) prefetches
  * the rows PF_GROUPS groups of R rows ahead, 8 blocks at a time. */
-#define Q8_KERN(name, WT, AT, unpack, ACT_D, ACT_S, WMIN)                                                     \
+#define Q8_KERN(name, WT, AT, unpack, ACT_D, ACT_S, WMIN, MODE)                                               \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_step(                              \
         const uint8_t *w, size_t rb, int R, const char *a, size_t stride, int M, int64_t i, __m256 *acc, float *summ) { \
+        __m256i ya[4], yabs[4];                                                                              \
+        float ad[4], as[4];                                                                                  \
+        for (int t = 0; t < M; t++) {                                                                        \
+            const AT *y = (const AT *)(const void *)(a + (size_t)t * stride) + i;                            \
+            ya[t] = load256(y->qs);                                                                          \
+            yabs[t] = _mm256_sign_epi8(ya[t], ya[t]);                                                        \
+            ad[t] = ACT_D(y);                                                                                \
+            as[t] = ACT_S(y);                                                                                \
+            (void)as[t];                                                                                     \
+        }                                                                                                    \
         for (int r = 0; r < R; r++) {                                                                        \
             const WT *x = (const WT *)(const void *)(w + (size_t)r * rb) + i;                                \
             __m256i q = unpack(x);                                                                           \
             float d = f16c(x->d), m = WMIN(x);                                                               \
             (void)m;                                                                                         \
             for (int t = 0; t < M; t++) {                                                                    \
-                const AT *y = (const AT *)(const void *)(a + (size_t)t * stride) + i;                        \
-                acc[r * M + t] = scaled_dot(q, y->qs, d * ACT_D(y), acc[r * M + t]);                         \
-                summ[r * M + t] += m * ACT_S(y);                                                             \
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ad[t]),                                  \
+                                                 _mm256_cvtepi32_ps(idot32_##MODE(q, ya[t], yabs[t])), acc[r * M + t]); \
+                summ[r * M + t] += m * as[t];                                                                \
             }                                                                                                \
         }                                                                                                    \
     }                                                                                                        \
@@ -500,14 +525,14 @@ MG_TARGET_AVX2 static inline void store_sums(const __m256 *acc, int cnt, float *
         }                                                                                                    \
     }
 
-#define Q80(name, WT, unpack) Q8_KERN(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE)
-#define Q81(name, WT, unpack) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN)
-Q80(k_q4_0, mg_block_q4_0, unpack_q4_0)
-Q81(k_q4_1, mg_block_q4_1, unpack_q4_1)
-Q80(k_q5_0, mg_block_q5_0, unpack_q5_0)
-Q81(k_q5_1, mg_block_q5_1, unpack_q5_1)
-Q80(k_q8_0, mg_block_q8_0, unpack_q8_0)
-Q80(k_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl)
+#define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
+#define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN, mode)
+Q80(k_q4_0, mg_block_q4_0, unpack_q4_0, S)
+Q81(k_q4_1, mg_block_q4_1, unpack_q4_1, U)
+Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
+Q81(k_q5_1, mg_block_q5_1, unpack_q5_1, U)
+Q80(k_q8_0, mg_block_q8_0, unpack_q8_0, W)
+Q80(k_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl, S)
 MULTI_TILES(multi_avx_q4_0, k_q4_0_tile, MG_QK)
 MULTI_TILES(multi_avx_q4_1, k_q4_1_tile, MG_QK)
 MULTI_TILES(multi_avx_q5_0, k_q5_0_tile, MG_QK)
