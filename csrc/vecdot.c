@@ -415,17 +415,23 @@ MG_TARGET_AVX2 static inline void store_sums(const __m256 *acc, int cnt, float *
 #define PF_GROUPS 2 /* decode kernels prefetch the weight rows this many row groups ahead */
 #endif
 
+/* prefetch hint for the cache lines of [p, p + n) below end (a hint: never faults, p may lie past the matrix) */
+MG_TARGET_AVX2 static inline void prefetch_below(uintptr_t p, size_t n, uintptr_t end) {
+    for (size_t o = 0; o < n && p + o < end; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+}
+
 /* rows_<name>: nrows weight rows (row r at w + r * rb) against one activation row, 4 rows at a time through
  * kern(nb, w, rb, R, act, out) */
 #define ROWS_KERNEL(name, kern, blck)                                                                        \
     MG_TARGET_AVX2 static void name(int64_t n, const void *w, size_t rb, int64_t nrows, const void *act, float *y) { \
         const char *wp = w;                                                                                  \
+        uintptr_t end = UINTPTR_MAX; /* prefetch past the call's rows too: the next work item's (measured) */ \
         int64_t r = 0;                                                                                       \
-        for (; r + 4 <= nrows; r += 4) kern(n / (blck), wp + (size_t)r * rb, rb, 4, act, y + r);              \
+        for (; r + 4 <= nrows; r += 4) kern(n / (blck), wp + (size_t)r * rb, rb, 4, act, y + r, end);        \
         switch (nrows - r) {                                                                                 \
-        case 3: kern(n / (blck), wp + (size_t)r * rb, rb, 3, act, y + r); break;                             \
-        case 2: kern(n / (blck), wp + (size_t)r * rb, rb, 2, act, y + r); break;                             \
-        case 1: kern(n / (blck), wp + (size_t)r * rb, rb, 1, act, y + r); break;                             \
+        case 3: kern(n / (blck), wp + (size_t)r * rb, rb, 3, act, y + r, end); break;                        \
+        case 2: kern(n / (blck), wp + (size_t)r * rb, rb, 2, act, y + r, end); break;                        \
+        case 1: kern(n / (blck), wp + (size_t)r * rb, rb, 1, act, y + r, end); break;                        \
         default: break;                                                                                      \
         }                                                                                                    \
     }
@@ -477,7 +483,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
     }                                                                                                        \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const uint8_t *w, size_t rb, \
                                                                           int R, const char *a, size_t stride, \
-                                                                          int M, float *out) {               \
+                                                                          int M, float *out, uintptr_t pf_end) { \
         __m256 acc0[4], acc1[4];                                                                             \
         float summ[4];                                                                                       \
         for (int k = 0; k < 4; k++) {                                                                        \
@@ -489,7 +495,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
         int64_t i = 0;                                                                                       \
         for (; i + 1 < nb; i += 2) {                                                                         \
             if (M == 1 && (i & 7) == 0) {                                                                    \
-                for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);  \
+                prefetch_below(pf, pf_step, pf_end);                                                         \
                 pf += pf_step;                                                                               \
             }                                                                                                \
             name##_step(w, rb, R, a, stride, M, i, acc0, summ);                                              \
@@ -503,12 +509,13 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_tile(int64_t nb, const void *w,    \
                                                                                  const char *a, size_t stride, \
                                                                                  int M, float *s) {          \
-        name(nb, w, 0, 1, a, stride, M, s);                                                                  \
+        name(nb, w, 0, 1, a, stride, M, s, 0);                                                               \
     }                                                                                                        \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_rows(int64_t nb, const void *w,    \
                                                                                  size_t rb, int R,           \
-                                                                                 const void *act, float *y) { \
-        name(nb, w, rb, R, act, 0, 1, y);                                                                    \
+                                                                                 const void *act, float *y,  \
+                                                                                 uintptr_t pf_end) {         \
+        name(nb, w, rb, R, act, 0, 1, y, pf_end);                                                            \
     }
 
 /* multi_<name>: all nt activation rows, MT_MAX at a time, through tile(nb, w, a, stride, M, s) */
@@ -696,7 +703,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_tile(int64
  * rows' integer sums kept in registers. */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t nb, const uint8_t *w, size_t rb, int R,
                                                                        size_t bbytes, size_t off_qh, size_t off_qs,
-                                                                       const void *act, float *out) {
+                                                                       const void *act, float *out, uintptr_t pf_end) {
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[4];
     for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
@@ -705,7 +712,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
     uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;
     size_t pf_step = (size_t)R * bbytes;
     for (int64_t i = 0; i < nb; i++, pf += pf_step) {
-        for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
+        prefetch_below(pf, pf_step, pf_end);
         const mg_block_q8_K *y = (const mg_block_q8_K *)act + i;
         __m256i bs = load256(y->bsums);
         __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
@@ -737,13 +744,13 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_rows(int64_t nb, const void *w, size_t rb, int R,
-                                                                         const void *act, float *y) {
-    k4_rows(nb, w, rb, R, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), act, y);
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    k4_rows(nb, w, rb, R, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), act, y, pf_end);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_rows(int64_t nb, const void *w, size_t rb, int R,
-                                                                         const void *act, float *y) {
-    k4_rows(nb, w, rb, R, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), act, y);
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    k4_rows(nb, w, rb, R, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), act, y, pf_end);
 }
 
 ROWS_KERNEL(rows_avx_q4_K, q4_K_rows, MG_QK_K)
@@ -759,7 +766,7 @@ MULTI_TILES(multi_avx_q5_K, q5_K_tile, MG_QK_K)
  * the rows PF_GROUPS groups of R rows ahead. */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t nb, const uint8_t *w, size_t rb, int R,
                                                                        const char *a, size_t stride, int M,
-                                                                       float *out) {
+                                                                       float *out, uintptr_t pf_end) {
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     __m256 acc[4];
@@ -767,8 +774,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t
     uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;
     const size_t pf_step = (size_t)R * sizeof(mg_block_q6_K);
     for (int64_t i = 0; i < nb; i++, pf += pf_step) {
-        if (M == 1)
-            for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + o), _MM_HINT_T0);
+        if (M == 1) prefetch_below(pf, pf_step, pf_end);
         for (int r = 0; r < R; r++) {
             const mg_block_q6_K *x = (const mg_block_q6_K *)(const void *)(w + (size_t)r * rb) + i;
             __m256i q[8];
@@ -805,12 +811,12 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_tile(int64_t nb, const void *w, const char *a,
                                                                          size_t stride, int M, float *s) {
-    q6_kern(nb, w, 0, 1, a, stride, M, s);
+    q6_kern(nb, w, 0, 1, a, stride, M, s, 0);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_rows(int64_t nb, const void *w, size_t rb, int R,
-                                                                         const void *act, float *y) {
-    q6_kern(nb, w, rb, R, act, 0, 1, y);
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    q6_kern(nb, w, rb, R, act, 0, 1, y, pf_end);
 }
 
 ROWS_KERNEL(rows_avx_q6_K, q6_K_rows, MG_QK_K)
