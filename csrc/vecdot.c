@@ -453,7 +453,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
 
 /* 32-element-block kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
  * R * M <= 4; out[r * M + t] = sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
- * activations AT).  Even blocks go into acc0, odd into acc1, the min terms into summ in block order; the sums
+ * activations AT).  One 8-lane accumulator per (row, activation), the min terms into summ in block order; the sums
  * through hsum8x4, so per (row, activation) the arithmetic never depends on R or M.  Decode (M = 1) prefetches
  * the rows PF_GROUPS groups of R rows ahead, 8 blocks at a time. */
 #define Q8_KERN(name, WT, AT, unpack, ACT_D, ACT_S, WMIN, MODE)                                               \
@@ -484,26 +484,22 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const uint8_t *w, size_t rb, \
                                                                           int R, const char *a, size_t stride, \
                                                                           int M, float *out, uintptr_t pf_end) { \
-        __m256 acc0[4], acc1[4];                                                                             \
+        __m256 acc[4];                                                                                       \
         float summ[4];                                                                                       \
         for (int k = 0; k < 4; k++) {                                                                        \
-            acc0[k] = acc1[k] = _mm256_setzero_ps();                                                         \
+            acc[k] = _mm256_setzero_ps();                                                                    \
             summ[k] = 0.0f;                                                                                  \
         }                                                                                                    \
         uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;                                       \
         const size_t pf_step = (size_t)R * sizeof(WT) * 8;                                                   \
-        int64_t i = 0;                                                                                       \
-        for (; i + 1 < nb; i += 2) {                                                                         \
+        for (int64_t i = 0; i < nb; i++) {                                                                   \
             if (M == 1 && (i & 7) == 0) {                                                                    \
                 prefetch_below(pf, pf_step, pf_end);                                                         \
                 pf += pf_step;                                                                               \
             }                                                                                                \
-            name##_step(w, rb, R, a, stride, M, i, acc0, summ);                                              \
-            name##_step(w, rb, R, a, stride, M, i + 1, acc1, summ);                                          \
+            name##_step(w, rb, R, a, stride, M, i, acc, summ);                                               \
         }                                                                                                    \
-        if (i < nb) name##_step(w, rb, R, a, stride, M, i, acc0, summ);                                      \
-        for (int k = 0; k < R * M; k++) acc0[k] = _mm256_add_ps(acc0[k], acc1[k]);                           \
-        store_sums(acc0, R * M, out);                                                                        \
+        store_sums(acc, R * M, out);                                                                         \
         for (int k = 0; k < R * M; k++) out[k] += summ[k];                                                   \
     }                                                                                                        \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_tile(int64_t nb, const void *w,    \
@@ -657,31 +653,30 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
             __m256i v16 = k4_scales_mins(blk);
             __m128i mins = _mm256_extracti128_si256(v16, 1);
             __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-            __m256i q[8];
+            /* chunk-outer: each unpacked chunk and its two scale broadcasts meet every activation row, then die */
+            __m256i isum[4];
+            for (int t = 0; t < M; t++) isum[t] = _mm256_setzero_si256();
             __m256i hb = off_qh ? load256(blk + off_qh) : _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
                 __m256i q4 = load256(blk + off_qs + 32 * c);
-                q[2 * c] = _mm256_and_si256(q4, m4);
-                q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
                 if (off_qh) { /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
-                    q[2 * c] = _mm256_or_si256(q[2 * c], _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-                    q[2 * c + 1] = _mm256_or_si256(q[2 * c + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
                     hb = _mm256_srli_epi16(hb, 2);
+                }
+                __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
+                for (int t = 0; t < M; t++) {
+                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
+                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
                 }
             }
             float dx = f16c(dh[0]), dmx = f16c(dh[1]);
-            __m256i sp[8];
-            for (int c = 0; c < 8; c++) sp[c] = pick16(sc, c);
             for (int t = 0; t < M; t++) {
-                __m256i s0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(y[t]->qs)), sp[0]);
-                __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[1], load256(y[t]->qs + 32)), sp[1]);
-                for (int c = 2; c < 8; c += 2) {
-                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y[t]->qs + 32 * c)), sp[c]));
-                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c + 1], load256(y[t]->qs + 32 * c + 32)), sp[c + 1]));
-                }
                 __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
                 __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(y[t]->d * dmx), pm, acc[r * M + t]);
-                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), v);
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), v);
             }
         }
     }
