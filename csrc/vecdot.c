@@ -772,33 +772,37 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t
         if (M == 1) prefetch_below(pf, pf_step, pf_end);
         for (int r = 0; r < R; r++) {
             const mg_block_q6_K *x = (const mg_block_q6_K *)(const void *)(w + (size_t)r * rb) + i;
-            __m256i q[8];
-            for (int h = 0; h < 2; h++) {
-                const uint8_t *ql = x->ql + 64 * h;
-                __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(x->qh + 32 * h);
-                q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
-                q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-                q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
-                q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-            }
             __m128i sc8 = _mm_loadu_si128((const __m128i *)(const void *)x->scales);
             __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
             __m256i scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, even_odd));
-            float dx = f16c(x->d);
-            __m256i sp[8];
-            for (int c = 0; c < 8; c++) sp[c] = pick16(scv, c);
+            const mg_block_q8_K *y[4];
+            __m256i isum[4];
             for (int t = 0; t < M; t++) {
-                const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
-                __m256i s0 = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y->bsums)), 5));
-                __m256i s1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(y->qs)), sp[0]);
-                for (int c = 1; c < 8; c += 2) {
-                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), sp[c]));
-                    if (c + 1 < 8)
-                        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c + 1], load256(y->qs + 32 * c + 32)), sp[c + 1]));
-                }
-                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[r * M + t]);
+                y[t] = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
+                isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y[t]->bsums)), 5));
             }
+            /* chunk-outer: each unpacked chunk meets every activation row, then dies */
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = x->ql + 64 * h;
+                __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(x->qh + 32 * h);
+                for (int j = 0; j < 4; j++) {
+                    __m256i q;
+                    switch (j) {
+                    case 0: q = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)); break;
+                    case 1: q = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)); break;
+                    case 2: q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)); break;
+                    default: q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)); break;
+                    }
+                    int c = 4 * h + j;
+                    __m256i sp = pick16(scv, c);
+                    for (int t = 0; t < M; t++)
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(y[t]->qs + 32 * c)), sp));
+                }
+            }
+            float dx = f16c(x->d);
+            for (int t = 0; t < M; t++)
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), acc[r * M + t]);
         }
     }
     store_sums(acc, R * M, out);
