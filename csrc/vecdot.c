@@ -460,22 +460,24 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_step(                              \
         const uint8_t *w, size_t rb, int R, const char *a, size_t stride, int M, int64_t i, __m256 *acc, float *summ) { \
         __m256i ya[4], yabs[4];                                                                              \
-        float ad[4], as[4];                                                                                  \
+        __m256 ad[4];                                                                                        \
+        float as[4];                                                                                         \
         for (int t = 0; t < M; t++) {                                                                        \
             const AT *y = (const AT *)(const void *)(a + (size_t)t * stride) + i;                            \
             ya[t] = load256(y->qs);                                                                          \
             yabs[t] = _mm256_sign_epi8(ya[t], ya[t]);                                                        \
-            ad[t] = ACT_D(y);                                                                                \
+            ad[t] = _mm256_set1_ps(ACT_D(y));                                                                \
             as[t] = ACT_S(y);                                                                                \
             (void)as[t];                                                                                     \
         }                                                                                                    \
         for (int r = 0; r < R; r++) {                                                                        \
             const WT *x = (const WT *)(const void *)(w + (size_t)r * rb) + i;                                \
             __m256i q = unpack(x);                                                                           \
-            float d = f16c(x->d), m = WMIN(x);                                                               \
+            __m256 d = _mm256_set1_ps(f16c(x->d)); /* d_w d_a as a vector product: the same float */         \
+            float m = WMIN(x);                                                                               \
             (void)m;                                                                                         \
             for (int t = 0; t < M; t++) {                                                                    \
-                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ad[t]),                                  \
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad[t]),                                    \
                                                  _mm256_cvtepi32_ps(idot32_##MODE(q, ya[t], yabs[t])), acc[r * M + t]); \
                 summ[r * M + t] += m * as[t];                                                                \
             }                                                                                                \
