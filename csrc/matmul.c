@@ -86,6 +86,12 @@ static void copy_task(void *arg, int ith, int nth) {
 /* rows [r0, r1) of the matrix starting at w against activation rows [a0, a1); y row of activation row a is
  * out_row[a] (or a), column r. */
 static void run_block(const mm_job *j, const char *w, int64_t r0, int64_t r1, int64_t a0, int64_t a1) {
+    if (a1 - a0 == 1) { /* one activation row: the multi-row decode kernel, straight into y's row */
+        int64_t yr = j->out_row ? j->out_row[a0] : a0;
+        mg_gemv_rows(j->info, j->n_in, w, j->w_row_bytes, r0, r1, j->act + (size_t)a0 * j->act_row_bytes,
+                     j->y + yr * j->n_out + r0);
+        return;
+    }
     float s[TOK_TILE];
     for (int64_t t0 = a0; t0 < a1; t0 += TOK_TILE) {
         int nt = (int)(a1 - t0 < TOK_TILE ? a1 - t0 : TOK_TILE);

@@ -390,30 +390,130 @@ MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return
 #define W_MIN_NONE(x) 0.0f
 #define W_MIN(x) f16c((x)->m)
 
-/* 32-element-block tile: y_j += sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
- * activations AT).  Even blocks go into acc0, odd into acc1, the min terms into summ in block order. */
-#define Q8_TILE(name, WT, AT, unpack, ACT_D, ACT_S, WMIN)                                                    \
-    MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const void *w, const char *a, \
-                                                                          size_t stride, int M, float *s) {  \
-        const WT *x = w;                                                                                     \
-        __m256 acc0[MT_MAX], acc1[MT_MAX];                                                                   \
-        float summ[MT_MAX];                                                                                  \
-        for (int j = 0; j < M; j++) {                                                                        \
-            acc0[j] = acc1[j] = _mm256_setzero_ps();                                                         \
-            summ[j] = 0.0f;                                                                                  \
+/* 4 float accumulators -> their 4 horizontal sums (lane k = sum of v[k]), by one fixed addition tree.  Each
+ * output lane depends on its own input only, so a sum never depends on which other accumulators share the call:
+ * every kernel below reduces through this, for any number of rows or tokens. */
+MG_TARGET_AVX2 static inline __m128 hsum8x4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* The sums of up to 4 accumulators into out[0..cnt) */
+MG_TARGET_AVX2 static inline void store_sums(const __m256 *acc, int cnt, float *out) {
+    const __m256 z = _mm256_setzero_ps();
+    __m128 r = hsum8x4(acc[0], cnt > 1 ? acc[1] : z, cnt > 2 ? acc[2] : z, cnt > 3 ? acc[3] : z);
+    if (cnt == 4) {
+        _mm_storeu_ps(out, r);
+    } else {
+        float t[4];
+        _mm_storeu_ps(t, r);
+        for (int k = 0; k < cnt; k++) out[k] = t[k];
+    }
+}
+
+#ifndef PF_GROUPS
+#define PF_GROUPS 2 /* decode kernels prefetch the weight rows this many row groups ahead */
+#endif
+
+/* prefetch hint for the cache lines of [p, p + n) below end (a hint: never faults, p may lie past the matrix) */
+MG_TARGET_AVX2 static inline void prefetch_below(uintptr_t p, size_t n, uintptr_t end) {
+    for (size_t o = 0; o < n && p + o < end; o += 64) _mm_prefetch((const char *)(p + o), _MM_HINT_T0);
+}
+
+/* rows_<name>: nrows weight rows (row r at w + r * rb) against one activation row, 4 rows at a time through
+ * kern(nb, w, rb, R, act, out) */
+#define ROWS_KERNEL(name, kern, blck)                                                                        \
+    MG_TARGET_AVX2 static void name(int64_t n, const void *w, size_t rb, int64_t nrows, const void *act, float *y) { \
+        const char *wp = w;                                                                                  \
+        uintptr_t end = UINTPTR_MAX; /* prefetch past the call's rows too: the next work item's (measured) */ \
+        int64_t r = 0;                                                                                       \
+        for (; r + 4 <= nrows; r += 4) kern(n / (blck), wp + (size_t)r * rb, rb, 4, act, y + r, end);        \
+        switch (nrows - r) {                                                                                 \
+        case 3: kern(n / (blck), wp + (size_t)r * rb, rb, 3, act, y + r, end); break;                        \
+        case 2: kern(n / (blck), wp + (size_t)r * rb, rb, 2, act, y + r, end); break;                        \
+        case 1: kern(n / (blck), wp + (size_t)r * rb, rb, 1, act, y + r, end); break;                        \
+        default: break;                                                                                      \
         }                                                                                                    \
-        for (int64_t i = 0; i < nb; i++) {                                                                   \
-            __m256i q = unpack(&x[i]);                                                                       \
-            float d = f16c(x[i].d), m = WMIN(&x[i]);                                                         \
+    }
+
+/* 8 int32 sums of 4 products q . y of a weight block q and an activation block y (|y| = yabs), exact.
+ * W: any signed weights (Q8_0 may hold -128: |q| goes first); S: signed weights that never hold -128 (|y| is
+ * shared by every weight row); U: unsigned weights (Q4_1/Q5_1 nibbles, 0..31). */
+MG_TARGET_AVX2 static inline __m256i idot32_W(__m256i q, __m256i y, __m256i yabs) {
+    (void)yabs;
+    return dot_i8_quads(y, q);
+}
+MG_TARGET_AVX2 static inline __m256i idot32_S(__m256i q, __m256i y, __m256i yabs) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(yabs, _mm256_sign_epi8(q, y)), _mm256_set1_epi16(1));
+}
+MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs) {
+    (void)yabs;
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), _mm256_set1_epi16(1));
+}
+
+/* 32-element-block kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
+ * R * M <= 4; out[r * M + t] = sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
+ * activations AT).  One 8-lane accumulator per (row, activation), the min terms into summ in block order; the sums
+ * through hsum8x4, so per (row, activation) the arithmetic never depends on R or M.  Decode (M = 1) prefetches
+ * the rows PF_GROUPS groups of R rows ahead, 8 blocks at a time. */
+#define Q8_KERN(name, WT, AT, unpack, ACT_D, ACT_S, WMIN, MODE)                                               \
+    MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_step(                              \
+        const uint8_t *w, size_t rb, int R, const char *a, size_t stride, int M, int64_t i, __m256 *acc, float *summ) { \
+        __m256i ya[4], yabs[4];                                                                              \
+        __m256 ad[4];                                                                                        \
+        float as[4];                                                                                         \
+        for (int t = 0; t < M; t++) {                                                                        \
+            const AT *y = (const AT *)(const void *)(a + (size_t)t * stride) + i;                            \
+            ya[t] = load256(y->qs);                                                                          \
+            yabs[t] = _mm256_sign_epi8(ya[t], ya[t]);                                                        \
+            ad[t] = _mm256_set1_ps(ACT_D(y));                                                                \
+            as[t] = ACT_S(y);                                                                                \
+            (void)as[t];                                                                                     \
+        }                                                                                                    \
+        for (int r = 0; r < R; r++) {                                                                        \
+            const WT *x = (const WT *)(const void *)(w + (size_t)r * rb) + i;                                \
+            __m256i q = unpack(x);                                                                           \
+            __m256 d = _mm256_set1_ps(f16c(x->d)); /* d_w d_a as a vector product: the same float */         \
+            float m = WMIN(x);                                                                               \
             (void)m;                                                                                         \
-            for (int j = 0; j < M; j++) {                                                                    \
-                const AT *y = (const AT *)(const void *)(a + (size_t)j * stride) + i;                        \
-                if (i & 1) acc1[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc1[j]);                            \
-                else acc0[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc0[j]);                                  \
-                summ[j] += m * ACT_S(y);                                                                     \
+            for (int t = 0; t < M; t++) {                                                                    \
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad[t]),                                    \
+                                                 _mm256_cvtepi32_ps(idot32_##MODE(q, ya[t], yabs[t])), acc[r * M + t]); \
+                summ[r * M + t] += m * as[t];                                                                \
             }                                                                                                \
         }                                                                                                    \
-        for (int j = 0; j < M; j++) s[j] = hsum8(_mm256_add_ps(acc0[j], acc1[j])) + summ[j];                 \
+    }                                                                                                        \
+    MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const uint8_t *w, size_t rb, \
+                                                                          int R, const char *a, size_t stride, \
+                                                                          int M, float *out, uintptr_t pf_end) { \
+        __m256 acc[4];                                                                                       \
+        float summ[4];                                                                                       \
+        for (int k = 0; k < 4; k++) {                                                                        \
+            acc[k] = _mm256_setzero_ps();                                                                    \
+            summ[k] = 0.0f;                                                                                  \
+        }                                                                                                    \
+        uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;                                       \
+        const size_t pf_step = (size_t)R * sizeof(WT) * 8;                                                   \
+        for (int64_t i = 0; i < nb; i++) {                                                                   \
+            if (M == 1 && (i & 7) == 0) {                                                                    \
+                prefetch_below(pf, pf_step, pf_end);                                                         \
+                pf += pf_step;                                                                               \
+            }                                                                                                \
+            name##_step(w, rb, R, a, stride, M, i, acc, summ);                                               \
+        }                                                                                                    \
+        store_sums(acc, R * M, out);                                                                         \
+        for (int k = 0; k < R * M; k++) out[k] += summ[k];                                                   \
+    }                                                                                                        \
+    MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_tile(int64_t nb, const void *w,    \
+                                                                                 const char *a, size_t stride, \
+                                                                                 int M, float *s) {          \
+        name(nb, w, 0, 1, a, stride, M, s, 0);                                                               \
+    }                                                                                                        \
+    MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_rows(int64_t nb, const void *w,    \
+                                                                                 size_t rb, int R,           \
+                                                                                 const void *act, float *y,  \
+                                                                                 uintptr_t pf_end) {         \
+        name(nb, w, rb, R, act, 0, 1, y, pf_end);                                                            \
     }
 
 /* multi_<name>: all nt activation rows, MT_MAX at a time, through tile(nb, w, a, stride, M, s) */
@@ -430,20 +530,26 @@ MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return
         }                                                                                                    \
     }
 
-#define Q80(name, WT, unpack) Q8_TILE(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE)
-#define Q81(name, WT, unpack) Q8_TILE(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN)
-Q80(tile_q4_0, mg_block_q4_0, unpack_q4_0)
-Q81(tile_q4_1, mg_block_q4_1, unpack_q4_1)
-Q80(tile_q5_0, mg_block_q5_0, unpack_q5_0)
-Q81(tile_q5_1, mg_block_q5_1, unpack_q5_1)
-Q80(tile_q8_0, mg_block_q8_0, unpack_q8_0)
-Q80(tile_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl)
-MULTI_TILES(multi_avx_q4_0, tile_q4_0, MG_QK)
-MULTI_TILES(multi_avx_q4_1, tile_q4_1, MG_QK)
-MULTI_TILES(multi_avx_q5_0, tile_q5_0, MG_QK)
-MULTI_TILES(multi_avx_q5_1, tile_q5_1, MG_QK)
-MULTI_TILES(multi_avx_q8_0, tile_q8_0, MG_QK)
-MULTI_TILES(multi_avx_iq4_nl, tile_iq4_nl, MG_QK)
+#define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
+#define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN, mode)
+Q80(k_q4_0, mg_block_q4_0, unpack_q4_0, S)
+Q81(k_q4_1, mg_block_q4_1, unpack_q4_1, U)
+Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
+Q81(k_q5_1, mg_block_q5_1, unpack_q5_1, U)
+Q80(k_q8_0, mg_block_q8_0, unpack_q8_0, W)
+Q80(k_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl, S)
+MULTI_TILES(multi_avx_q4_0, k_q4_0_tile, MG_QK)
+MULTI_TILES(multi_avx_q4_1, k_q4_1_tile, MG_QK)
+MULTI_TILES(multi_avx_q5_0, k_q5_0_tile, MG_QK)
+MULTI_TILES(multi_avx_q5_1, k_q5_1_tile, MG_QK)
+MULTI_TILES(multi_avx_q8_0, k_q8_0_tile, MG_QK)
+MULTI_TILES(multi_avx_iq4_nl, k_iq4_nl_tile, MG_QK)
+ROWS_KERNEL(rows_avx_q4_0, k_q4_0_rows, MG_QK)
+ROWS_KERNEL(rows_avx_q4_1, k_q4_1_rows, MG_QK)
+ROWS_KERNEL(rows_avx_q5_0, k_q5_0_rows, MG_QK)
+ROWS_KERNEL(rows_avx_q5_1, k_q5_1_rows, MG_QK)
+ROWS_KERNEL(rows_avx_q8_0, k_q8_0_rows, MG_QK)
+ROWS_KERNEL(rows_avx_iq4_nl, k_iq4_nl_rows, MG_QK)
 
 /* int16 scale pair for a 32-element chunk: lanes 0..7 (elements 0..15) get s0, lanes 8..15 get s1 */
 MG_TARGET_AVX2 static inline __m256i scale_pair(int s0, int s1) {
@@ -502,120 +608,219 @@ MG_TARGET_AVX2 static float avx_q3_K(int64_t n, const void *w, const void *a) {
     return hsum8(acc);
 }
 
-MG_TARGET_AVX2 static inline float hsum4(__m128 s) {
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* int16 lane j of v (the same in both 128-bit lanes) broadcast to all 16 lanes */
 MG_TARGET_AVX2 static inline __m256i pick16(__m256i v, int j) {
     return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * j) | ((2 * j + 1) << 8))));
 }
 
-/* Q4_K / Q5_K tile (see Q8_0_TILE): each super-block's quants and scales are unpacked once for all M rows.
- * Both blocks start with d, dmin, scales[12]; Q5_K then has qh[32] (off_qh != 0) before qs[128]. */
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_tile(int64_t nb, const uint8_t *w, size_t bbytes,
-                                                                       size_t off_qh, size_t off_qs, const char *a,
-                                                                       size_t stride, int M, float *s) {
+/* Q4_K / Q5_K scales: the 16 bytes at blk + 4 (scales[12] and 4 bytes after them, ignored) -> 16 int16: the 8
+ * six-bit scales (lanes 0..7) and the 8 six-bit mins (lanes 8..15) (ggml's get_scale_min_k4, in SIMD).  With u0,
+ * u1, u2 the three little-endian words of scales[12]:  scales 0..3 = u0 & 0x3f, scales 4..7 = (u2 & 0x0f) |
+ * ((u0 >> 2) & 0x30), mins 0..3 = u1 & 0x3f, mins 4..7 = ((u2 >> 4) & 0x0f) | ((u1 >> 2) & 0x30), per byte. */
+MG_TARGET_AVX2 static inline __m256i k4_scales_mins(const uint8_t *blk) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(blk + 4));
+    __m128i a = _mm_shuffle_epi32(raw, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    __m128i b = _mm_shuffle_epi32(raw, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    a = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)), _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    b = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+    return _mm256_cvtepu8_epi16(_mm_or_si128(a, b));
+}
+
+/* Q4_K / Q5_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
+ * R * M <= 4; out[r * M + t] = dot(row r, activation t).  Per (row, activation) the arithmetic is the same for
+ * every R and M (the decode GEMV uses R = 4, M = 1; the tiles R = 1, M <= 4), so results never depend on tiling.
+ * Per super-block: sumi = sum_c sc_c * (q . y)_c exactly in int32, then
+ *   acc -= (d_y dmin) * (mins . pair sums of bsums)  (low 4 lanes)  and  acc += (d_y d) * sumi,
+ * both as FMAs, in this order, on one 8-lane accumulator.  Q4_K and Q5_K start with d, dmin, scales[12]; Q5_K then has
+ * qh[32] (off_qh != 0) before qs[128]. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t nb, const uint8_t *w, size_t rb,
+                                                                       int R, size_t bbytes, size_t off_qh,
+                                                                       size_t off_qs, const char *a, size_t stride,
+                                                                       int M, float *out) {
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-    __m256 acc[MT_MAX];
-    __m128 acc_m[MT_MAX];
-    for (int j = 0; j < M; j++) {
-        acc[j] = _mm256_setzero_ps();
-        acc_m[j] = _mm_setzero_ps();
-    }
+    __m256 acc[4];
+    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *blk = w + (size_t)i * bbytes;
-        uint16_t dh[2];
-        uint32_t u[3];
-        memcpy(dh, blk, 4);
-        memcpy(u, blk + 4, 12);
-        uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
-        uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
-        uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-        __m256i v16 = _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
-        __m128i mins = _mm256_extracti128_si256(v16, 1);
-        __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-        __m256i q[8];
-        __m256i hb = off_qh ? load256(blk + off_qh) : _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            __m256i q4 = load256(blk + off_qs + 32 * c);
-            q[2 * c] = _mm256_and_si256(q4, m4);
-            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-            if (off_qh) { /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
-                q[2 * c] = _mm256_or_si256(q[2 * c], _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-                q[2 * c + 1] = _mm256_or_si256(q[2 * c + 1], _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
-                hb = _mm256_srli_epi16(hb, 2);
-            }
+        const mg_block_q8_K *y[4];
+        __m128i pairs[4];
+        for (int t = 0; t < M; t++) {
+            y[t] = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
+            __m256i bs = load256(y[t]->bsums);
+            pairs[t] = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
         }
-        float dx = f16c(dh[0]), dmx = f16c(dh[1]);
-        for (int j = 0; j < M; j++) {
-            const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
-            __m256i bs = load256(y->bsums);
-            __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-            __m128i prod = _mm_madd_epi16(mins, pairs);
-            acc_m[j] = _mm_fmadd_ps(_mm_set1_ps(y->d * dmx), _mm_cvtepi32_ps(prod), acc_m[j]);
-            __m256i sumi = _mm256_setzero_si256();
-            for (int c = 0; c < 8; c++) {
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), pick16(sc, c));
-                sumi = _mm256_add_epi32(sumi, p);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bbytes;
+            uint16_t dh[2];
+            memcpy(dh, blk, 4);
+            __m256i v16 = k4_scales_mins(blk);
+            __m128i mins = _mm256_extracti128_si256(v16, 1);
+            __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
+            /* chunk-outer: each unpacked chunk and its two scale broadcasts meet every activation row, then die */
+            __m256i isum[4];
+            for (int t = 0; t < M; t++) isum[t] = _mm256_setzero_si256();
+            __m256i hb = off_qh ? load256(blk + off_qh) : _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i q4 = load256(blk + off_qs + 32 * c);
+                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                if (off_qh) { /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+                    hb = _mm256_srli_epi16(hb, 2);
+                }
+                __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
+                for (int t = 0; t < M; t++) {
+                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
+                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
+                }
             }
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
+            float dx = f16c(dh[0]), dmx = f16c(dh[1]);
+            for (int t = 0; t < M; t++) {
+                __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
+                __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(y[t]->d * dmx), pm, acc[r * M + t]);
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), v);
+            }
         }
     }
-    for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]) - hsum4(acc_m[j]);
+    store_sums(acc, R * M, out);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
                                                                          size_t stride, int M, float *s) {
-    k4_tile(nb, w, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), a, stride, M, s);
+    k4_kern(nb, w, 0, 1, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), a, stride, M, s);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_tile(int64_t nb, const void *w, const char *a,
                                                                          size_t stride, int M, float *s) {
-    k4_tile(nb, w, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), a, stride, M, s);
+    k4_kern(nb, w, 0, 1, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), a, stride, M, s);
 }
+
+/* The decode form of k4_kern (M = 1): the same arithmetic per row (integer sums are exact in any order), laid
+ * out for R <= 4 rows against one activation row: the activation's chunks are loaded once for all rows and the
+ * rows' integer sums kept in registers. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t nb, const uint8_t *w, size_t rb, int R,
+                                                                       size_t bbytes, size_t off_qh, size_t off_qs,
+                                                                       const void *act, float *out, uintptr_t pf_end) {
+    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+    __m256 acc[4];
+    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+    /* software prefetch: the rows PF_GROUPS groups of R rows ahead, spread over the block loop (a hint: it never
+     * faults, and the address is formed as an integer so it may point past the matrix) */
+    uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;
+    size_t pf_step = (size_t)R * bbytes;
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        prefetch_below(pf, pf_step, pf_end);
+        const mg_block_q8_K *y = (const mg_block_q8_K *)act + i;
+        __m256i bs = load256(y->bsums);
+        __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bbytes;
+            uint16_t dh[2];
+            memcpy(dh, blk, 4);
+            __m256i v16 = k4_scales_mins(blk);
+            __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
+            __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs)));
+            acc[r] = _mm256_fnmadd_ps(_mm256_set1_ps(y->d * f16c(dh[1])), pm, acc[r]);
+            __m256i isum = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i q4 = load256(blk + off_qs + 32 * c);
+                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                if (off_qh) {
+                    __m256i hb = _mm256_srli_epi16(load256(blk + off_qh), 2 * c);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+                }
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y->qs + 64 * c)), pick16(sc, 2 * c));
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
+                isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+            }
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * f16c(dh[0])), _mm256_cvtepi32_ps(isum), acc[r]);
+        }
+    }
+    store_sums(acc, R, out);
+}
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_rows(int64_t nb, const void *w, size_t rb, int R,
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    k4_rows(nb, w, rb, R, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), act, y, pf_end);
+}
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_rows(int64_t nb, const void *w, size_t rb, int R,
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    k4_rows(nb, w, rb, R, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), act, y, pf_end);
+}
+
+ROWS_KERNEL(rows_avx_q4_K, q4_K_rows, MG_QK_K)
+ROWS_KERNEL(rows_avx_q5_K, q5_K_rows, MG_QK_K)
 
 MULTI_TILES(multi_avx_q4_K, q4_K_tile, MG_QK_K)
 MULTI_TILES(multi_avx_q5_K, q5_K_tile, MG_QK_K)
 
-/* Q6_K tile (see Q8_0_TILE).  q - 32 is handled as sum(sc * q * y) - 32 * sum_g(sc_g * bsums_g), exact in int32. */
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_tile(int64_t nb, const void *w, const char *a,
-                                                                         size_t stride, int M, float *s) {
-    const mg_block_q6_K *x = w;
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
-    __m256 acc[MT_MAX];
-    for (int j = 0; j < M; j++) acc[j] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        __m256i q[8], sp[8];
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = x[i].ql + 64 * h;
-            __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(x[i].qh + 32 * h);
-            q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-        }
-        for (int c = 0; c < 8; c++) sp[c] = scale_pair(x[i].scales[2 * c], x[i].scales[2 * c + 1]);
-        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)x[i].scales));
-        float dx = f16c(x[i].d);
-        for (int j = 0; j < M; j++) {
-            const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
-            __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y->bsums)), 5); /* 32 * offsets */
-            sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
-            for (int c = 0; c < 8; c++) {
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), sp[c]);
-                sumi = _mm256_add_epi32(sumi, p);
+/* Q6_K kernel over R weight rows x M activation rows, R * M <= 4 (see k4_kern); out[r * M + t].  q - 32 is
+ * handled as sum(sc * q * y) - 32 * sum_g(sc_g * bsums_g), exact in int32; per super-block
+ * acc += (d_y d) * sumi.  The 16 scales are arranged so that pick16 of lane c gives scale 2c in the low 128-bit
+ * lane (elements 0..15 of chunk c) and scale 2c+1 in the high lane (elements 16..31).  Decode (M = 1) prefetches
+ * the rows PF_GROUPS groups of R rows ahead. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t nb, const uint8_t *w, size_t rb, int R,
+                                                                       const char *a, size_t stride, int M,
+                                                                       float *out, uintptr_t pf_end) {
+    const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    __m256 acc[4];
+    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+    uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;
+    const size_t pf_step = (size_t)R * sizeof(mg_block_q6_K);
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        if (M == 1) prefetch_below(pf, pf_step, pf_end);
+        for (int r = 0; r < R; r++) {
+            const mg_block_q6_K *x = (const mg_block_q6_K *)(const void *)(w + (size_t)r * rb) + i;
+            __m128i sc8 = _mm_loadu_si128((const __m128i *)(const void *)x->scales);
+            __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+            __m256i scv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, even_odd));
+            const mg_block_q8_K *y[4];
+            __m256i isum[4];
+            for (int t = 0; t < M; t++) {
+                y[t] = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
+                isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(y[t]->bsums)), 5));
             }
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
+            /* chunk-outer: each unpacked chunk meets every activation row, then dies */
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = x->ql + 64 * h;
+                __m256i l0 = load256(ql), l1 = load256(ql + 32), qh = load256(x->qh + 32 * h);
+                for (int j = 0; j < 4; j++) {
+                    __m256i q;
+                    switch (j) {
+                    case 0: q = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)); break;
+                    case 1: q = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)); break;
+                    case 2: q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)); break;
+                    default: q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                                 _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)); break;
+                    }
+                    int c = 4 * h + j;
+                    __m256i sp = pick16(scv, c);
+                    for (int t = 0; t < M; t++)
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(y[t]->qs + 32 * c)), sp));
+                }
+            }
+            float dx = f16c(x->d);
+            for (int t = 0; t < M; t++)
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), acc[r * M + t]);
         }
     }
-    for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]);
+    store_sums(acc, R * M, out);
 }
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_tile(int64_t nb, const void *w, const char *a,
+                                                                         size_t stride, int M, float *s) {
+    q6_kern(nb, w, 0, 1, a, stride, M, s, 0);
+}
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_K_rows(int64_t nb, const void *w, size_t rb, int R,
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    q6_kern(nb, w, rb, R, act, 0, 1, y, pf_end);
+}
+
+ROWS_KERNEL(rows_avx_q6_K, q6_K_rows, MG_QK_K)
 
 MULTI_TILES(multi_avx_q6_K, q6_K_tile, MG_QK_K)
 
@@ -697,8 +902,10 @@ MG_AVX(bf16)
 MG_AVX(q2_K)
 MG_AVX(q3_K)
 #define SIMD(t) multi_avx_##t
+#define ROWS(t) rows_avx_##t
 #else
 #define SIMD(t) NULL
+#define ROWS(t) NULL
 #endif
 
 #define Q8_0B sizeof(mg_block_q8_0)
@@ -706,21 +913,21 @@ MG_AVX(q3_K)
 #define Q8_KB sizeof(mg_block_q8_K)
 
 static const struct { int type; mg_dot_info info; } k_table[] = {
-    {MG_F32, {1, 4, 1, 4, multi_ref_f32, SIMD(f32)}},
-    {MG_F16, {1, 2, 1, 4, multi_ref_f16, SIMD(f16)}},
-    {MG_BF16, {1, 2, 1, 4, multi_ref_bf16, SIMD(bf16)}},
-    {MG_Q4_0, {MG_QK, sizeof(mg_block_q4_0), MG_QK, Q8_0B, multi_ref_q4_0, SIMD(q4_0)}},
-    {MG_Q4_1, {MG_QK, sizeof(mg_block_q4_1), MG_QK, Q8_1B, multi_ref_q4_1, SIMD(q4_1)}},
-    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0B, multi_ref_q5_0, SIMD(q5_0)}},
-    {MG_Q5_1, {MG_QK, sizeof(mg_block_q5_1), MG_QK, Q8_1B, multi_ref_q5_1, SIMD(q5_1)}},
-    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0B, multi_ref_q8_0, SIMD(q8_0)}},
-    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0B, multi_ref_iq4_nl, SIMD(iq4_nl)}},
-    {MG_Q2_K, {MG_QK_K, sizeof(mg_block_q2_K), MG_QK_K, Q8_KB, multi_ref_q2_K, SIMD(q2_K)}},
-    {MG_Q3_K, {MG_QK_K, sizeof(mg_block_q3_K), MG_QK_K, Q8_KB, multi_ref_q3_K, SIMD(q3_K)}},
-    {MG_Q4_K, {MG_QK_K, sizeof(mg_block_q4_K), MG_QK_K, Q8_KB, multi_ref_q4_K, SIMD(q4_K)}},
-    {MG_Q5_K, {MG_QK_K, sizeof(mg_block_q5_K), MG_QK_K, Q8_KB, multi_ref_q5_K, SIMD(q5_K)}},
-    {MG_Q6_K, {MG_QK_K, sizeof(mg_block_q6_K), MG_QK_K, Q8_KB, multi_ref_q6_K, SIMD(q6_K)}},
-    {MG_IQ4_XS, {MG_QK_K, sizeof(mg_block_iq4_xs), MG_QK_K, Q8_KB, multi_ref_iq4_xs, SIMD(iq4_xs)}},
+    {MG_F32, {1, 4, 1, 4, multi_ref_f32, SIMD(f32), NULL}},
+    {MG_F16, {1, 2, 1, 4, multi_ref_f16, SIMD(f16), NULL}},
+    {MG_BF16, {1, 2, 1, 4, multi_ref_bf16, SIMD(bf16), NULL}},
+    {MG_Q4_0, {MG_QK, sizeof(mg_block_q4_0), MG_QK, Q8_0B, multi_ref_q4_0, SIMD(q4_0), ROWS(q4_0)}},
+    {MG_Q4_1, {MG_QK, sizeof(mg_block_q4_1), MG_QK, Q8_1B, multi_ref_q4_1, SIMD(q4_1), ROWS(q4_1)}},
+    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0B, multi_ref_q5_0, SIMD(q5_0), ROWS(q5_0)}},
+    {MG_Q5_1, {MG_QK, sizeof(mg_block_q5_1), MG_QK, Q8_1B, multi_ref_q5_1, SIMD(q5_1), ROWS(q5_1)}},
+    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0B, multi_ref_q8_0, SIMD(q8_0), ROWS(q8_0)}},
+    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0B, multi_ref_iq4_nl, SIMD(iq4_nl), ROWS(iq4_nl)}},
+    {MG_Q2_K, {MG_QK_K, sizeof(mg_block_q2_K), MG_QK_K, Q8_KB, multi_ref_q2_K, SIMD(q2_K), NULL}},
+    {MG_Q3_K, {MG_QK_K, sizeof(mg_block_q3_K), MG_QK_K, Q8_KB, multi_ref_q3_K, SIMD(q3_K), NULL}},
+    {MG_Q4_K, {MG_QK_K, sizeof(mg_block_q4_K), MG_QK_K, Q8_KB, multi_ref_q4_K, SIMD(q4_K), ROWS(q4_K)}},
+    {MG_Q5_K, {MG_QK_K, sizeof(mg_block_q5_K), MG_QK_K, Q8_KB, multi_ref_q5_K, SIMD(q5_K), ROWS(q5_K)}},
+    {MG_Q6_K, {MG_QK_K, sizeof(mg_block_q6_K), MG_QK_K, Q8_KB, multi_ref_q6_K, SIMD(q6_K), ROWS(q6_K)}},
+    {MG_IQ4_XS, {MG_QK_K, sizeof(mg_block_iq4_xs), MG_QK_K, Q8_KB, multi_ref_iq4_xs, SIMD(iq4_xs), NULL}},
 };
 
 const mg_dot_info *mg_dot_lookup(int wtype) {
@@ -733,6 +940,18 @@ const mg_dot_info *mg_dot_lookup(int wtype) {
 mg_dot_fn mg_dot_kernel(const mg_dot_info *info) {
     if (info->simd && mg_get_simd_level() >= 1) return info->simd;
     return info->ref;
+}
+
+void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_bytes, int64_t r0, int64_t r1,
+                  const void *act, float *y) {
+    if (r1 <= r0) return;
+    const char *w0 = (const char *)w + (size_t)r0 * row_bytes;
+    if (info->rows && mg_get_simd_level() >= 1) {
+        info->rows(n, w0, row_bytes, r1 - r0, act, y);
+        return;
+    }
+    mg_dot_fn dot = mg_dot_kernel(info);
+    for (int64_t r = r0; r < r1; r++) dot(n, w0 + (size_t)(r - r0) * row_bytes, act, 0, 1, y + (r - r0));
 }
 
 size_t mg_act_row_bytes(const mg_dot_info *info, int64_t n) {

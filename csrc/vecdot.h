@@ -22,6 +22,10 @@ typedef struct { float d; float s; int8_t qs[MG_QK]; } mg_block_q8_1x;
  * Each s[t] is computed with exactly the arithmetic of the single dot (nt == 1), so tiling never changes results. */
 typedef void (*mg_dot_fn)(int64_t n, const void *w, const void *a, size_t a_stride, int nt, float *s);
 
+/* y[r] = dot(weight row r, act) for r < nrows, weight row r at w + r * row_bytes, n elements, ONE activation
+ * row: the decode (GEMV) kernel.  Each y[r] has the same bits as the single dot of that row. */
+typedef void (*mg_rows_fn)(int64_t n, const void *w, size_t row_bytes, int64_t nrows, const void *act, float *y);
+
 typedef struct {
     int blck;             /* elements per weight block */
     size_t wbytes;        /* bytes per weight block */
@@ -29,12 +33,18 @@ typedef struct {
     size_t act_bytes;     /* bytes per activation block */
     mg_dot_fn ref;        /* plain C reference */
     mg_dot_fn simd;       /* AVX2+FMA path, or NULL */
+    mg_rows_fn rows;      /* AVX2+FMA multi-row GEMV (same bits as simd per row), or NULL (mg_gemv_rows loops) */
 } mg_dot_info;
 
 /* The table entry of a weight type, or NULL if the type has no dot product. */
 const mg_dot_info *mg_dot_lookup(int wtype);
 /* The kernel to use now (the SIMD one when mg_get_simd_level() >= 1 and it exists). */
 mg_dot_fn mg_dot_kernel(const mg_dot_info *info);
+/* y[i] = dot(weight row r0 + i, act) for rows [r0, r1) of the matrix whose row 0 is at w (rows of row_bytes
+ * bytes, n elements each) against ONE activation row act (mg_act_quantize_row format): the decode kernel,
+ * multi-row where the type has one.  Each y[i] has the same bits as the single-row dot of that row. */
+void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_bytes, int64_t r0, int64_t r1,
+                  const void *act, float *y);
 /* Bytes of one activation row of n elements for weight type wtype (n a multiple of the block size). */
 size_t mg_act_row_bytes(const mg_dot_info *info, int64_t n);
 /* Converts one float32 row of n elements into the activation format of weight type wtype. */

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from moe_gguf._kernels import ffi, lib
 from moe_gguf.ggml_types import TYPE_INFO, GGMLType
-from moe_gguf.ops.matmul import QWeight, ThreadPool, matmul, matmul_id, physical_cores
+from moe_gguf.ops.matmul import QWeight, ThreadPool, matmul, matmul_id, physical_cores, read_bandwidth
 
 GQ = gguf.GGMLQuantizationType
 FLOAT_TYPES = ["F32", "F16", "BF16"]
@@ -292,6 +292,50 @@ def test_decode_row_chunks_vs_numpy(tname: str, pools) -> None:
         y3 = matmul_id(pools[n], w3, x, ids)
         for s, e in enumerate(ids[0]):
             check_against_numpy(tname, y3[0, s][None], deq[e], x)
+
+
+@pytest.mark.parametrize("tname", ALL_TYPES)
+@pytest.mark.parametrize("n_out", [1, 2, 3, 5, 7, 13, 38])
+def test_decode_gemv_odd_row_counts(tname: str, n_out: int, pools) -> None:
+    """The multi-row decode kernel (4 rows per pass) on row counts that leave 1..3 rows over: each row equals the
+    same token's row of a GEMM (tile kernels) bit for bit, stays within float rounding of the plain C reference,
+    and is right against numpy; also through matmul_id (one token, several experts)."""
+    rng = np.random.default_rng(100 + n_out)
+    n_in = 512 if tname not in FLOAT_TYPES else 80
+    raw, deq = make_weight(tname, (3, n_out, n_in), rng)
+    w = QWeight(np.ascontiguousarray(raw[1]), GGMLType[tname], (n_out, n_in))
+    x = (rng.standard_normal((3, n_in)) * rng.uniform(0.1, 10, size=(3, 1))).astype(np.float32)
+    y_gemm = matmul(pools[1], w, x)
+    for t in range(3):
+        y = matmul(pools[2], w, x[t])
+        assert np.array_equal(y, y_gemm[t]), t
+        check_against_numpy(tname, y[None], deq[1], x[t : t + 1])
+    if lib.mg_cpu_simd_level() >= 1:
+        lib.mg_set_simd_level(0)
+        y_ref = matmul(pools[1], w, x[0])
+        lib.mg_set_simd_level(1)
+        xq, _ = act_reference(tname, x[:1])
+        tol = 4e-6 * np.sqrt(n_in) * (np.abs(xq) @ np.abs(deq[1]).T)[0] + 1e-30
+        assert np.all(np.abs(y_gemm[0] - y_ref) <= tol), f"{tname}: decode SIMD vs scalar {np.abs(y_gemm[0] - y_ref).max()}"
+    w3 = QWeight(raw, GGMLType[tname], (3, n_out, n_in))
+    ids = np.array([[2, 0, 1]], dtype=np.int32)
+    y3 = matmul_id(pools[2], w3, x[:1], ids)
+    for s, e in enumerate(ids[0]):
+        want = matmul(pools[1], QWeight(np.ascontiguousarray(raw[e]), GGMLType[tname], (n_out, n_in)), x[:2])[0]
+        assert np.array_equal(y3[0, s], want), (s, e)
+
+
+def test_read_bandwidth(pools) -> None:
+    gbs = read_bandwidth(pools[2], 2, nbytes=8 << 20, repeats=1)
+    assert isinstance(gbs, float) and 0.1 < gbs < 10_000
+    with pytest.raises(ValueError):
+        read_bandwidth(pools[2], 3)  # more threads than the pool has
+    with pytest.raises(ValueError):
+        read_bandwidth(pools[1], 1, nbytes=1000)
+    with pytest.raises(TypeError):
+        read_bandwidth(pools[1], 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        read_bandwidth(None, 1)  # type: ignore[arg-type]
 
 
 def test_from_gguf_file(tmp_path, pools) -> None:

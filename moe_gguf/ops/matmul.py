@@ -4,6 +4,7 @@
     w = QWeight.from_gguf(gguf_file, name)     # zero-copy over the mmap; 2-D [n_out, n_in] or 3-D [n_expert, n_out, n_in]
     y = matmul(pool, w, x)                     # x float32 (n_tok, n_in) or (n_in,) -> (n_tok, n_out) / (n_out,)
     y = matmul_id(pool, w3, x, ids)            # ids int32 (n_tok, k) -> (n_tok, k, n_out)
+    gbs = read_bandwidth(pool, n_threads)      # the machine's read bandwidth (GB/s) by the same threads
 
 Activations are quantized on the fly to the weight type's partner format (Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL,
 Q8_0 + block sums for Q4_1/Q5_1, Q8_K for the K-quants and IQ4_XS; float32 for F32/F16/BF16), as llama.cpp
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -311,3 +313,33 @@ def matmul_id(
         raise ValueError(f"expert ids must be in [0, {n_expert}), got range [{ids.min()}, {ids.max()}]")
     _raise_rc(rc, "matmul_id")
     return y
+
+
+def read_bandwidth(pool: ThreadPool, n_threads: int, nbytes: int = 1 << 28, repeats: int = 3) -> float:
+    """The machine's read bandwidth in GB/s (1e9 bytes/s): the best of `repeats` passes of `n_threads` threads of
+    `pool` summing an `nbytes` buffer of ones with the kernels' SIMD byte sum (mg_read_sum), the same way the
+    GEMV kernels stream weights.  The sum is checked.  Use a buffer far larger than the last-level cache."""
+    if not isinstance(pool, ThreadPool):
+        raise TypeError(f"pool must be a ThreadPool, got {type(pool).__name__}")
+    for name, v in (("n_threads", n_threads), ("nbytes", nbytes), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not 1 <= n_threads <= pool.n_threads:
+        raise ValueError(f"n_threads must be in [1, {pool.n_threads}] (the pool's size), got {n_threads}")
+    if nbytes < 1 << 20:
+        raise ValueError(f"nbytes must be >= 1 MiB, got {nbytes}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    buf = np.ones(int(nbytes), dtype=np.uint8)
+    ptr = ffi.cast("const void *", buf.ctypes.data)
+    best = float("inf")
+    for i in range(int(repeats) + 1):  # the first pass faults the pages in and is not timed
+        with pool._lock:
+            t0 = time.perf_counter()
+            total = lib.mg_read_sum(_pool_ptr(pool), int(n_threads), ptr, buf.nbytes)
+            dt = time.perf_counter() - t0
+        if total != buf.nbytes:
+            raise RuntimeError(f"bandwidth probe: wrong sum {total} (expected {buf.nbytes})")
+        if i > 0:
+            best = min(best, dt)
+    return buf.nbytes / best / 1e9
