@@ -134,6 +134,43 @@ int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok
 int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int64_t n_exp, int64_t k, int gating,
                  const float *bias, int64_t n_group, int64_t n_group_used, int norm, float scale);
 
+/* --------------------------------------------------------------- fused MoE ----- */
+/* [section owned by csrc/moe.c] */
+
+/* The weights of one MoE FFN layer for mg_moe_ffn: fill once per layer, reuse for every call.
+ * Routed experts: gate/up [n_expert, n_ff, n_embd] (or, with gate_up_merged = 1, `gate` is the merged
+ * [n_expert, 2*n_ff, n_embd] tensor, gate rows then up rows per expert, of type gate_type; `up` unused) and
+ * down [n_expert, n_embd, n_ff].  Shared expert (optional, sh_gate NULL for none): 2-D gate/up [n_ff_sh, n_embd],
+ * down [n_embd, n_ff_sh].  Router (optional, router NULL for none): [n_expert, n_embd] and mg_moe_route's
+ * parameters (gating 1 softmax / 2 sigmoid, bias NULL or n_expert floats, groups, norm, scale).  Every tensor
+ * is contiguous rows of its ggml type (any type mg_vec_dot supports; types may differ between tensors). */
+typedef struct {
+    int64_t n_embd, n_ff, n_expert, n_expert_used, n_ff_sh;
+    int gate_up_merged;
+    int gate_type, up_type, down_type;
+    const void *gate, *up, *down;
+    int sh_gate_type, sh_up_type, sh_down_type;
+    const void *sh_gate, *sh_up, *sh_down;
+    int router_type;
+    const void *router;
+    int gating;
+    const float *bias;
+    int64_t n_group, n_group_used;
+    int norm;
+    float scale;
+} mg_moe_weights;
+/* Bytes of scratch mg_moe_ffn needs for n_tok rows (into *bytes); MG_E* if the weights are inconsistent. */
+int mg_moe_ffn_work_bytes(const mg_moe_weights *m, int64_t n_tok, size_t *bytes);
+/* The MoE FFN of n_tok rows of h (float32 [n_tok, n_embd], the normed hidden state) into out [n_tok, n_embd]:
+ * out[t] = sum_s weights[t, s] * down_{ids[t, s]}(silu(gate_e h) * up_e h) + shared_down(silu(sh_gate h) * sh_up h),
+ * the slots summed in order, then the shared expert added.  With a router, ids int32 [n_tok, n_expert_used] and
+ * weights float32 [n_tok, n_expert_used] are outputs (mg_moe_route on router x h); without one they are inputs
+ * (ids checked to be in [0, n_expert)).  Activations are quantized once per format, as mg_matmul does, so each
+ * expert's output equals mg_matmul_id's bit for bit.  One pool dispatch (pool may be NULL); results are
+ * bit-identical for any thread count.  work: at least mg_moe_ffn_work_bytes bytes, any alignment. */
+int mg_moe_ffn(mg_pool *pool, const mg_moe_weights *m, const float *h, int64_t n_tok, int32_t *ids, float *weights,
+               float *out, void *work, size_t work_bytes);
+
 #ifdef __cplusplus
 }
 #endif

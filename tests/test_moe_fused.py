@@ -1,0 +1,255 @@
+"""The fused MoE FFN kernel (ops.moe.MoEFFN, csrc/moe.c) against the unfused path and numpy oracles.
+
+Unfused reference: matmul_id / matmul per expert, silu_mul, then the slot-ordered weighted sum and the shared expert
+in numpy float32 -- the same IEEE operations in the same order, so the fused result must match it bit for bit.
+Independent oracle: gguf-py's numpy dequantizers and a float64 numpy FFN (up to activation quantization error).
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from moe_gguf import _kernels
+from moe_gguf.ggml_types import GGMLType
+from moe_gguf.ops import nn
+from moe_gguf.ops.matmul import QWeight, ThreadPool, matmul, matmul_id
+from moe_gguf.ops.moe import MoEFFN, MoEWorkspace
+from moe_gguf.ops.quants import quantize
+
+D, F, FS, E = 256, 256, 512, 8
+TYPES = [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.F32]
+
+
+@pytest.fixture(scope="module")
+def pools():
+    with ThreadPool(1) as p1, ThreadPool(2) as p2, ThreadPool(4) as p4:
+        yield {1: p1, 2: p2, 4: p4}
+
+
+def _qweight(rng: np.random.Generator, t: GGMLType, shape: tuple[int, ...]) -> QWeight:
+    x = (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+    if t == GGMLType.F32:
+        return QWeight(x, t, shape)
+    raw = quantize(x.reshape(-1, shape[-1]), t)
+    return QWeight(raw.reshape(*shape[:-1], -1), t, shape)
+
+
+def _dense(w: QWeight) -> np.ndarray:
+    """The oracle: gguf-py's numpy dequantizer (float64)."""
+    if w.ggml_type == GGMLType.F32:
+        return w.data.astype(np.float64)
+    return gguf.quants.dequantize(w.data, gguf.GGMLQuantizationType(int(w.ggml_type))).astype(np.float64)
+
+
+def _layer(seed: int, t_gu: GGMLType, t_down: GGMLType, shared: bool, merged: bool = False):
+    rng = np.random.default_rng(seed)
+    w: dict = {"down": _qweight(rng, t_down, (E, D, F))}
+    if merged:
+        w["gate_up"] = _qweight(rng, t_gu, (E, 2 * F, D))
+    else:
+        w["gate"] = _qweight(rng, t_gu, (E, F, D))
+        w["up"] = _qweight(rng, t_gu, (E, F, D))
+    if shared:  # the shared expert's down in a different type than the routed one
+        w["shared"] = (_qweight(rng, t_gu, (FS, D)), _qweight(rng, t_gu, (FS, D)), _qweight(rng, GGMLType.Q6_K, (D, FS)))
+    w["router"] = _qweight(rng, GGMLType.F32, (E, D))
+    return w
+
+
+def _route(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.stack([rng.permutation(E)[:k] for _ in range(n)]).astype(np.int32)
+    return ids, rng.uniform(0.1, 1.0, (n, k)).astype(np.float32)
+
+
+def _unfused(pool, w: dict, h: np.ndarray, ids: np.ndarray, wts: np.ndarray) -> np.ndarray:
+    if "gate_up" in w:
+        gu = matmul_id(pool, w["gate_up"], h, ids)
+        a = nn.silu_mul(np.ascontiguousarray(gu[..., :F]), np.ascontiguousarray(gu[..., F:]))
+    else:
+        a = nn.silu_mul(matmul_id(pool, w["gate"], h, ids), matmul_id(pool, w["up"], h, ids))
+    d = matmul_id(pool, w["down"], a, ids)
+    y = wts[:, 0:1] * d[:, 0]
+    for s in range(1, ids.shape[1]):
+        y = y + wts[:, s : s + 1] * d[:, s]
+    if "shared" in w:
+        sg, su, sd = w["shared"]
+        y = y + matmul(pool, sd, nn.silu_mul(matmul(pool, sg, h), matmul(pool, su, h)))
+    return y
+
+
+def _oracle(w: dict, h: np.ndarray, ids: np.ndarray, wts: np.ndarray) -> np.ndarray:
+    h64 = h.astype(np.float64)
+    down = _dense(w["down"]).reshape(E, D, F)
+    if "gate_up" in w:
+        gu = _dense(w["gate_up"]).reshape(E, 2 * F, D)
+        gate, up = gu[:, :F], gu[:, F:]
+    else:
+        gate, up = _dense(w["gate"]).reshape(E, F, D), _dense(w["up"]).reshape(E, F, D)
+    silu = lambda x: x / (1 + np.exp(-x))  # noqa: E731
+    y = np.zeros((h.shape[0], D))
+    for t in range(h.shape[0]):
+        for s in range(ids.shape[1]):
+            e = ids[t, s]
+            y[t] += wts[t, s] * down[e] @ (silu(gate[e] @ h64[t]) * (up[e] @ h64[t]))
+    if "shared" in w:
+        sg, su, sd = (_dense(x) for x in w["shared"])
+        y += (silu(h64 @ sg.T) * (h64 @ su.T)) @ sd.T
+    return y
+
+
+def _ffn(w: dict, k: int, router: bool = False, **kw) -> MoEFFN:
+    args = {n: w[n] for n in ("gate", "up", "gate_up", "shared") if n in w}
+    if router:
+        args["router"] = w["router"]
+    return MoEFFN(w["down"], k, **args, **kw)
+
+
+def _h(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+
+
+@pytest.mark.parametrize("t_gu", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("shared", [False, True], ids=["routed", "shared"])
+def test_fused_matches_unfused_and_oracle(pools, t_gu, shared):
+    t_down = {GGMLType.Q4_K: GGMLType.Q8_0, GGMLType.Q6_K: GGMLType.Q6_K, GGMLType.Q8_0: GGMLType.Q4_K}.get(t_gu, t_gu)
+    w = _layer(int(t_gu) * 2 + shared, t_gu, t_down, shared)
+    for k, n in ((1, 1), (2, 3), (6, 1), (6, 5)):
+        h = _h(n, k + n)
+        ids, wts = _route(n, k, k * 10 + n)
+        ffn = _ffn(w, k)
+        out, _, _ = ffn(pools[2], h, ids, wts)
+        np.testing.assert_array_equal(out, _unfused(pools[2], w, h, ids, wts))
+        ref = _oracle(w, h, ids, wts)
+        tol = 1e-5 if t_gu == GGMLType.F32 and t_down == GGMLType.F32 and not shared else 3e-2
+        assert np.abs(out - ref).max() <= tol * np.abs(ref).max(), (k, n)
+        for nth in (1, 4):  # bit-identical for any thread count, and without a pool
+            np.testing.assert_array_equal(ffn(pools[nth], h, ids, wts)[0], out)
+        np.testing.assert_array_equal(ffn(None, h, ids, wts)[0], out)
+
+
+def test_merged_gate_up(pools):
+    w = _layer(7, GGMLType.Q4_K, GGMLType.Q6_K, True, merged=True)
+    h = _h(2, 3)
+    ids, wts = _route(2, 6, 4)
+    out, _, _ = _ffn(w, 6)(pools[2], h, ids, wts)
+    np.testing.assert_array_equal(out, _unfused(pools[2], w, h, ids, wts))
+    ref = _oracle(w, h, ids, wts)
+    assert np.abs(out - ref).max() <= 3e-2 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("gating,norm,scale", [(1, False, 1.0), (2, True, 2.5)])
+def test_router_inside(pools, gating, norm, scale):
+    """Routing folded into the call gives moe_route's ids/weights on the router matmul, and the same output."""
+    w = _layer(11, GGMLType.Q4_K, GGMLType.Q8_0, True)
+    bias = np.linspace(-0.1, 0.1, E).astype(np.float32) if gating == 2 else None
+    kw = dict(gating=gating, norm=norm, scale=scale, bias=bias)
+    for n in (1, 4):
+        h = _h(n, 20 + n)
+        ffn = _ffn(w, 6, router=True, **kw)
+        out, ids, wts = ffn(pools[2], h)
+        ids_ref, wts_ref = nn.moe_route(matmul(pools[2], w["router"], h), 6, gating, bias, norm=norm, scale=scale)
+        np.testing.assert_array_equal(ids, ids_ref)
+        np.testing.assert_array_equal(wts, wts_ref)
+        np.testing.assert_array_equal(out, _unfused(pools[2], w, h, ids_ref, wts_ref))
+        for nth in (1, 4):
+            o2, i2, w2 = ffn(pools[nth], h)
+            np.testing.assert_array_equal(o2, out)
+            np.testing.assert_array_equal(i2, ids)
+        # preallocated outputs are filled in place
+        o3, i3, w3 = np.empty_like(out), np.empty_like(ids), np.empty_like(wts)
+        ffn(pools[2], h, i3, w3, out=o3)
+        np.testing.assert_array_equal(o3, out)
+        np.testing.assert_array_equal(i3, ids)
+
+
+def test_grouped_sigmoid_routing(pools):
+    w = _layer(12, GGMLType.Q8_0, GGMLType.Q8_0, False)
+    bias = np.random.default_rng(0).uniform(-0.2, 0.2, E).astype(np.float32)
+    ffn = _ffn(w, 2, router=True, gating=2, bias=bias, n_group=4, n_group_used=2, norm=True)
+    h = _h(3, 5)
+    out, ids, wts = ffn(pools[2], h)
+    ids_ref, wts_ref = nn.moe_route(matmul(pools[2], w["router"], h), 2, 2, bias, 4, 2, True)
+    np.testing.assert_array_equal(ids, ids_ref)
+    np.testing.assert_array_equal(wts, wts_ref)
+    np.testing.assert_array_equal(out, _unfused(pools[2], w, h, ids, wts))
+
+
+def test_shared_workspace_and_zero_tokens(pools):
+    ws = MoEWorkspace()
+    w1, w2 = _layer(1, GGMLType.Q4_0, GGMLType.Q4_0, True), _layer(2, GGMLType.Q6_K, GGMLType.Q6_K, False)
+    f1, f2 = _ffn(w1, 2, workspace=ws), _ffn(w2, 2, workspace=ws)
+    h = _h(2, 9)
+    ids, wts = _route(2, 2, 1)
+    a = f1(pools[2], h, ids, wts)[0].copy()
+    f2(pools[2], h, ids, wts)
+    np.testing.assert_array_equal(f1(pools[2], h, ids, wts)[0], a)
+    assert ws.nbytes >= f1.work_bytes(2)
+    out, _, _ = f1(pools[2], np.zeros((0, D), np.float32), np.zeros((0, 2), np.int32), np.zeros((0, 2), np.float32))
+    assert out.shape == (0, D)
+
+
+def test_bad_inputs(pools):
+    w = _layer(3, GGMLType.Q4_K, GGMLType.Q8_0, True)
+    ffn = _ffn(w, 2)
+    h = _h(1, 0)
+    ids, wts = _route(1, 2, 0)
+    for bad in (np.array([[0, E]], np.int32), np.array([[-1, 0]], np.int32)):
+        with pytest.raises(ValueError, match="expert ids"):
+            ffn(pools[2], h, bad, wts)
+    with pytest.raises(TypeError):
+        ffn(pools[2], h, ids.astype(np.int64), wts)
+    with pytest.raises(ValueError):
+        ffn(pools[2], h, ids[:, :1].copy(), wts)
+    with pytest.raises(ValueError, match="required"):
+        ffn(pools[2], h)
+    with pytest.raises(TypeError):
+        ffn(pools[2], h.astype(np.float64), ids, wts)
+    with pytest.raises(ValueError):
+        ffn(pools[2], _h(1, 0)[:, :128].copy(), ids, wts)
+    with pytest.raises(ValueError):
+        ffn(pools[2], np.asfortranarray(_h(2, 0)), *_route(2, 2, 0))
+    with pytest.raises(ValueError, match="overlap"):
+        ffn(pools[2], h, ids, wts, out=h)
+    with pytest.raises(TypeError):
+        ffn("pool", h, ids, wts)
+    # inconsistent weights are refused at construction
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], 2, gate=w["gate"], up=_qweight(rng, GGMLType.Q4_K, (E, F, 2 * D)))
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], E + 1, gate=w["gate"], up=w["up"])
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], 0, gate=w["gate"], up=w["up"])
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], 2, gate=w["gate"])
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], 2, gate=w["gate"], up=w["up"], shared=(w["shared"][0], w["shared"][1], w["down"]))
+    with pytest.raises(TypeError):
+        MoEFFN(w["down"], 2, gate=np.zeros((E, F, D), np.float32), up=w["up"])
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], 2, gate=w["gate"], up=w["up"], router=w["router"], gating=3)
+    with pytest.raises(ValueError):
+        MoEFFN(w["down"], 6, gate=w["gate"], up=w["up"], router=w["router"], n_group=4, n_group_used=1)
+
+
+def test_c_rejects_bad_arguments():
+    """The C entry checks what it can on its own (NULL pointers, short scratch, ids out of range)."""
+    ffi, lib = _kernels.ffi, _kernels.lib
+    w = _layer(4, GGMLType.Q8_0, GGMLType.Q8_0, False)
+    c = _ffn(w, 2)._c
+    nb = ffi.new("size_t *")
+    assert lib.mg_moe_ffn_work_bytes(c, 1, nb) == 0 and nb[0] > 0
+    h, out = np.ones(D, np.float32), np.empty(D, np.float32)
+    ids, wts = np.array([0, 1], np.int32), np.ones(2, np.float32)
+    work = np.empty(nb[0], np.uint8)
+    fb = ffi.from_buffer
+    args = (fb("float[]", h), 1, fb("int32_t[]", ids), fb("float[]", wts), fb("float[]", out))
+    assert lib.mg_moe_ffn(ffi.NULL, c, *args, fb("char[]", work), nb[0]) == 0
+    assert lib.mg_moe_ffn(ffi.NULL, c, *args, fb("char[]", work), nb[0] - 1) == -2
+    assert lib.mg_moe_ffn(ffi.NULL, c, *args, ffi.NULL, nb[0]) == -2
+    ids[1] = E
+    assert lib.mg_moe_ffn(ffi.NULL, c, *args, fb("char[]", work), nb[0]) == -2
+    bad = ffi.new("mg_moe_weights *", c[0])
+    bad.down_type = 99
+    assert lib.mg_moe_ffn_work_bytes(bad, 1, nb) == -1
