@@ -56,6 +56,52 @@ typedef struct {
     int64_t n;
 } phase_t;
 
+/* A job of phases run in order by any subset of the pool's threads (see the top of the file).  Embedded as the
+ * first member of a job struct, so the callbacks can cast it back. */
+typedef struct phased phased;
+struct phased {
+    phase_t *ph;
+    int n_ph;
+    void (*item)(phased *job, int ph, int64_t i);
+    void (*finish)(phased *job, int ph); /* run by the thread that completes a phase's last item; may be NULL */
+};
+
+static void phases_reset(phase_t *ph, int n_ph) {
+    for (int p = 0; p < n_ph; p++) {
+        atomic_init(&ph[p].claim, 0);
+        atomic_init(&ph[p].done, 0);
+        atomic_init(&ph[p].ready, ph[p].n == 0);
+    }
+}
+
+static void wait_ready(phase_t *p) {
+    for (int i = 0; !atomic_load_explicit(&p->ready, memory_order_acquire); i++) {
+        if (i < SPIN_YIELD) {
+            CPU_RELAX();
+        } else {
+            sched_yield(); /* the thread we wait for may need this core */
+        }
+    }
+}
+
+static void phased_task(void *arg, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    phased *job = arg;
+    for (int ph = 0; ph < job->n_ph; ph++) {
+        phase_t *p = &job->ph[ph];
+        if (atomic_load_explicit(&p->ready, memory_order_acquire)) continue;
+        int64_t mine = 0;
+        for (int64_t i; (i = atomic_fetch_add_explicit(&p->claim, 1, memory_order_relaxed)) < p->n; mine++) job->item(job, ph, i);
+        /* acq_rel: the last finisher sees every item's writes and publishes them (with its own) via `ready` */
+        if (mine && atomic_fetch_add_explicit(&p->done, mine, memory_order_acq_rel) + mine == p->n) {
+            if (job->finish) job->finish(job, ph);
+            atomic_store_explicit(&p->ready, 1, memory_order_release);
+        }
+        wait_ready(p);
+    }
+}
+
 /* one weight matrix (2-D, or one expert of a 3-D stack at base + e * expert_bytes) */
 typedef struct {
     const mg_dot_info *info;
@@ -66,6 +112,7 @@ typedef struct {
 } mat_t;
 
 typedef struct {
+    phased run; /* first member */
     phase_t ph[N_PH];
     const mg_moe_weights *m;
     const float *h;
@@ -303,32 +350,10 @@ static void do_item(moe_job *j, int ph, int64_t i) {
     }
 }
 
-static void wait_ready(phase_t *p) {
-    for (int i = 0; !atomic_load_explicit(&p->ready, memory_order_acquire); i++) {
-        if (i < SPIN_YIELD) {
-            CPU_RELAX();
-        } else {
-            sched_yield(); /* the thread we wait for may need this core */
-        }
-    }
-}
+static void moe_item(phased *run, int ph, int64_t i) { do_item((moe_job *)(void *)run, ph, i); }
 
-static void moe_task(void *arg, int ith, int nth) {
-    (void)ith;
-    (void)nth;
-    moe_job *j = arg;
-    for (int ph = 0; ph < N_PH; ph++) {
-        phase_t *p = &j->ph[ph];
-        if (atomic_load_explicit(&p->ready, memory_order_acquire)) continue;
-        int64_t mine = 0;
-        for (int64_t i; (i = atomic_fetch_add_explicit(&p->claim, 1, memory_order_relaxed)) < p->n; mine++) do_item(j, ph, i);
-        /* acq_rel: the last finisher sees every item's writes and publishes them (with its own) via `ready` */
-        if (mine && atomic_fetch_add_explicit(&p->done, mine, memory_order_acq_rel) + mine == p->n) {
-            if (ph == PH_ROUTER) route(j);
-            atomic_store_explicit(&p->ready, 1, memory_order_release);
-        }
-        wait_ready(p);
-    }
+static void moe_finish(phased *run, int ph) {
+    if (ph == PH_ROUTER) route((moe_job *)(void *)run);
 }
 
 static int setup_job(moe_job *j, mg_pool *pool, const mg_moe_weights *m, const float *h, int64_t n_tok, int32_t *ids,
@@ -363,11 +388,11 @@ static int setup_job(moe_job *j, mg_pool *pool, const mg_moe_weights *m, const f
     j->aq = w;
     w += align64(j->aq_rb * (size_t)n_pairs);
     j->aq_sh = w;
-    for (int ph = 0; ph < N_PH; ph++) {
-        atomic_init(&j->ph[ph].claim, 0);
-        atomic_init(&j->ph[ph].done, 0);
-        atomic_init(&j->ph[ph].ready, j->ph[ph].n == 0);
-    }
+    phases_reset(j->ph, N_PH);
+    j->run.ph = j->ph;
+    j->run.n_ph = N_PH;
+    j->run.item = moe_item;
+    j->run.finish = moe_finish;
     return MG_OK;
 }
 
@@ -388,6 +413,160 @@ int mg_moe_ffn(mg_pool *pool, const mg_moe_weights *m, const float *h, int64_t n
     int rc = setup_job(&j, pool, m, h, n_tok, ids, weights, out, work, work_bytes, &nth);
     if (rc) return rc;
     if (n_tok == 0) return MG_OK;
-    mg_pool_run_dynamic(pool, moe_task, &j, nth);
+    mg_pool_run_dynamic(pool, phased_task, &j.run, nth);
     return j.route_rc;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Batched decode GEMV: several matrices, each with its own input rows, in one dispatch.  Stage s's inputs are
+ * quantized (once per distinct input and activation format) after stage s-1's outputs are complete, so stage-1
+ * descriptors may read stage-0 outputs (e.g. W_UV per head, then W_O).  Phases: Q(0) G(0) Q(1) G(1) ...
+ * ---------------------------------------------------------------------------------------------------------- */
+enum { MAX_STAGES = 4 };
+
+typedef struct { /* one distinct input: rows x + t * x_stride, quantized for weight type `type` */
+    const float *x;
+    int64_t x_stride, n_in;
+    int type;
+    size_t rb;
+    char *q;
+} gb_input;
+
+typedef struct { /* per descriptor */
+    const mg_dot_info *info;
+    size_t row_bytes;
+    int64_t rows, first; /* rows per item; index of its first item in its stage's G phase */
+    int64_t xi;          /* its input */
+} gb_aux;
+
+typedef struct {
+    phased run; /* first member */
+    phase_t ph[2 * MAX_STAGES];
+    const mg_gemv_desc *d;
+    int64_t n_desc, n_tok;
+    int n_stage;
+    gb_aux *aux;
+    int64_t *order;                   /* descriptors sorted by stage (stable) */
+    int64_t st_first[MAX_STAGES + 1]; /* stage s: order[st_first[s] .. st_first[s+1]) */
+    gb_input *in;
+    int64_t in_first[MAX_STAGES + 1]; /* stage s: in[in_first[s] .. in_first[s+1]) */
+} gb_job;
+
+static int gb_check(const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, size_t *work_bytes) {
+    if (!d || n_desc <= 0 || n_tok < 0 || n_desc > INT32_MAX) return MG_ESIZE;
+    size_t total = align64(sizeof(gb_aux) * (size_t)n_desc) + align64(sizeof(int64_t) * (size_t)n_desc) +
+                   align64(sizeof(gb_input) * (size_t)n_desc);
+    for (int64_t i = 0; i < n_desc; i++) {
+        const mg_dot_info *info = mg_dot_lookup(d[i].type);
+        if (!info) return MG_EUNSUPPORTED;
+        if (!d[i].w || !d[i].x || !d[i].y || d[i].n_out <= 0 || d[i].n_in <= 0 || d[i].n_in % info->blck) return MG_ESIZE;
+        if (d[i].stage < 0 || d[i].stage >= MAX_STAGES) return MG_ESIZE;
+        if (n_tok > 1 && (d[i].x_stride < d[i].n_in || d[i].y_stride < d[i].n_out)) return MG_ESIZE;
+        total += align64(mg_act_row_bytes(info, d[i].n_in) * (size_t)n_tok); /* upper bound: inputs not merged */
+    }
+    *work_bytes = total + 64;
+    return MG_OK;
+}
+
+static void gb_item(phased *run, int ph, int64_t i) {
+    gb_job *j = (gb_job *)(void *)run;
+    int s = ph / 2;
+    if (ph % 2 == 0) { /* Q(s): input in_first[s] + i / n_tok, token i % n_tok */
+        const gb_input *in = &j->in[j->in_first[s] + i / j->n_tok];
+        int64_t t = i % j->n_tok;
+        mg_act_quantize_row(in->type, in->x + t * in->x_stride, in->q + (size_t)t * in->rb, in->n_in);
+        return;
+    }
+    /* G(s): the descriptor whose items hold i (binary search over the stage's `first`) */
+    int64_t lo = j->st_first[s], hi = j->st_first[s + 1] - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (j->aux[j->order[mid]].first <= i) lo = mid; else hi = mid - 1;
+    }
+    int64_t di = j->order[lo];
+    const mg_gemv_desc *d = &j->d[di];
+    const gb_aux *a = &j->aux[di];
+    const gb_input *in = &j->in[a->xi];
+    int64_t r0 = (i - a->first) * a->rows, r1 = r0 + a->rows < d->n_out ? r0 + a->rows : d->n_out;
+    for (int64_t t = 0; t < j->n_tok; t++) {
+        mg_gemv_rows(a->info, d->n_in, d->w, a->row_bytes, r0, r1, in->q + (size_t)t * in->rb, d->y + t * d->y_stride + r0);
+    }
+}
+
+int mg_gemv_batch_work_bytes(const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, size_t *bytes) {
+    if (!bytes) return MG_ESIZE;
+    return gb_check(d, n_desc, n_tok, bytes);
+}
+
+int mg_gemv_batch(mg_pool *pool, const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, void *work, size_t work_bytes) {
+    size_t need = 0;
+    int rc = gb_check(d, n_desc, n_tok, &need);
+    if (rc) return rc;
+    if (!work || work_bytes < need) return MG_ESIZE;
+    if (n_tok == 0) return MG_OK;
+    int pn = mg_pool_n_threads(pool), nth = pn > 0 ? pn : 1;
+    gb_job j;
+    memset(&j, 0, sizeof(j));
+    j.d = d;
+    j.n_desc = n_desc;
+    j.n_tok = n_tok;
+    char *w = (char *)work + ((64 - (uintptr_t)work % 64) % 64);
+    j.aux = (gb_aux *)(void *)w;
+    w += align64(sizeof(gb_aux) * (size_t)n_desc);
+    j.order = (int64_t *)(void *)w;
+    w += align64(sizeof(int64_t) * (size_t)n_desc);
+    j.in = (gb_input *)(void *)w;
+    w += align64(sizeof(gb_input) * (size_t)n_desc);
+    /* descriptors by stage; per stage the distinct inputs, the rows per item and each descriptor's first item */
+    int64_t n_in = 0, n_ord = 0;
+    for (int s = 0; s < MAX_STAGES; s++) {
+        j.st_first[s] = n_ord;
+        j.in_first[s] = n_in;
+        size_t stage_bytes = 0;
+        for (int64_t i = 0; i < n_desc; i++) {
+            if (d[i].stage != s) continue;
+            gb_aux *a = &j.aux[i];
+            a->info = mg_dot_lookup(d[i].type);
+            a->row_bytes = (size_t)(d[i].n_in / a->info->blck) * a->info->wbytes;
+            stage_bytes += a->row_bytes * (size_t)d[i].n_out;
+            j.order[n_ord++] = i;
+            int64_t x = j.in_first[s];
+            while (x < n_in && !(j.in[x].x == d[i].x && j.in[x].n_in == d[i].n_in && act_fmt(j.in[x].type) == act_fmt(d[i].type) &&
+                                 (n_tok == 1 || j.in[x].x_stride == d[i].x_stride)))
+                x++;
+            if (x == n_in) {
+                gb_input *in = &j.in[n_in++];
+                in->x = d[i].x;
+                in->x_stride = d[i].x_stride;
+                in->n_in = d[i].n_in;
+                in->type = d[i].type;
+                in->rb = mg_act_row_bytes(a->info, d[i].n_in);
+                in->q = w;
+                w += align64(in->rb * (size_t)n_tok);
+            }
+            a->xi = x;
+        }
+        if (n_ord > j.st_first[s]) j.n_stage = s + 1;
+        size_t target = stage_bytes / ((size_t)MIN_ITEMS * (size_t)nth);
+        if (target > ITEM_BYTES) target = ITEM_BYTES;
+        int64_t items = 0;
+        for (int64_t o = j.st_first[s]; o < n_ord; o++) {
+            gb_aux *a = &j.aux[j.order[o]];
+            int64_t rows = (int64_t)(target / a->row_bytes) / ROW_ALIGN * ROW_ALIGN;
+            a->rows = rows < ROW_ALIGN ? ROW_ALIGN : rows;
+            a->first = items;
+            items += cdiv(d[j.order[o]].n_out, a->rows);
+        }
+        j.ph[2 * s].n = (n_in - j.in_first[s]) * n_tok;
+        j.ph[2 * s + 1].n = items;
+    }
+    j.st_first[MAX_STAGES] = n_ord;
+    j.in_first[MAX_STAGES] = n_in;
+    phases_reset(j.ph, 2 * MAX_STAGES);
+    j.run.ph = j.ph;
+    j.run.n_ph = 2 * j.n_stage;
+    j.run.item = gb_item;
+    j.run.finish = NULL;
+    mg_pool_run_dynamic(pool, phased_task, &j.run, nth);
+    return MG_OK;
 }

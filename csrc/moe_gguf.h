@@ -171,6 +171,28 @@ int mg_moe_ffn_work_bytes(const mg_moe_weights *m, int64_t n_tok, size_t *bytes)
 int mg_moe_ffn(mg_pool *pool, const mg_moe_weights *m, const float *h, int64_t n_tok, int32_t *ids, float *weights,
                float *out, void *work, size_t work_bytes);
 
+/* One matrix-vector product of a mg_gemv_batch: y[t] = W x[t] for t < n_tok, W [n_out, n_in] contiguous rows of
+ * ggml type `type`; x row t at x + t * x_stride, y row t at y + t * y_stride (floats; strides >= n_in / n_out
+ * when n_tok > 1).  Descriptors of stage s (0..3) start after every output of stage s-1 is written, so they may
+ * read those outputs (inputs are converted before their stage writes anything).  Outputs must not overlap. */
+typedef struct {
+    int type;
+    const void *w;
+    int64_t n_out, n_in;
+    const float *x;
+    int64_t x_stride;
+    float *y;
+    int64_t y_stride;
+    int stage;
+} mg_gemv_desc;
+/* Scratch bytes mg_gemv_batch needs (into *bytes); MG_E* on a bad descriptor. */
+int mg_gemv_batch_work_bytes(const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, size_t *bytes);
+/* n_desc matrix products over n_tok rows (meant for decode: weights stream once per token) in ONE pool dispatch:
+ * each distinct input row is quantized once per activation format, then all rows of all matrices of the stage
+ * are split into work items.  Every y element equals mg_matmul's bit for bit, for any thread count.
+ * work: at least mg_gemv_batch_work_bytes bytes, any alignment. */
+int mg_gemv_batch(mg_pool *pool, const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, void *work, size_t work_bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,7 +14,7 @@ from moe_gguf import _kernels
 from moe_gguf.ggml_types import GGMLType
 from moe_gguf.ops import nn
 from moe_gguf.ops.matmul import QWeight, ThreadPool, matmul, matmul_id
-from moe_gguf.ops.moe import MoEFFN, MoEWorkspace
+from moe_gguf.ops.moe import GemvBatch, MoEFFN, MoEWorkspace
 from moe_gguf.ops.quants import quantize
 
 D, F, FS, E = 256, 256, 512, 8
@@ -253,3 +253,71 @@ def test_c_rejects_bad_arguments():
     bad = ffi.new("mg_moe_weights *", c[0])
     bad.down_type = 99
     assert lib.mg_moe_ffn_work_bytes(bad, 1, nb) == -1
+
+
+# ------------------------------------------------------------------------------------------- GemvBatch
+@pytest.mark.parametrize("n_tok", [1, 3])
+def test_gemv_batch_matches_matmul(pools, n_tok):
+    """Shared inputs (quantized once per format), per-expert weights over strided head views, a second stage reading
+    the first stage's output: every y equals matmul / matmul_id bit for bit, for any thread count."""
+    rng = np.random.default_rng(n_tok)
+    wa, wb = _qweight(rng, GGMLType.Q4_K, (96, D)), _qweight(rng, GGMLType.Q6_K, (64, D))
+    wc = _qweight(rng, GGMLType.F32, (32, D))
+    heads = _qweight(rng, GGMLType.Q8_0, (4, 64, 32))  # 4 per-head [64, 32] matrices
+    wo = _qweight(rng, GGMLType.Q4_0, (D, 4 * 64))
+    x = rng.standard_normal((n_tok, D)).astype(np.float32)
+    q = rng.standard_normal((n_tok, 4, 32)).astype(np.float32)  # head h's input is the strided view q[:, h]
+    ya, yb, yc = np.empty((n_tok, 96), np.float32), np.empty((n_tok, 64), np.float32), np.empty((n_tok, 32), np.float32)
+    yh = np.empty((n_tok, 4, 64), np.float32)
+    yo = np.empty((n_tok, D), np.float32)
+    flat = yh.reshape(n_tok, 4 * 64)
+    items = [(wa, x, ya, 0), (wb, x, yb, 0), (wc, x, yc, 0)]
+    items += [((heads, h), q[:, h], yh[:, h], 0) for h in range(4)]
+    items += [(wo, flat, yo, 1)]
+    gb = GemvBatch(items)
+    ref_h = matmul_id(pools[2], heads, q, np.tile(np.arange(4, dtype=np.int32), (n_tok, 1)))
+    refs = [matmul(pools[2], wa, x), matmul(pools[2], wb, x), matmul(pools[2], wc, x), ref_h,
+            matmul(pools[2], wo, ref_h.reshape(n_tok, -1))]  # fmt: skip
+    for pool in (pools[1], pools[2], pools[4], None):
+        for y in (ya, yb, yc, yh, yo):
+            y.fill(np.nan)
+        gb.run(pool)
+        for y, ref in zip((ya, yb, yc, yh, yo), refs):
+            np.testing.assert_array_equal(y, ref)
+    # oracle: numpy dequantization (activation quantization error only)
+    ref = x.astype(np.float64) @ _dense(wa).reshape(96, D).T
+    assert np.abs(ya - ref).max() <= 2e-2 * np.abs(ref).max()
+    # run() rereads the inputs
+    x *= 2
+    gb.run(pools[2])
+    np.testing.assert_array_equal(ya, matmul(pools[2], wa, x))
+
+
+def test_gemv_batch_bad_items():
+    rng = np.random.default_rng(0)
+    w2, w3 = _qweight(rng, GGMLType.Q8_0, (32, D)), _qweight(rng, GGMLType.Q8_0, (2, 32, D))
+    x, y = np.zeros((1, D), np.float32), np.zeros((1, 32), np.float32)
+    with pytest.raises(ValueError):
+        GemvBatch([])
+    with pytest.raises(ValueError, match="expert index"):
+        GemvBatch([(w3, x, y, 0)])
+    with pytest.raises(ValueError, match="expert index"):
+        GemvBatch([((w3, 2), x, y, 0)])
+    with pytest.raises(ValueError, match="shape"):
+        GemvBatch([(w2, np.zeros((1, 128), np.float32), y, 0)])
+    with pytest.raises(TypeError):
+        GemvBatch([(w2, x.astype(np.float64), y, 0)])
+    with pytest.raises(ValueError, match="contiguous"):
+        GemvBatch([(w2, np.zeros((1, 2 * D), np.float32)[:, ::2], y, 0)])
+    with pytest.raises(ValueError, match="stage"):
+        GemvBatch([(w2, x, y, 4)])
+    with pytest.raises(ValueError, match="overlaps"):
+        GemvBatch([(w2, x, y, 0), ((w3, 1), x, y, 0)])
+    with pytest.raises(ValueError, match="rows"):
+        GemvBatch([(w2, x, y, 0), ((w3, 1), np.zeros((2, D), np.float32), np.zeros((2, 32), np.float32), 0)])
+    with pytest.raises(ValueError, match="writeable"):
+        ro = np.zeros((1, 32), np.float32)
+        ro.flags.writeable = False
+        GemvBatch([(w2, x, ro, 0)])
+    with pytest.raises(TypeError):
+        GemvBatch([(np.zeros((32, D), np.float32), x, y, 0)])

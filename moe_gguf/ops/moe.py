@@ -9,6 +9,10 @@ with ONE pool dispatch.  Each expert's output equals matmul_id's bit for bit (sa
 kernels); the k slots are summed in order and the shared expert added last, so results are bit-identical for any
 thread count.  Scratch comes from a MoEWorkspace (one per MoEFFN unless shared, e.g. by all layers of a model).
 Streams the weights once per token: meant for decode and short batches (prefill: expert-grouped matmul_id).
+`bind` fixes the arrays of a call once (for a decode loop over preallocated buffers).
+
+GemvBatch: several (2-D or per-expert) matrix products over fixed buffers in one C call and one pool dispatch,
+in up to 4 stages (stage s may read stage s-1's outputs), each distinct input quantized once.
 """
 from __future__ import annotations
 
@@ -168,6 +172,15 @@ class MoEFFN:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(out, ids, weights) for h float32 (n_tok, n_embd).  With a router, ids int32 / weights float32
         (n_tok, k) are outputs (preallocated arrays may be passed); without one they are required inputs."""
+        b = self.bind(h, ids, weights, out)
+        b.run(pool)
+        return b.out, b.ids, b.weights
+
+    def bind(
+        self, h: np.ndarray, ids: np.ndarray | None = None, weights: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> "BoundMoEFFN":
+        """The call's arguments checked once and fixed: `run(pool)` then recomputes out from whatever h holds
+        (for a decode loop over preallocated buffers: no per-call checks or allocations)."""
         if not isinstance(h, np.ndarray) or h.dtype != np.float32:
             raise TypeError(f"h must be a float32 numpy array, got {getattr(h, 'dtype', type(h).__name__)}")
         if h.ndim != 2 or h.shape[1] != self.n_embd:
@@ -184,29 +197,142 @@ class MoEFFN:
         out = _io(out, np.float32, (n_tok, self.n_embd), "out", True)
         if np.may_share_memory(out, h) or np.may_share_memory(out, ids) or np.may_share_memory(out, weights):
             raise ValueError("out must not overlap h, ids or weights")
-        if n_tok == 0:
-            return out, ids, weights
-        need = self.work_bytes(n_tok)
-        pp = _pool_ptr(pool)
-        ws = self.workspace
-        args = (
-            self._c, ffi.from_buffer("float[]", h), n_tok, ffi.from_buffer("int32_t[]", ids, require_writable=self.has_router),
-            ffi.from_buffer("float[]", weights, require_writable=self.has_router), ffi.from_buffer("float[]", out, require_writable=True),
+        if self.has_router and np.may_share_memory(ids, weights):
+            raise ValueError("ids and weights must not overlap")
+        return BoundMoEFFN(self, h, ids, weights, out)
+
+
+class BoundMoEFFN:
+    """A MoEFFN call over fixed, checked arrays (see MoEFFN.bind)."""
+
+    def __init__(self, ffn: MoEFFN, h: np.ndarray, ids: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+        self.ffn, self.h, self.ids, self.weights, self.out = ffn, h, ids, weights, out
+        self.n_tok = h.shape[0]
+        self._need = ffn.work_bytes(self.n_tok)
+        self._args = (
+            ffn._c, _fptr(h, False), self.n_tok, ffi.from_buffer("int32_t[]", ids, require_writable=ffn.has_router),
+            _fptr(weights, ffn.has_router), _fptr(out, True),
         )  # fmt: skip
+
+    def run(self, pool: ThreadPool | None) -> np.ndarray:
+        """Runs the step (reading h, writing out and, with a router, ids / weights); returns out."""
+        if self.n_tok == 0:
+            return self.out
+        pp = _pool_ptr(pool)
+        ws = self.ffn.workspace
         with ws.lock:
-            wp, wn = ws.get(need)
+            wp, wn = ws.get(self._need)
             if pool is None:
-                rc = lib.mg_moe_ffn(pp, *args, wp, wn)
+                rc = lib.mg_moe_ffn(pp, *self._args, wp, wn)
             else:
                 with pool._lock:
-                    rc = lib.mg_moe_ffn(_pool_ptr(pool), *args, wp, wn)
+                    rc = lib.mg_moe_ffn(_pool_ptr(pool), *self._args, wp, wn)
         if rc != 0:
-            if not self.has_router and (int(ids.min()) < 0 or int(ids.max()) >= self.n_expert):
-                raise ValueError(f"expert ids must be in [0, {self.n_expert}), got range [{ids.min()}, {ids.max()}]")
+            ids, E = self.ids, self.ffn.n_expert
+            if not self.ffn.has_router and (int(ids.min()) < 0 or int(ids.max()) >= E):
+                raise ValueError(f"expert ids must be in [0, {E}), got range [{ids.min()}, {ids.max()}]")
             if rc == -3:
                 raise MemoryError("moe_ffn: out of memory")
             raise ValueError(f"moe_ffn: kernel rejected the arguments (code {rc})")
-        return out, ids, weights
+        return self.out
+
+
+def _fptr(a: np.ndarray, writable: bool) -> Any:
+    """A float * over a float32 array."""
+    return ffi.from_buffer("float[]", a, require_writable=writable)
+
+
+class GemvBatch:
+    """Several matrix products y = x @ W.T over fixed buffers, run as ONE C call and ONE pool dispatch.
+
+        gb = GemvBatch([(wq, h, q, 0), (wkv_a, h, ckv, 0)])     # h quantized once for both
+        gb.run(pool)                                              # recomputes q, ckv from h's current values
+
+    Each item is (weight, x, y, stage): weight a 2-D QWeight or (3-D QWeight, expert index); x float32
+    (n_tok, n_in) and y float32 (n_tok, n_out) views whose last axis is contiguous (rows may be strided, e.g. one
+    head of a wider array).  Items of stage s (0..3) run after every output of stage s-1 is written, so they may
+    read them.  All items share n_tok.  Results equal matmul's bit for bit.  Meant for decode-sized n_tok.
+    """
+
+    MAX_STAGES = 4
+
+    def __init__(self, items: list[tuple[Any, np.ndarray, np.ndarray, int]], workspace: MoEWorkspace | None = None) -> None:
+        if not items:
+            raise ValueError("GemvBatch needs at least one item")
+        n_tok = None
+        d = ffi.new("mg_gemv_desc[]", len(items))
+        keep: list[Any] = []
+        outs: list[np.ndarray] = []
+        for i, it in enumerate(items):
+            if not isinstance(it, (tuple, list)) or len(it) != 4:
+                raise TypeError("each item must be (weight, x, y, stage)")
+            wt, x, y, stage = it
+            ptr, n_out, n_in, w = _weight_ptr(wt)
+            for name, a, n, writable in (("x", x, n_in, False), ("y", y, n_out, True)):
+                if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+                    raise TypeError(f"item {i}: {name} must be a float32 numpy array")
+                if a.ndim != 2 or a.shape[1] != n:
+                    raise ValueError(f"item {i}: {name} must have shape (n_tok, {n}), got {a.shape}")
+                if a.strides[1] != 4 or a.strides[0] % 4 or a.strides[0] < 0 or not a.flags.aligned:
+                    raise ValueError(f"item {i}: {name}'s rows must be contiguous, aligned and non-negatively strided")
+                if writable and not a.flags.writeable:
+                    raise ValueError(f"item {i}: y must be writeable")
+            if n_tok is None:
+                n_tok = x.shape[0]
+            if x.shape[0] != n_tok or y.shape[0] != n_tok:
+                raise ValueError(f"item {i}: every x and y must have {n_tok} rows")
+            if n_tok > 1 and (x.strides[0] < 4 * n_in or y.strides[0] < 4 * n_out):
+                raise ValueError(f"item {i}: rows of x / y overlap")
+            if isinstance(stage, bool) or not isinstance(stage, (int, np.integer)) or not 0 <= stage < self.MAX_STAGES:
+                raise ValueError(f"item {i}: stage must be an int in [0, {self.MAX_STAGES}), got {stage!r}")
+            if any(np.shares_memory(y, o) for o in outs):
+                raise ValueError(f"item {i}: y overlaps another item's output")
+            outs.append(y)
+            e = d[i]
+            e.type, e.w, e.n_out, e.n_in = w._type_id, ptr, n_out, n_in
+            e.x, e.x_stride = ffi.cast("const float *", x.ctypes.data), x.strides[0] // 4
+            e.y, e.y_stride = ffi.cast("float *", y.ctypes.data), y.strides[0] // 4
+            e.stage = int(stage)
+            keep += [w, x, y]
+        nb = ffi.new("size_t *")
+        rc = lib.mg_gemv_batch_work_bytes(d, len(items), n_tok, nb)
+        if rc != 0:
+            raise ValueError(f"GemvBatch: the kernel rejected the items (code {rc})")
+        self._d, self._n, self.n_tok, self._need = d, len(items), int(n_tok), int(nb[0])
+        self._keep = keep  # the descriptors point into these
+        self.workspace = workspace if workspace is not None else MoEWorkspace()
+        if not isinstance(self.workspace, MoEWorkspace):
+            raise TypeError("workspace must be a MoEWorkspace")
+
+    def run(self, pool: ThreadPool | None) -> None:
+        pp = _pool_ptr(pool)
+        ws = self.workspace
+        with ws.lock:
+            wp, wn = ws.get(self._need)
+            if pool is None:
+                rc = lib.mg_gemv_batch(pp, self._d, self._n, self.n_tok, wp, wn)
+            else:
+                with pool._lock:
+                    rc = lib.mg_gemv_batch(_pool_ptr(pool), self._d, self._n, self.n_tok, wp, wn)
+        if rc != 0:  # pragma: no cover - everything was checked at construction
+            raise ValueError(f"gemv_batch: kernel rejected the arguments (code {rc})")
+
+
+def _weight_ptr(wt: Any) -> tuple[Any, int, int, QWeight]:
+    """(C pointer to the rows, n_out, n_in, the QWeight) of a 2-D QWeight or a (3-D QWeight, expert) pair."""
+    if isinstance(wt, QWeight):
+        if len(wt.shape) != 2:
+            raise ValueError(f"a 3-D weight {wt.shape} needs an expert index: (weight, e)")
+        return wt._cptr, wt.n_out, wt.n_in, wt
+    if isinstance(wt, (tuple, list)) and len(wt) == 2 and isinstance(wt[0], QWeight):
+        w, e = wt
+        if len(w.shape) != 3:
+            raise ValueError(f"(weight, e) needs a 3-D weight, got {w.shape}")
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 0 <= e < w.shape[0]:
+            raise ValueError(f"expert index must be in [0, {w.shape[0]}), got {e!r}")
+        off = int(e) * w.n_out * w.row_bytes
+        return ffi.cast("const char *", w._cptr) + off, w.n_out, w.n_in, w
+    raise TypeError(f"weight must be a QWeight or (QWeight, expert index), got {type(wt).__name__}")
 
 
 def _io(a: np.ndarray | None, dtype: type, shape: tuple[int, ...], name: str, writable: bool) -> np.ndarray:
