@@ -570,3 +570,29 @@ int mg_gemv_batch(mg_pool *pool, const mg_gemv_desc *d, int64_t n_desc, int64_t 
     mg_pool_run_dynamic(pool, phased_task, &j.run, nth);
     return MG_OK;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * MLA decode bookkeeping for one token (composes mg_rope_norm / mg_rms_norm, so the bits equal the unfused ops).
+ * ---------------------------------------------------------------------------------------------------------- */
+int mg_mla_decode_prep(float *q, int64_t n_head, int64_t q_head, int64_t n_rot, float *qa, int64_t kv_lora, float *ckv,
+                       const float *norm_w, float eps, int32_t pos, const float *inv_freq, float magnitude, void *kv_row,
+                       int kv_type) {
+    if (!q || !qa || !ckv || !norm_w || !inv_freq || !kv_row || n_head <= 0 || n_rot <= 0 || (n_rot & 1) ||
+        q_head < n_rot || kv_lora <= 0 || (kv_type != 0 && kv_type != 1) || !(eps >= 0.0f))
+        return MG_ESIZE;
+    int64_t qa_head = kv_lora + n_rot;
+    int rc = mg_rope_norm(q + (q_head - n_rot), 1, n_head, n_rot, 0, q_head, &pos, inv_freq, magnitude);
+    if (!rc) rc = mg_rope_norm(ckv + kv_lora, 1, 1, n_rot, 0, 0, &pos, inv_freq, magnitude);
+    if (!rc) rc = mg_rms_norm(ckv, ckv, norm_w, 1, kv_lora, eps);
+    if (rc) return rc;
+    for (int64_t h = 0; h < n_head; h++) {
+        memcpy(qa + h * qa_head + kv_lora, q + h * q_head + (q_head - n_rot), sizeof(float) * (size_t)n_rot);
+    }
+    if (kv_type == 0) {
+        memcpy(kv_row, ckv, sizeof(float) * (size_t)qa_head);
+    } else {
+        uint16_t *dst = kv_row;
+        for (int64_t i = 0; i < qa_head; i++) dst[i] = mg_f32_to_f16(ckv[i]);
+    }
+    return MG_OK;
+}

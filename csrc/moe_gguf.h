@@ -193,6 +193,16 @@ int mg_gemv_batch_work_bytes(const mg_gemv_desc *d, int64_t n_desc, int64_t n_to
  * work: at least mg_gemv_batch_work_bytes bytes, any alignment. */
 int mg_gemv_batch(mg_pool *pool, const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, void *work, size_t work_bytes);
 
+/* One decoded token's MLA bookkeeping after the q and kv_a projections: ropes q_pe (the last n_rot of each of the
+ * n_head rows of q_head values in q, in place) and copies it behind each head's absorbed query row in
+ * qa (n_head rows of kv_lora + n_rot: [W_UK^T q_nope | q_pe]); ropes k_pe = ckv[kv_lora:] and RMS-normalizes
+ * c_kv = ckv[:kv_lora] by norm_w (both in place in ckv, kv_lora + n_rot floats), then stores [c_kv | k_pe] into
+ * the cache row kv_row (kv_type 0: float32, 1: float16 rounded to nearest even).  Same bits as mg_rope_norm and
+ * mg_rms_norm (which it calls) and numpy's float16 cast. */
+int mg_mla_decode_prep(float *q, int64_t n_head, int64_t q_head, int64_t n_rot, float *qa, int64_t kv_lora, float *ckv,
+                       const float *norm_w, float eps, int32_t pos, const float *inv_freq, float magnitude, void *kv_row,
+                       int kv_type);
+
 #ifdef __cplusplus
 }
 #endif

@@ -321,3 +321,64 @@ def test_gemv_batch_bad_items():
         GemvBatch([(w2, x, ro, 0)])
     with pytest.raises(TypeError):
         GemvBatch([(np.zeros((32, D), np.float32), x, y, 0)])
+
+
+# ------------------------------------------------------------------------------------------- DeepSeek-V2 decode
+@pytest.fixture(scope="module")
+def ds2_files(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_deepseek2 import build_hf, hf_logits, write_gguf
+
+    tmp = tmp_path_factory.mktemp("ds2fused")
+    lite = build_hf(seed=1)
+    v2 = build_hf(seed=2, q_lora_rank=64, n_group=4, topk_group=2, routed_scaling_factor=1.5, version=3)
+    files = {
+        "lite": (lite, write_gguf(lite, tmp / "lite.gguf", "mla")),
+        "lite_q8": (lite, write_gguf(lite, tmp / "lite_q8.gguf", "mla", qtype="Q8_0")),
+        "v3_merged": (v2, write_gguf(v2, tmp / "v3.gguf", "mla", merge_gate_up=True)),
+    }
+    return files, hf_logits
+
+
+@pytest.mark.parametrize("which", ["lite", "lite_q8", "v3_merged"])
+@pytest.mark.parametrize("cache_type", ["f32", "f16"])
+def test_deepseek2_lean_decode_equals_general_path(ds2_files, which, cache_type):
+    """The lean decode step (fused C calls over preallocated buffers) gives the general path's logits bit for bit,
+    and both stay within the parity tolerance of transformers."""
+    from moe_gguf.models import load_model
+
+    files, hf_logits = ds2_files
+    hf, path = files[which]
+    toks = np.random.default_rng(3).integers(0, 256, 24).astype(np.int32)
+    lean, general = load_model(path, cache_type=cache_type), load_model(path, cache_type=cache_type)
+    general.lean_decode = False
+    outs = []
+    for m in (lean, general):
+        cache = m.new_cache()
+        prompt = m.forward(toks[:8], cache, all_logits=True)
+        outs.append(np.concatenate([prompt] + [m.forward(toks[i : i + 1], cache, all_logits=True) for i in range(8, 24)]))
+    assert lean._decode, "the lean decode path was not used"
+    assert general._decode is None
+    np.testing.assert_array_equal(outs[0], outs[1])
+    ref = hf_logits(hf, toks)
+    tol = 1e-3 if cache_type == "f32" and which != "lite_q8" else 3e-2
+    assert np.abs(outs[0] - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_deepseek2_lean_decode_thread_counts(ds2_files):
+    from moe_gguf.models import load_model
+
+    files, _ = ds2_files
+    toks = np.random.default_rng(4).integers(0, 256, 12).astype(np.int32)
+    res = []
+    for t in (1, 2, 3):
+        m = load_model(files["lite_q8"][1], n_threads=t)
+        cache = m.new_cache()
+        res.append(np.stack([m.forward(toks[i : i + 1], cache) for i in range(len(toks))]))
+    for r in res[1:]:
+        np.testing.assert_array_equal(r, res[0])

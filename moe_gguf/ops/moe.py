@@ -348,3 +348,116 @@ def _io(a: np.ndarray | None, dtype: type, shape: tuple[int, ...], name: str, wr
     if not a.flags.c_contiguous or not a.flags.aligned or (writable and not a.flags.writeable):
         raise ValueError(f"{name} must be C-contiguous and aligned{' and writeable' if writable else ''}")
     return a
+
+
+# ------------------------------------------------------------------------------------------------ bound decode ops
+def _buf(a: Any, name: str, shape: tuple[int, ...] | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """Checks a C-contiguous, aligned, writeable array of dtype (and shape)."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        raise TypeError(f"{name} must be a {np.dtype(dtype).name} numpy array")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous or not a.flags.aligned or not a.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous, aligned and writeable")
+    return a
+
+
+def _cache_rows(kv: Any, width: int, p0: int, n: int) -> int:
+    """Checks a (n_ctx, width) float32 / float16 cache array holding positions p0 .. p0 + n - 1; its type id."""
+    if not isinstance(kv, np.ndarray) or kv.ndim != 2 or kv.dtype not in (np.float32, np.float16):
+        raise TypeError("kv must be a 2-D float32 or float16 cache array")
+    if kv.shape[1] != width or not kv.flags.c_contiguous or not kv.flags.writeable:
+        raise ValueError(f"kv must be a C-contiguous writeable (n_ctx, {width}) array, got {kv.shape}")
+    if isinstance(p0, bool) or not isinstance(p0, (int, np.integer)) or not 0 <= p0 <= kv.shape[0] - n:
+        raise ValueError(f"position {p0!r} outside the cache's {kv.shape[0]} rows")
+    return 0 if kv.dtype == np.float32 else 1
+
+
+class BoundRmsNorm:
+    """out = RMSNorm(x) * w over fixed float32 (n, d) arrays (ops.nn.rms_norm's kernel, checked once)."""
+
+    def __init__(self, x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray) -> None:
+        _buf(x, "x")
+        if x.ndim != 2:
+            raise ValueError(f"x must be 2-D, got {x.shape}")
+        _buf(out, "out", x.shape)
+        w = np.ascontiguousarray(_f32_vector(w, "w", x.shape[1]))
+        if not eps >= 0.0:
+            raise ValueError("eps must be >= 0")
+        self._keep = (x, w, out)
+        self._args = (_fptr(out, True), _fptr(x, False), _fptr(w, False), x.shape[0], x.shape[1], float(eps))
+
+    def run(self) -> None:
+        lib.mg_rms_norm(*self._args)  # rc: every argument was checked here
+
+
+class MlaDecodePrep:
+    """One decoded token's MLA bookkeeping (mg_mla_decode_prep) over fixed buffers: q (1, H, q_head) gets q_pe roped
+    and copied into qa (1, H, kv_lora + n_rot); ckv (1, kv_lora + n_rot) = [c_kv | k_pe] is normed / roped and
+    stored into cache row p0 (`run(kv, p0)`, kv (n_ctx, kv_lora + n_rot) float32 or float16)."""
+
+    def __init__(
+        self, q: np.ndarray, qa: np.ndarray, ckv: np.ndarray, norm_w: np.ndarray, eps: float, inv_freq: np.ndarray, magnitude: float
+    ) -> None:
+        _buf(q, "q")
+        if q.ndim != 3 or q.shape[0] != 1:
+            raise ValueError(f"q must be (1, n_head, q_head), got {q.shape}")
+        _, H, QH = q.shape
+        inv_freq = np.ascontiguousarray(_f32_vector(inv_freq, "inv_freq", None))
+        R = 2 * inv_freq.shape[0]
+        C = norm_w.shape[0] if isinstance(norm_w, np.ndarray) and norm_w.ndim == 1 else -1
+        if R <= 0 or R > QH or C <= 0:
+            raise ValueError(f"bad MLA geometry: q_head {QH}, n_rot {R}, kv_lora {C}")
+        _buf(qa, "qa", (1, H, C + R))
+        _buf(ckv, "ckv", (1, C + R))
+        norm_w = np.ascontiguousarray(_f32_vector(norm_w, "norm_w", C))
+        if not eps >= 0.0:
+            raise ValueError("eps must be >= 0")
+        self.width = C + R
+        self._keep = (q, qa, ckv, norm_w, inv_freq)
+        self._head = (_fptr(q, True), H, QH, R, _fptr(qa, True), C, _fptr(ckv, True), _fptr(norm_w, False), float(eps))
+        self._tail = (_fptr(inv_freq, False), float(magnitude))
+
+    def run(self, kv: np.ndarray, p0: int) -> None:
+        kv_type = _cache_rows(kv, self.width, p0, 1)
+        row = ffi.from_buffer("char[]", kv, require_writable=True) + int(p0) * kv.strides[0]
+        rc = lib.mg_mla_decode_prep(*self._head, int(p0), *self._tail, row, kv_type)
+        if rc != 0:  # pragma: no cover - checked above
+            raise ValueError(f"mla_decode_prep: kernel rejected the arguments (code {rc})")
+
+
+class BoundLatentAttention:
+    """ops.nn.latent_attention for one query token over fixed buffers: out (1, H, d_v) from q (1, H, d_k) and cache
+    rows 0 .. p0 (`run(pool, kv, p0)`; key = row[:d_k], value = row[:d_v])."""
+
+    def __init__(self, q: np.ndarray, out: np.ndarray, scale: float) -> None:
+        _buf(q, "q")
+        _buf(out, "out")
+        if q.ndim != 3 or out.ndim != 3 or q.shape[:2] != out.shape[:2] or out.shape[2] > q.shape[2] or q.shape[0] != 1:
+            raise ValueError(f"q (1, H, d_k) and out (1, H, d_v <= d_k) expected, got {q.shape} and {out.shape}")
+        if np.may_share_memory(q, out):
+            raise ValueError("out must not overlap q")
+        _, self.n_head, self.d_k = q.shape
+        self.d_v = out.shape[2]
+        self._keep = (q, out)
+        self._out, self._q, self._scale = _fptr(out, True), _fptr(q, False), float(scale)
+
+    def run(self, pool: ThreadPool | None, kv: np.ndarray, p0: int) -> None:
+        if not isinstance(kv, np.ndarray) or kv.ndim != 2 or kv.shape[1] < self.d_k:
+            raise ValueError(f"kv must be a 2-D cache array with rows of >= {self.d_k} values")
+        kv_type = _cache_rows(kv, kv.shape[1], p0, 1)
+        args = (self._out, self._q, 1, self.n_head, self.d_k, self.d_v, ffi.from_buffer("char[]", kv), kv_type, kv.shape[1], int(p0), self._scale)
+        pp = _pool_ptr(pool)
+        if pool is None:
+            rc = lib.mg_latent_attention(pp, *args)
+        else:
+            with pool._lock:
+                rc = lib.mg_latent_attention(_pool_ptr(pool), *args)
+        if rc != 0:
+            raise ValueError(f"latent_attention: kernel rejected the arguments (code {rc})")
+
+
+def _f32_vector(a: Any, name: str, n: int | None) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1 or (n is not None and a.shape[0] != n):
+        raise ValueError(f"{name} must be a float32 vector" + (f" of {n} values" if n is not None else ""))
+    return a
