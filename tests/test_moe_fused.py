@@ -14,7 +14,7 @@ from moe_gguf import _kernels
 from moe_gguf.ggml_types import GGMLType
 from moe_gguf.ops import nn
 from moe_gguf.ops.matmul import QWeight, ThreadPool, matmul, matmul_id
-from moe_gguf.ops.moe import GemvBatch, MoEFFN, MoEWorkspace
+from moe_gguf.ops.moe import BoundLatentAttention, BoundRmsNorm, GemvBatch, MlaDecodePrep, MoEFFN, MoEWorkspace
 from moe_gguf.ops.quants import quantize
 
 D, F, FS, E = 256, 256, 512, 8
@@ -382,3 +382,55 @@ def test_deepseek2_lean_decode_thread_counts(ds2_files):
         res.append(np.stack([m.forward(toks[i : i + 1], cache) for i in range(len(toks))]))
     for r in res[1:]:
         np.testing.assert_array_equal(r, res[0])
+
+
+# ------------------------------------------------------------------------------------------- bound decode ops
+def test_bound_decode_ops_match_nn():
+    """BoundRmsNorm / MlaDecodePrep / BoundLatentAttention give ops.nn's results bit for bit (f32 and f16 caches)."""
+    rng = np.random.default_rng(5)
+    H, QH, R, C, n_ctx, p0 = 4, 48, 16, 64, 12, 7
+    inv = (1.0 / 10000 ** (np.arange(0, R, 2) / R)).astype(np.float32)
+    norm_w = rng.uniform(0.5, 1.5, C).astype(np.float32)
+    x, w = rng.standard_normal((1, 96)).astype(np.float32), rng.uniform(0.5, 1.5, 96).astype(np.float32)
+    out = np.empty_like(x)
+    BoundRmsNorm(x, w, 1e-6, out).run()
+    np.testing.assert_array_equal(out, nn.rms_norm(x, w, 1e-6))
+    for dt in (np.float32, np.float16):
+        q0 = rng.standard_normal((1, H, QH)).astype(np.float32)
+        ckv0 = rng.standard_normal((1, C + R)).astype(np.float32)
+        kv = rng.standard_normal((n_ctx, C + R)).astype(dt)
+        q, ckv, qa = q0.copy(), ckv0.copy(), np.zeros((1, H, C + R), np.float32)
+        kv_ref = kv.copy()
+        MlaDecodePrep(q, qa, ckv, norm_w, 1e-6, inv, 1.1).run(kv, p0)
+        pos = np.array([p0], np.int32)
+        q_ref = q0.copy()
+        nn.rope_(q_ref[:, :, QH - R :], pos, inv, 1.1)
+        kpe = ckv0[:, None, C:].copy()
+        nn.rope_(kpe, pos, inv, 1.1)
+        np.testing.assert_array_equal(q, q_ref)
+        np.testing.assert_array_equal(qa[:, :, C:], q_ref[:, :, QH - R :])
+        kv_ref[p0, :C] = nn.rms_norm(ckv0[:, :C].copy(), norm_w, 1e-6)[0]
+        kv_ref[p0, C:] = kpe[0, 0]
+        np.testing.assert_array_equal(kv, kv_ref)  # the other rows untouched
+        # attention over rows 0..p0 (oracle: ops.nn.latent_attention, itself tested against numpy)
+        qa = rng.standard_normal((1, H, C + R)).astype(np.float32)
+        o = np.empty((1, H, C), np.float32)
+        with ThreadPool(2) as pool:
+            BoundLatentAttention(qa, o, 0.1).run(pool, kv, p0)
+            np.testing.assert_array_equal(o, nn.latent_attention(qa, kv, p0, C, 0.1, pool))
+    with pytest.raises(ValueError, match="position"):
+        MlaDecodePrep(q, qa, ckv, norm_w, 1e-6, inv, 1.0).run(kv, n_ctx)
+    with pytest.raises(ValueError, match="position"):
+        BoundLatentAttention(qa, o, 0.1).run(None, kv, -1)
+    with pytest.raises(TypeError):
+        MlaDecodePrep(q, qa, ckv, norm_w, 1e-6, inv, 1.0).run(kv.astype(np.float64), 0)
+    with pytest.raises(ValueError):
+        MlaDecodePrep(q, qa, ckv, norm_w, 1e-6, inv, 1.0).run(np.zeros((n_ctx, C), np.float32), 0)
+    with pytest.raises(ValueError):
+        MlaDecodePrep(q, qa[:, :, :C].copy(), ckv, norm_w, 1e-6, inv, 1.0)
+    with pytest.raises(ValueError):
+        BoundRmsNorm(x, w[:10].copy(), 1e-6, out)
+    with pytest.raises(ValueError):
+        BoundRmsNorm(x, w, 1e-6, np.empty((2, 96), np.float32))
+    with pytest.raises(ValueError, match="overlap"):
+        BoundLatentAttention(qa, qa.reshape(-1)[: H * C].reshape(1, H, C), 0.1)

@@ -476,7 +476,8 @@ class _DecodeBuffers:
         self.o = z(1, H, cfg.v_head)
         self.ids = np.zeros((1, max(cfg.n_expert_used, 1)), dtype=np.int32)
         self.wts = z(1, max(cfg.n_expert_used, 1))
-        self.pos = np.zeros(1, dtype=np.int32)
+        self.one_id = np.zeros((1, 1), dtype=np.int32)  # the dense FFN as expert 0 of 1, weight 1
+        self.one_w = np.ones((1, 1), dtype=np.float32)
 
 
 @dataclass
@@ -490,13 +491,12 @@ class _LayerPlan:
     attn: BoundLatentAttention  # qa, cache -> olat
     v_o: GemvBatch  # per head W_UV over the attention output, then W_O (two stages)
     ffn_norm: BoundRmsNorm  # x -> h
-    moe: BoundMoEFFN | None  # the whole MoE FFN (None: dense layer, general path)
+    moe: BoundMoEFFN  # the whole (MoE or dense) FFN
 
 
 class _Decoder:
-    """The lean decode step over _DecodeBuffers: bound C calls, no per-token allocation but the latent attention's
-    output and the dense layer's FFN.  Built only for absorbed MLA with attn_k_b/attn_v_b and every weight on the
-    matmul engine."""
+    """The lean decode step over _DecodeBuffers: bound C calls checked once, nothing allocated per layer.  Built
+    only for absorbed MLA with attn_k_b/attn_v_b and every weight on the matmul engine."""
 
     def __init__(self, buf: _DecodeBuffers, plans: list[_LayerPlan]) -> None:
         self.buf, self.plans = buf, plans
@@ -514,9 +514,8 @@ class _Decoder:
         plans = []
         try:
             for L in m.layers:
-                needed = [L.wq, L.wq_a, L.wq_b, L.wkv_a, L.wk_b, L.wv_b, L.wo]
-                if L.gate_inp is not None:
-                    needed += [L.gate_inp, L.gate_exps, L.up_exps, L.gate_up_exps, L.down_exps, L.gate_sh, L.up_sh, L.down_sh]
+                needed = [L.wq, L.wq_a, L.wq_b, L.wkv_a, L.wk_b, L.wv_b, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down]
+                needed += [L.gate_inp, L.gate_exps, L.up_exps, L.gate_up_exps, L.down_exps, L.gate_sh, L.up_sh, L.down_sh]
                 if any(w is not None and w._q is None for w in needed):
                     return None  # a type the engine lacks: general path
                 if L.wq is not None:
@@ -530,8 +529,10 @@ class _Decoder:
                 k_b = GemvBatch([((L.wk_b._q, h), b.q[:, h, :NP], b.qa[:, h, :C], 0) for h in range(H)], ws)
                 v_o = [((L.wv_b._q, h), b.olat[:, h], b.o[:, h], 0) for h in range(H)]
                 v_o = GemvBatch(v_o + [(L.wo._q, b.o.reshape(1, -1), b.attn, 1)], ws)
-                moe = None
-                if L.gate_inp is not None:
+                if L.gate_inp is None:  # dense FFN = a one-expert MoE without router (weight 1: the same bits)
+                    dense = [_as_expert(w._q) for w in (L.ffn_gate, L.ffn_up, L.ffn_down)]
+                    moe = MoEFFN(dense[2], 1, gate=dense[0], up=dense[1], workspace=ws).bind(b.h, b.one_id, b.one_w, b.ffn)
+                else:
                     shared = (L.gate_sh._q, L.up_sh._q, L.down_sh._q) if L.gate_sh is not None else None
                     gu = dict(gate_up=L.gate_up_exps._q) if L.gate_up_exps is not None else dict(gate=L.gate_exps._q, up=L.up_exps._q)
                     ffn = MoEFFN(
@@ -555,8 +556,7 @@ class _Decoder:
         b, pool, p0 = self.buf, m.pool, cache.n_past
         x = b.x
         x[...] = m.tok_embd.rows(toks)
-        for il, L in enumerate(m.layers):
-            P = self.plans[il]
+        for il, P in enumerate(self.plans):
             kv = cache.data[il]
             P.attn_norm.run()
             P.q.run(pool)
@@ -569,12 +569,14 @@ class _Decoder:
             P.v_o.run(pool)
             x += b.attn
             P.ffn_norm.run()
-            if P.moe is not None:
-                P.moe.run(pool)
-                x += b.ffn
-            else:
-                x += m._ffn(L, b.h, il)
+            P.moe.run(pool)
+            x += b.ffn
         return x
+
+
+def _as_expert(w: Any) -> Any:
+    """A 2-D QWeight [n_out, n_in] as the one-expert stack [1, n_out, n_in] (a view of the same rows)."""
+    return type(w)(w.data.reshape(1, *w.data.shape), w.ggml_type, (1, *w.shape))
 
 
 def _make_pool(n_threads: int | None) -> Any:
