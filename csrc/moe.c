@@ -145,6 +145,12 @@ static int act_fmt(int type) {
     }
 }
 
+/* do weight types a and b take the same activation rows? (same format and the same block geometry) */
+static int same_act(int a, int b) {
+    const mg_dot_info *ia = mg_dot_lookup(a), *ib = mg_dot_lookup(b);
+    return act_fmt(a) == act_fmt(b) && ia && ib && ia->act_blck == ib->act_blck && ia->act_bytes == ib->act_bytes;
+}
+
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 /* rows per work item: about ITEM_BYTES of weights, at least MIN_ITEMS items per thread, a multiple of
@@ -175,7 +181,7 @@ static int set_mat(mat_t *mt, int type, const void *p, int64_t n_rows, int64_t n
 /* the index of h's activation format for weight type `type`, added if new */
 static int add_hfmt(moe_job *j, int type) {
     for (int f = 0; f < j->n_hf; f++) {
-        if (act_fmt(j->hf_type[f]) == act_fmt(type)) return f;
+        if (same_act(j->hf_type[f], type)) return f;
     }
     j->hf_type[j->n_hf] = type;
     return j->n_hf++;
@@ -531,7 +537,7 @@ int mg_gemv_batch(mg_pool *pool, const mg_gemv_desc *d, int64_t n_desc, int64_t 
             stage_bytes += a->row_bytes * (size_t)d[i].n_out;
             j.order[n_ord++] = i;
             int64_t x = j.in_first[s];
-            while (x < n_in && !(j.in[x].x == d[i].x && j.in[x].n_in == d[i].n_in && act_fmt(j.in[x].type) == act_fmt(d[i].type) &&
+            while (x < n_in && !(j.in[x].x == d[i].x && j.in[x].n_in == d[i].n_in && same_act(j.in[x].type, d[i].type) &&
                                  (n_tok == 1 || j.in[x].x_stride == d[i].x_stride)))
                 x++;
             if (x == n_in) {
