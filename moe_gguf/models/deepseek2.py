@@ -10,10 +10,10 @@ routed scaling factor and always-on shared experts.  RoPE is GGML "NORM" (adjace
 frequencies; the YaRN attention magnitude is folded into the softmax scale as DeepSeek defines it.
 
 Decoding (one token per forward, absorbed MLA, matmul engine present) runs a lean path over per-model buffers
-allocated once: per layer two fused C calls for attention's projections (wq/wkv_a on one quantized h; W_UV per
-head then W_O in two stages), one for W_UK per head, the latent attention, and ONE fused MoE call (routing,
-gate/up + SwiGLU, down + weighted sum, shared experts) -- five pool dispatches per layer, results equal to the
-general path's bit for bit.  Prefill and the `mla="naive"` reference keep the general path (expert-grouped
+allocated once: per layer two fused C calls for attention's projections (wq/wkv_a on one quantized h, then W_UK
+per head; W_UV per head, then W_O), the latent attention, and ONE fused MoE call (routing, gate/up + SwiGLU,
+down + weighted sum, shared experts; the dense layer as a one-expert MoE) -- four pool dispatches per layer,
+results equal to the general path's bit for bit.  Prefill and the `mla="naive"` reference keep the general path (expert-grouped
 matmul_id).
 """
 from __future__ import annotations
@@ -483,11 +483,10 @@ class _DecodeBuffers:
 @dataclass
 class _LayerPlan:
     attn_norm: BoundRmsNorm  # x -> h
-    q: GemvBatch  # h -> q (or q_a), ckv
+    q: GemvBatch  # h -> q (or q_a), ckv; then per head W_UK^T q_nope into qa (second stage)
     q_a_norm: BoundRmsNorm | None  # Q-LoRA: q_a -> normed q_a
-    q_b: GemvBatch | None  # Q-LoRA: normed q_a -> q
+    q_b: GemvBatch | None  # Q-LoRA: normed q_a -> q, then W_UK per head
     prep: MlaDecodePrep  # rope q_pe / k_pe, norm c_kv, cache row, q_pe into qa
-    k_b: GemvBatch  # per head: q_nope -> W_UK^T q_nope (into qa)
     attn: BoundLatentAttention  # qa, cache -> olat
     v_o: GemvBatch  # per head W_UV over the attention output, then W_O (two stages)
     ffn_norm: BoundRmsNorm  # x -> h
@@ -518,15 +517,16 @@ class _Decoder:
                 needed += [L.gate_inp, L.gate_exps, L.up_exps, L.gate_up_exps, L.down_exps, L.gate_sh, L.up_sh, L.down_sh]
                 if any(w is not None and w._q is None for w in needed):
                     return None  # a type the engine lacks: general path
+                # W_UK per head reads q_nope (not roped), so it runs as a second stage of q's projection
+                k_b = [((L.wk_b._q, h), b.q[:, h, :NP], b.qa[:, h, :C], 1) for h in range(H)]
                 if L.wq is not None:
-                    q = GemvBatch([(L.wq._q, b.h, qflat, 0), (L.wkv_a._q, b.h, b.ckv, 0)], ws)
+                    q = GemvBatch([(L.wq._q, b.h, qflat, 0), (L.wkv_a._q, b.h, b.ckv, 0), *k_b], ws)
                     q_a_norm = q_b = None
                 else:
                     q = GemvBatch([(L.wq_a._q, b.h, b.q_a, 0), (L.wkv_a._q, b.h, b.ckv, 0)], ws)
                     q_a_norm = BoundRmsNorm(b.q_a, L.q_a_norm, cfg.rms_eps, b.q_an)
-                    q_b = GemvBatch([(L.wq_b._q, b.q_an, qflat, 0)], ws)
+                    q_b = GemvBatch([(L.wq_b._q, b.q_an, qflat, 0), *k_b], ws)
                 prep = MlaDecodePrep(b.q, b.qa, b.ckv, L.kv_a_norm, cfg.rms_eps, m.inv_freq, m.rope_mag)
-                k_b = GemvBatch([((L.wk_b._q, h), b.q[:, h, :NP], b.qa[:, h, :C], 0) for h in range(H)], ws)
                 v_o = [((L.wv_b._q, h), b.olat[:, h], b.o[:, h], 0) for h in range(H)]
                 v_o = GemvBatch(v_o + [(L.wo._q, b.o.reshape(1, -1), b.attn, 1)], ws)
                 if L.gate_inp is None:  # dense FFN = a one-expert MoE without router (weight 1: the same bits)
@@ -543,7 +543,7 @@ class _Decoder:
                     moe = ffn.bind(b.h, b.ids, b.wts, b.ffn)
                 plans.append(
                     _LayerPlan(
-                        BoundRmsNorm(b.x, L.attn_norm, cfg.rms_eps, b.h), q, q_a_norm, q_b, prep, k_b,
+                        BoundRmsNorm(b.x, L.attn_norm, cfg.rms_eps, b.h), q, q_a_norm, q_b, prep,
                         BoundLatentAttention(b.qa, b.olat, m.kq_scale), v_o, BoundRmsNorm(b.x, L.ffn_norm, cfg.rms_eps, b.h), moe,
                     )
                 )  # fmt: skip
@@ -564,7 +564,6 @@ class _Decoder:
                 P.q_a_norm.run()
                 P.q_b.run(pool)
             P.prep.run(kv, p0)
-            P.k_b.run(pool)
             P.attn.run(pool, kv, p0)
             P.v_o.run(pool)
             x += b.attn
