@@ -434,3 +434,20 @@ def test_bound_decode_ops_match_nn():
         BoundRmsNorm(x, w, 1e-6, np.empty((2, 96), np.float32))
     with pytest.raises(ValueError, match="overlap"):
         BoundLatentAttention(qa, qa.reshape(-1)[: H * C].reshape(1, H, C), 0.1)
+
+
+@pytest.mark.parametrize("t_gate,t_up", [(GGMLType.Q4_0, GGMLType.Q4_K), (GGMLType.Q4_K, GGMLType.Q6_K), (GGMLType.F32, GGMLType.Q8_0)])
+def test_gate_up_types_differ(pools, t_gate, t_up):
+    """Gate and up (and the shared expert's) in different types, so h is quantized into several formats."""
+    rng = np.random.default_rng(int(t_gate) * 31 + int(t_up))
+    w = {
+        "gate": _qweight(rng, t_gate, (E, F, D)), "up": _qweight(rng, t_up, (E, F, D)),
+        "down": _qweight(rng, GGMLType.Q4_K, (E, D, F)),
+        "shared": (_qweight(rng, t_up, (FS, D)), _qweight(rng, GGMLType.Q4_1, (FS, D)), _qweight(rng, GGMLType.Q8_0, (D, FS))),
+    }  # fmt: skip
+    h = _h(2, 1)
+    ids, wts = _route(2, 3, 2)
+    out = _ffn(w, 3)(pools[2], h, ids, wts)[0]
+    np.testing.assert_array_equal(out, _unfused(pools[2], w, h, ids, wts))
+    ref = _oracle(w, h, ids, wts)
+    assert np.abs(out - ref).max() <= 3e-2 * np.abs(ref).max()
