@@ -134,6 +134,75 @@ int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok
 int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int64_t n_exp, int64_t k, int gating,
                  const float *bias, int64_t n_group, int64_t n_group_used, int norm, float scale);
 
+/* --------------------------------------------------------------- fused MoE ----- */
+/* [section owned by csrc/moe.c] */
+
+/* The weights of one MoE FFN layer for mg_moe_ffn: fill once per layer, reuse for every call.
+ * Routed experts: gate/up [n_expert, n_ff, n_embd] (or, with gate_up_merged = 1, `gate` is the merged
+ * [n_expert, 2*n_ff, n_embd] tensor, gate rows then up rows per expert, of type gate_type; `up` unused) and
+ * down [n_expert, n_embd, n_ff].  Shared expert (optional, sh_gate NULL for none): 2-D gate/up [n_ff_sh, n_embd],
+ * down [n_embd, n_ff_sh].  Router (optional, router NULL for none): [n_expert, n_embd] and mg_moe_route's
+ * parameters (gating 1 softmax / 2 sigmoid, bias NULL or n_expert floats, groups, norm, scale).  Every tensor
+ * is contiguous rows of its ggml type (any type mg_vec_dot supports; types may differ between tensors). */
+typedef struct {
+    int64_t n_embd, n_ff, n_expert, n_expert_used, n_ff_sh;
+    int gate_up_merged;
+    int gate_type, up_type, down_type;
+    const void *gate, *up, *down;
+    int sh_gate_type, sh_up_type, sh_down_type;
+    const void *sh_gate, *sh_up, *sh_down;
+    int router_type;
+    const void *router;
+    int gating;
+    const float *bias;
+    int64_t n_group, n_group_used;
+    int norm;
+    float scale;
+} mg_moe_weights;
+/* Bytes of scratch mg_moe_ffn needs for n_tok rows (into *bytes); MG_E* if the weights are inconsistent. */
+int mg_moe_ffn_work_bytes(const mg_moe_weights *m, int64_t n_tok, size_t *bytes);
+/* The MoE FFN of n_tok rows of h (float32 [n_tok, n_embd], the normed hidden state) into out [n_tok, n_embd]:
+ * out[t] = sum_s weights[t, s] * down_{ids[t, s]}(silu(gate_e h) * up_e h) + shared_down(silu(sh_gate h) * sh_up h),
+ * the slots summed in order, then the shared expert added.  With a router, ids int32 [n_tok, n_expert_used] and
+ * weights float32 [n_tok, n_expert_used] are outputs (mg_moe_route on router x h); without one they are inputs
+ * (ids checked to be in [0, n_expert)).  Activations are quantized once per format, as mg_matmul does, so each
+ * expert's output equals mg_matmul_id's bit for bit.  One pool dispatch (pool may be NULL); results are
+ * bit-identical for any thread count.  work: at least mg_moe_ffn_work_bytes bytes, any alignment. */
+int mg_moe_ffn(mg_pool *pool, const mg_moe_weights *m, const float *h, int64_t n_tok, int32_t *ids, float *weights,
+               float *out, void *work, size_t work_bytes);
+
+/* One matrix-vector product of a mg_gemv_batch: y[t] = W x[t] for t < n_tok, W [n_out, n_in] contiguous rows of
+ * ggml type `type`; x row t at x + t * x_stride, y row t at y + t * y_stride (floats; strides >= n_in / n_out
+ * when n_tok > 1).  Descriptors of stage s (0..3) start after every output of stage s-1 is written, so they may
+ * read those outputs (inputs are converted before their stage writes anything).  Outputs must not overlap. */
+typedef struct {
+    int type;
+    const void *w;
+    int64_t n_out, n_in;
+    const float *x;
+    int64_t x_stride;
+    float *y;
+    int64_t y_stride;
+    int stage;
+} mg_gemv_desc;
+/* Scratch bytes mg_gemv_batch needs (into *bytes); MG_E* on a bad descriptor. */
+int mg_gemv_batch_work_bytes(const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, size_t *bytes);
+/* n_desc matrix products over n_tok rows (meant for decode: weights stream once per token) in ONE pool dispatch:
+ * each distinct input row is quantized once per activation format, then all rows of all matrices of the stage
+ * are split into work items.  Every y element equals mg_matmul's bit for bit, for any thread count.
+ * work: at least mg_gemv_batch_work_bytes bytes, any alignment. */
+int mg_gemv_batch(mg_pool *pool, const mg_gemv_desc *d, int64_t n_desc, int64_t n_tok, void *work, size_t work_bytes);
+
+/* One decoded token's MLA bookkeeping after the q and kv_a projections: ropes q_pe (the last n_rot of each of the
+ * n_head rows of q_head values in q, in place) and copies it behind each head's absorbed query row in
+ * qa (n_head rows of kv_lora + n_rot: [W_UK^T q_nope | q_pe]); ropes k_pe = ckv[kv_lora:] and RMS-normalizes
+ * c_kv = ckv[:kv_lora] by norm_w (both in place in ckv, kv_lora + n_rot floats), then stores [c_kv | k_pe] into
+ * the cache row kv_row (kv_type 0: float32, 1: float16 rounded to nearest even).  Same bits as mg_rope_norm and
+ * mg_rms_norm (which it calls) and numpy's float16 cast. */
+int mg_mla_decode_prep(float *q, int64_t n_head, int64_t q_head, int64_t n_rot, float *qa, int64_t kv_lora, float *ckv,
+                       const float *norm_w, float eps, int32_t pos, const float *inv_freq, float magnitude, void *kv_row,
+                       int kv_type);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,10 +8,18 @@ MLA split; their W_UK/W_UV are unpacked to float32 at load, H*(nope+v)*kv_lora*4
 MoE (split `ffn_{gate,up}_exps` or merged `ffn_gate_up_exps`): softmax (V2) or sigmoid + selection bias (V3) gating, greedy or group-limited top-k, norm_topk, the
 routed scaling factor and always-on shared experts.  RoPE is GGML "NORM" (adjacent pairs) with YaRN
 frequencies; the YaRN attention magnitude is folded into the softmax scale as DeepSeek defines it.
+
+Decoding (one token per forward, absorbed MLA, matmul engine present) runs a lean path over per-model buffers
+allocated once: per layer two fused C calls for attention's projections (wq/wkv_a on one quantized h, then W_UK
+per head; W_UV per head, then W_O), the latent attention, and ONE fused MoE call (routing, gate/up + SwiGLU,
+down + weighted sum, shared experts; the dense layer as a one-expert MoE) -- four pool dispatches per layer,
+results equal to the general path's bit for bit.  Prefill and the `mla="naive"` reference keep the general path (expert-grouped
+matmul_id).
 """
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +27,7 @@ import numpy as np
 
 from ..gguf import GGUFFile
 from ..ops import nn
+from ..ops.moe import BoundLatentAttention, BoundMoEFFN, BoundRmsNorm, GemvBatch, MlaDecodePrep, MoEFFN, MoEWorkspace
 from .base import (
     CausalLM,
     ContextFullError,
@@ -252,6 +261,9 @@ class DeepseekV2Model(CausalLM):
         self.output = b.weight("output.weight", (cfg.n_vocab, D)) if b.has("output.weight") else self.tok_embd
         self.layers = [self._bind_layer(b, il) for il in range(cfg.n_layer)]
         self._head_ids = np.zeros((0, cfg.n_head), dtype=np.int32)
+        self._decode: _Decoder | None = None  # built on the first decode step (see _Decoder)
+        self._decode_lock = threading.Lock()  # one decode at a time on the shared buffers; others take the general path
+        self.lean_decode = True  # False: decode through the general path too (tests compare the two)
 
     def _bind_layer(self, b: TensorBinder, il: int) -> _Layer:
         cfg = self.config
@@ -341,6 +353,15 @@ class DeepseekV2Model(CausalLM):
     def _forward_chunk(self, toks: np.ndarray, cache: KVCache, want_logits: bool, all_rows: bool) -> np.ndarray | None:
         cfg = self.config
         n, p0 = toks.shape[0], cache.n_past
+        if n == 1 and self.lean_decode and self._decode_lock.acquire(blocking=False):
+            try:
+                dec = self._decoder()
+                if dec is not None:
+                    x = dec.step(self, toks, cache)
+                    cache.n_past = p0 + 1
+                    return self.output.mm(nn.rms_norm(x, self.output_norm, cfg.rms_eps)) if want_logits else None
+            finally:
+                self._decode_lock.release()
         pos = np.arange(p0, p0 + n, dtype=np.int32)
         x = self.tok_embd.rows(toks)
         for il, L in enumerate(self.layers):
@@ -355,6 +376,12 @@ class DeepseekV2Model(CausalLM):
             x = x[-1:]
         x = nn.rms_norm(np.ascontiguousarray(x), self.output_norm, cfg.rms_eps)
         return self.output.mm(x)
+
+    def _decoder(self) -> "_Decoder | None":
+        """The lean decode path (built once), or None when this model cannot use it."""
+        if self._decode is None:
+            self._decode = _Decoder.build(self) or False  # type: ignore[assignment]
+        return self._decode or None
 
     # ------------------------------------------------------------------------------------ layers
     def _heads(self, n: int) -> np.ndarray:
@@ -425,10 +452,130 @@ class DeepseekV2Model(CausalLM):
         else:
             a = nn.silu_mul(L.gate_exps.mm_id(h, ids), L.up_exps.mm_id(h, ids))  # (n, K, F)
         d = L.down_exps.mm_id(a, ids)  # (n, K, D): one input row per (token, slot)
-        y = np.einsum("tk,tkd->td", w, d).astype(np.float32)
+        y = w[:, 0:1] * d[:, 0]  # the slots summed in order, as the fused kernel does (same bits)
+        for s in range(1, K):
+            y += w[:, s : s + 1] * d[:, s]
         if L.gate_sh is not None:
             y += L.down_sh.mm(nn.silu_mul(L.gate_sh.mm(h), L.up_sh.mm(h)))
         return y
+
+
+class _DecodeBuffers:
+    """Every intermediate of one decode step, allocated once per model (n_tok = 1)."""
+
+    def __init__(self, cfg: DeepseekV2Config, q_lora: int) -> None:
+        D, H, C, R = cfg.n_embd, cfg.n_head, cfg.kv_lora_rank, cfg.n_rot
+        z = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+        self.x, self.h, self.attn, self.ffn = z(1, D), z(1, D), z(1, D), z(1, D)
+        self.q = z(1, H, cfg.qk_head)
+        self.q_a, self.q_an = z(1, max(q_lora, 1)), z(1, max(q_lora, 1))
+        self.ckv = z(1, C + R)
+        self.kvn = z(1, C)
+        self.qa = z(1, H, C + R)  # [W_UK^T q_nope | roped q_pe] per head
+        self.olat = z(1, H, C)
+        self.o = z(1, H, cfg.v_head)
+        self.ids = np.zeros((1, max(cfg.n_expert_used, 1)), dtype=np.int32)
+        self.wts = z(1, max(cfg.n_expert_used, 1))
+        self.one_id = np.zeros((1, 1), dtype=np.int32)  # the dense FFN as expert 0 of 1, weight 1
+        self.one_w = np.ones((1, 1), dtype=np.float32)
+
+
+@dataclass
+class _LayerPlan:
+    attn_norm: BoundRmsNorm  # x -> h
+    q: GemvBatch  # h -> q (or q_a), ckv; then per head W_UK^T q_nope into qa (second stage)
+    q_a_norm: BoundRmsNorm | None  # Q-LoRA: q_a -> normed q_a
+    q_b: GemvBatch | None  # Q-LoRA: normed q_a -> q, then W_UK per head
+    prep: MlaDecodePrep  # rope q_pe / k_pe, norm c_kv, cache row, q_pe into qa
+    attn: BoundLatentAttention  # qa, cache -> olat
+    v_o: GemvBatch  # per head W_UV over the attention output, then W_O (two stages)
+    ffn_norm: BoundRmsNorm  # x -> h
+    moe: BoundMoEFFN  # the whole (MoE or dense) FFN
+
+
+class _Decoder:
+    """The lean decode step over _DecodeBuffers: bound C calls checked once, nothing allocated per layer.  Built
+    only for absorbed MLA with attn_k_b/attn_v_b and every weight on the matmul engine."""
+
+    def __init__(self, buf: _DecodeBuffers, plans: list[_LayerPlan]) -> None:
+        self.buf, self.plans = buf, plans
+
+    @staticmethod
+    def build(m: "DeepseekV2Model") -> "_Decoder | None":
+        cfg = m.config
+        if m.pool is None or m.mla != "absorbed" or not cfg.mla_split:
+            return None
+        H, C, NP = cfg.n_head, cfg.kv_lora_rank, cfg.qk_nope
+        q_lora = m.layers[0].wq_a.shape[0] if m.layers[0].wq_a is not None else 0
+        b = _DecodeBuffers(cfg, q_lora)
+        ws = MoEWorkspace()
+        qflat = b.q.reshape(1, -1)
+        plans = []
+        try:
+            for L in m.layers:
+                needed = [L.wq, L.wq_a, L.wq_b, L.wkv_a, L.wk_b, L.wv_b, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down]
+                needed += [L.gate_inp, L.gate_exps, L.up_exps, L.gate_up_exps, L.down_exps, L.gate_sh, L.up_sh, L.down_sh]
+                if any(w is not None and w._q is None for w in needed):
+                    return None  # a type the engine lacks: general path
+                # W_UK per head reads q_nope (not roped), so it runs as a second stage of q's projection
+                k_b = [((L.wk_b._q, h), b.q[:, h, :NP], b.qa[:, h, :C], 1) for h in range(H)]
+                if L.wq is not None:
+                    q = GemvBatch([(L.wq._q, b.h, qflat, 0), (L.wkv_a._q, b.h, b.ckv, 0), *k_b], ws)
+                    q_a_norm = q_b = None
+                else:
+                    q = GemvBatch([(L.wq_a._q, b.h, b.q_a, 0), (L.wkv_a._q, b.h, b.ckv, 0)], ws)
+                    q_a_norm = BoundRmsNorm(b.q_a, L.q_a_norm, cfg.rms_eps, b.q_an)
+                    q_b = GemvBatch([(L.wq_b._q, b.q_an, qflat, 0), *k_b], ws)
+                prep = MlaDecodePrep(b.q, b.qa, b.ckv, L.kv_a_norm, cfg.rms_eps, m.inv_freq, m.rope_mag)
+                v_o = [((L.wv_b._q, h), b.olat[:, h], b.o[:, h], 0) for h in range(H)]
+                v_o = GemvBatch(v_o + [(L.wo._q, b.o.reshape(1, -1), b.attn, 1)], ws)
+                if L.gate_inp is None:  # dense FFN = a one-expert MoE without router (weight 1: the same bits)
+                    dense = [_as_expert(w._q) for w in (L.ffn_gate, L.ffn_up, L.ffn_down)]
+                    moe = MoEFFN(dense[2], 1, gate=dense[0], up=dense[1], workspace=ws).bind(b.h, b.one_id, b.one_w, b.ffn)
+                else:
+                    shared = (L.gate_sh._q, L.up_sh._q, L.down_sh._q) if L.gate_sh is not None else None
+                    gu = dict(gate_up=L.gate_up_exps._q) if L.gate_up_exps is not None else dict(gate=L.gate_exps._q, up=L.up_exps._q)
+                    ffn = MoEFFN(
+                        L.down_exps._q, cfg.n_expert_used, **gu, shared=shared, router=L.gate_inp._q, gating=cfg.gating_func,
+                        bias=L.probs_b, n_group=cfg.n_group, n_group_used=cfg.n_group_used, norm=cfg.expert_weights_norm,
+                        scale=cfg.expert_weights_scale, workspace=ws,
+                    )  # fmt: skip
+                    moe = ffn.bind(b.h, b.ids, b.wts, b.ffn)
+                plans.append(
+                    _LayerPlan(
+                        BoundRmsNorm(b.x, L.attn_norm, cfg.rms_eps, b.h), q, q_a_norm, q_b, prep,
+                        BoundLatentAttention(b.qa, b.olat, m.kq_scale), v_o, BoundRmsNorm(b.x, L.ffn_norm, cfg.rms_eps, b.h), moe,
+                    )
+                )  # fmt: skip
+        except (TypeError, ValueError):
+            return None  # something the fused kernels refuse: general path
+        return _Decoder(b, plans)
+
+    def step(self, m: "DeepseekV2Model", toks: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Runs one token through every layer (writing its cache rows); returns the final hidden state (1, n_embd)."""
+        b, pool, p0 = self.buf, m.pool, cache.n_past
+        x = b.x
+        x[...] = m.tok_embd.rows(toks)
+        for il, P in enumerate(self.plans):
+            kv = cache.data[il]
+            P.attn_norm.run()
+            P.q.run(pool)
+            if P.q_b is not None:
+                P.q_a_norm.run()
+                P.q_b.run(pool)
+            P.prep.run(kv, p0)
+            P.attn.run(pool, kv, p0)
+            P.v_o.run(pool)
+            x += b.attn
+            P.ffn_norm.run()
+            P.moe.run(pool)
+            x += b.ffn
+        return x
+
+
+def _as_expert(w: Any) -> Any:
+    """A 2-D QWeight [n_out, n_in] as the one-expert stack [1, n_out, n_in] (a view of the same rows)."""
+    return type(w)(w.data.reshape(1, *w.data.shape), w.ggml_type, (1, *w.shape))
 
 
 def _make_pool(n_threads: int | None) -> Any:
