@@ -134,6 +134,34 @@ int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok
 int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int64_t n_exp, int64_t k, int gating,
                  const float *bias, int64_t n_group, int64_t n_group_used, int norm, float scale);
 
+/* --------------------------------------------------- GGUF string arrays ----- */
+/* [section owned by csrc/gguf_strings.c] */
+
+/* Scans `count` GGUF strings (u64 little-endian length + bytes) starting at byte `pos` of buf[0:size]:
+ * prefix_pos[i] = offset of string i's length prefix, lens[i] = its length (either array may be NULL),
+ * *end = offset after the last string read (may be NULL).  Returns the number of strings read: `count`, or
+ * the index of the first string whose prefix or bytes run past `size` (then *end is where it starts). */
+int64_t mg_gguf_scan_strings(const uint8_t *buf, uint64_t size, uint64_t pos, int64_t count, int64_t *prefix_pos,
+                             int64_t *lens, uint64_t *end);
+
+/* Byte-level BPE merger (llama.cpp's algorithm) over a vocabulary's tokens and merges: string i of a table is
+ * buf[start[i] : start[i] + len[i]] (byte-level UTF-8 text, as stored in tokenizer.ggml.tokens / .merges).
+ * Token and merge strings with characters outside GPT-2's byte alphabet never match and are left out; a merge
+ * "a b" is split at the first space after its first byte; the first of duplicate tokens/merges wins.
+ * ignore_merges: a piece that is itself a token is emitted whole (Llama 3 style).  NULL on a bad argument or
+ * out of memory.  The object is read-only after creation: mg_bpe_encode may run on it from several threads. */
+typedef struct mg_bpe mg_bpe;
+mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const int64_t *tok_len, int64_t n_tok,
+                      const uint8_t *merge_buf, const int64_t *merge_start, const int64_t *merge_len, int64_t n_merge,
+                      int ignore_merges);
+void mg_bpe_free(mg_bpe *bpe);
+/* Merges each piece text[piece_off[p] : piece_off[p+1]] (raw UTF-8 bytes of pre-tokenized text; offsets
+ * non-decreasing) into token ids: piece p's ids are out_ids[out_off[p] : out_off[p+1]].  out_ids needs room for
+ * piece_off[n_pieces] - piece_off[0] ids (at most one per byte), out_off for n_pieces + 1 entries.  Returns the
+ * number of ids written, MG_ESIZE (-2) on bad offsets, MG_ENOMEM (-3). */
+int64_t mg_bpe_encode(const mg_bpe *bpe, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
+                      int32_t *out_ids, int64_t *out_off);
+
 #ifdef __cplusplus
 }
 #endif

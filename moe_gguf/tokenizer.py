@@ -114,6 +114,88 @@ def _split_merges(merges: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _kernels() -> Any:
+    """The compiled C kernels (moe_gguf._kernels), or None when they are not built."""
+    try:
+        from . import _kernels as k  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - the package is normally built
+        return None
+    return k
+
+
+def _string_table(strings: list[str]) -> tuple[bytes, "np.ndarray", "np.ndarray"]:
+    """UTF-8 bytes of all strings and each one's (start, length) in them, without a Python loop per string
+    (joined by NUL, split where the NULs are; one encode per string only if a string holds a NUL)."""
+    blob = "\x00".join(strings).encode("utf-8", "surrogatepass")
+    nul = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0)
+    if strings and nul.size == len(strings) - 1:
+        starts = np.empty(len(strings), dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = nul + 1
+        ends = np.empty(len(strings), dtype=np.int64)
+        ends[:-1] = nul
+        ends[-1] = len(blob)
+        return blob, starts, ends - starts
+    parts = [t.encode("utf-8", "surrogatepass") for t in strings]
+    lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    return b"".join(parts), np.cumsum(lens) - lens, lens
+
+
+class _NativeBPE:
+    """llama.cpp's byte-level BPE merge in C (csrc/gguf_strings.c), built from the vocabulary and merge strings.
+    `encode_pieces` merges every pre-tokenized piece of a text in one call (no per-piece Python work)."""
+
+    def __init__(self, k: Any, handle: Any) -> None:
+        self._ffi = k.ffi
+        self._lib = k.lib
+        self._h = handle
+
+    @classmethod
+    def create(cls, tokens: list[str], merges: list[str], ignore_merges: bool) -> "_NativeBPE | None":
+        k = _kernels()
+        if k is None or not hasattr(k.lib, "mg_bpe_create"):
+            return None
+        ffi = k.ffi
+        tb, ts, tl = _string_table(tokens)
+        mb, ms, ml = _string_table(merges)
+        h = k.lib.mg_bpe_create(
+            ffi.from_buffer(tb), ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", tl), len(tokens),
+            ffi.from_buffer(mb), ffi.from_buffer("int64_t[]", ms), ffi.from_buffer("int64_t[]", ml), len(merges),
+            int(ignore_merges),
+        )
+        if h == ffi.NULL:
+            raise MemoryError("cannot build the BPE merge tables (out of memory)")
+        return cls(k, ffi.gc(h, k.lib.mg_bpe_free))
+
+    def encode_pieces(self, text: str, pieces: list[str], out: list[int]) -> None:
+        """Append the ids of `pieces` (non-empty strings that concatenate to `text`) to out."""
+        if not pieces:
+            return
+        raw = text.encode("utf-8")
+        char_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
+        off = np.empty(len(pieces) + 1, dtype=np.int64)
+        off[0] = 0
+        if len(raw) == len(text):  # ASCII: character offsets are byte offsets
+            off[1:] = char_ends
+        else:
+            cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            nbytes = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
+            byte_ends = np.cumsum(nbytes)
+            off[1:] = byte_ends[char_ends - 1]
+        if off[-1] != len(raw):
+            raise AssertionError("pre-tokenized pieces do not tile the text")  # pragma: no cover
+        ids = np.empty(max(len(raw), 1), dtype=np.int32)
+        ids_off = np.empty(len(pieces) + 1, dtype=np.int64)
+        ffi = self._ffi
+        n = self._lib.mg_bpe_encode(
+            self._h, ffi.from_buffer(raw), ffi.from_buffer("int64_t[]", off), len(pieces),
+            ffi.from_buffer("int32_t[]", ids), ffi.from_buffer("int64_t[]", ids_off),
+        )
+        if n < 0:
+            raise MemoryError("BPE merge failed (out of memory)") if n == -3 else ValueError("bad BPE piece offsets")
+        out.extend(ids[:n].tolist())
+
+
 def _meta_int(md: dict[str, Any], key: str) -> int | None:
     v = md.get(key)
     if v is None or isinstance(v, bool):
@@ -134,9 +216,13 @@ def _meta_bool(md: dict[str, Any], key: str) -> bool | None:
 
 class _SpecialIndex:
     """Finds which special-token texts may occur in a text without scanning the text once per token:
-    single-character tokens by a set intersection, longer ones by one substring test per distinct 4-char prefix.
-    `candidates` returns positions into the (length-sorted) special list, in order; a superset of the tokens
-    that occur."""
+    single-character tokens by a set intersection, longer ones by one substring test per distinct 4-char prefix;
+    when many tokens share a prefix (e.g. thousands of "[PAD..]" tokens), the prefix's occurrences are looked up
+    instead (each one checked against the group's texts by length). `candidates` returns positions into the
+    (length-sorted) special list, in order; a superset of the tokens that occur."""
+
+    _GROUP_SCAN = 8  # groups larger than this are resolved at the prefix's occurrences
+    _MAX_HITS = 256  # ... unless the prefix occurs more often than this (then every token of the group is returned)
 
     def __init__(self, specials: list[tuple[str, int]]) -> None:
         self._single: dict[str, int] = {}
@@ -147,6 +233,15 @@ class _SpecialIndex:
             else:
                 self._multi.setdefault(text[:4], []).append(k)
         self._single_set = frozenset(self._single)
+        # prefix -> {length: {text: position}} for the large groups (first position wins on equal texts)
+        self._by_len: dict[str, dict[int, dict[str, int]]] = {}
+        for prefix, ks in self._multi.items():
+            if len(ks) > self._GROUP_SCAN:
+                d: dict[int, dict[str, int]] = {}
+                for k in ks:
+                    t = specials[k][0]
+                    d.setdefault(len(t), {}).setdefault(t, k)
+                self._by_len[prefix] = d
 
     def candidates(self, text: str) -> list[int]:
         if not self._single and not self._multi:
@@ -155,7 +250,22 @@ class _SpecialIndex:
         out = [self._single[c] for c in self._single_set.intersection(chars)]
         for prefix, ks in self._multi.items():
             if prefix[0] in chars and prefix in text:
-                out.extend(ks)
+                by_len = self._by_len.get(prefix)
+                if by_len is None:
+                    out.extend(ks)
+                    continue
+                found: set[int] = set()
+                find = text.find
+                i = find(prefix)
+                hits = 0
+                while i >= 0 and hits <= self._MAX_HITS:
+                    hits += 1
+                    for n, texts in by_len.items():
+                        k = texts.get(text[i : i + n])
+                        if k is not None:
+                            found.add(k)
+                    i = find(prefix, i + 1)
+                out.extend(ks if i >= 0 else found)
         out.sort()
         return out
 
@@ -343,16 +453,27 @@ class Tokenizer:
         if not all(isinstance(m, str) for m in merges[:1]):
             raise ValueError("tokenizer.ggml.merges must be strings")
         self._merges: list[str] = merges
-        # merge rank by its "left right" text, the first entry winning on duplicates as in llama.cpp. Symbols of
-        # byte-level text never hold a space, so the pair (a, b) has rank ranks[a + " " + b] whatever the entry
-        # shapes (entries llama.cpp cannot use cannot be hit here either).
-        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        self._ranks_dict: dict[str, int] | None = None  # built on first use by the Python merger (see _ranks)
         assert self.pre is not None
         self._ignore_merges = self.pre.ignore_merges
         self._hf_tok: Any = None  # HF tokenizers pipeline, built on first need (see _hf)
+        self._hf_pre: Any = None  # its pre-tokenizer alone (see _reference_split)
         # fast path: split over the whole text at once, merge each distinct piece once (cached)
         self._fast: FastSplitter | None = FastSplitter.create(self.pre)
         self._bpe_cache: dict[str, list[int]] = {}
+        # the C merger (csrc/gguf_strings.c); None without the compiled kernels: then Python / HF tokenizers merge
+        self._native: _NativeBPE | None = _NativeBPE.create(self.tokens, merges, self._ignore_merges)
+
+    @property
+    def _ranks(self) -> dict[str, int]:
+        """Merge rank by its "left right" text, the first entry winning on duplicates as in llama.cpp. Symbols of
+        byte-level text never hold a space, so the pair (a, b) has rank ranks[a + " " + b] whatever the entry
+        shapes (entries llama.cpp cannot use cannot be hit here either)."""
+        r = self._ranks_dict
+        if r is None:
+            merges = self._merges
+            r = self._ranks_dict = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        return r
 
     @property
     def _hf(self) -> Any:
@@ -509,14 +630,27 @@ class Tokenizer:
     def _bpe_encode(self, text: str, out: list[int], reference: bool = False) -> None:
         """Byte-level BPE of one raw text fragment, appended to out. reference=True: run it entirely inside HF
         tokenizers (its own regex engine and splitting), the path the fast one is checked against."""
-        pieces = None
-        if self._fast is not None and not reference:
-            try:
-                pieces = self._fast.split(text)  # None: let HF tokenizers split this text
-            except ValueError:
-                pieces = None
-        if pieces is None:
+        if reference:
             out.extend(self._hf.encode(text, add_special_tokens=False).ids)
+            return
+        segs = None
+        if self._fast is not None:
+            try:
+                segs = self._fast.split_segments(text)
+            except ValueError:  # no free sentinel character
+                segs = None
+        if segs is None:
+            segs = [(text, None)]
+        if len(segs) == 1 and segs[0][1] is not None:
+            pieces = segs[0][1]
+        else:
+            pieces = []
+            for seg, ps in segs:
+                pieces.extend(ps if ps is not None else self._reference_split(seg))
+        if not pieces:
+            return
+        if self._native is not None:
+            self._native.encode_pieces(text, pieces, out)
             return
         cache = self._bpe_cache
         missing = set(pieces).difference(cache)
@@ -535,6 +669,18 @@ class Tokenizer:
                 for w in missing:
                     cache[w] = bpe_word(w.encode("utf-8").decode("latin-1").translate(table))
         out.extend(chain.from_iterable(map(cache.__getitem__, pieces)))
+
+    def _reference_split(self, text: str) -> list[str]:
+        """Pre-tokenized pieces of `text` by HF tokenizers' splitting alone (Oniguruma; no vocabulary needed)."""
+        pre = self._hf_pre
+        if pre is None:
+            from tokenizers import Regex, pre_tokenizers
+
+            assert self.pre is not None
+            pre = self._hf_pre = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in self.pre.regexes]
+            )
+        return [p for p, _ in pre.pre_tokenize_str(text)]
 
     def _encode_reference(self, text: str, parse_special: bool = False) -> list[int]:
         """encode(text, add_special=False) with the BPE merges and splitting done wholly by HF tokenizers."""
