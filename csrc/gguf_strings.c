@@ -1,6 +1,11 @@
 /* gguf_strings.c - GGUF string arrays: a checked scan of length-prefixed string arrays, and a byte-level BPE
  * merger built from a vocabulary's `tokenizer.ggml.tokens` / `tokenizer.ggml.merges` string arrays.
  *
+ * SentencePiece semantics (llama.cpp's SPM tokenizer, as moe_gguf/tokenizer.py's Python merger): symbols start
+ * as the UTF-8 characters of an (already escaped) piece; the adjacent pair whose concatenation is a vocabulary
+ * entry of highest score (leftmost on ties) is merged until none is left; each final symbol is its token or, when
+ * it is none, the byte tokens of its bytes.
+ *
  * BPE semantics (llama.cpp's byte-level BPE, as moe_gguf/tokenizer.py's Python merger):
  *  - tokens and merge halves are byte-level strings (GPT-2's byte -> printable character table); they are
  *    converted to the raw bytes they stand for, so pieces of raw UTF-8 text are merged without re-encoding.
@@ -69,24 +74,97 @@ static uint64_t hash_pair(uint64_t k) {
     return k;
 }
 
+/* A hash set of byte strings (open addressing, linear probing, grown at half load), each with a token id. */
 typedef struct {
-    int64_t off;  /* into bpe->blob */
+    int64_t off; /* into blob */
     int32_t len;
-    int32_t tok;  /* token id, or -1 (a merge half that is no token) */
+    int32_t tok; /* token id, or -1 (a merge half that is no token) */
+    uint64_t hash;
 } entry;
 
-struct mg_bpe {
-    uint8_t *blob;  /* raw bytes of every entry */
+typedef struct {
+    uint8_t *blob; /* the bytes of every entry */
     int64_t blob_used, blob_cap;
     entry *ents;
     int64_t n_ents, ents_cap;
-    int32_t *slots;  /* string hash table: entry index or -1 */
+    int32_t *slots; /* entry index or -1 */
     uint64_t slot_mask;
-    uint64_t *pair_keys;  /* pair hash table: (left entry << 32 | right entry), or UINT64_MAX when empty */
+} strtab;
+
+static void st_free(strtab *t) {
+    free(t->blob);
+    free(t->ents);
+    free(t->slots);
+}
+
+static int st_init(strtab *t, int64_t blob_cap, int64_t ents_cap) {
+    memset(t, 0, sizeof *t);
+    uint64_t slots = 16;
+    while (slots < (uint64_t)ents_cap * 2) slots <<= 1;
+    t->blob_cap = blob_cap + 1;
+    t->ents_cap = ents_cap;
+    t->blob = malloc((size_t)t->blob_cap);
+    t->ents = malloc((size_t)ents_cap * sizeof(entry));
+    t->slots = malloc((size_t)slots * sizeof(int32_t));
+    if (!t->blob || !t->ents || !t->slots) {
+        st_free(t);
+        return -1;
+    }
+    memset(t->slots, 0xff, (size_t)slots * sizeof(int32_t));
+    t->slot_mask = slots - 1;
+    return 0;
+}
+
+static int32_t st_find(const strtab *t, const uint8_t *s, int64_t n) {
+    uint64_t h = hash_bytes(s, n);
+    for (uint64_t i = h & t->slot_mask;; i = (i + 1) & t->slot_mask) {
+        int32_t e = t->slots[i];
+        if (e < 0) return -1;
+        const entry *en = &t->ents[e];
+        if (en->hash == h && en->len == n && memcmp(t->blob + en->off, s, (size_t)n) == 0) return e;
+    }
+}
+
+/* The entry of string s, which the caller wrote at blob + blob_used (kept there when new).  The caller sized
+ * ents_cap for every string it may add, and the table has at least twice as many slots. */
+static int32_t st_intern(strtab *t, const uint8_t *s, int64_t n) {
+    uint64_t h = hash_bytes(s, n);
+    uint64_t i = h & t->slot_mask;
+    for (;; i = (i + 1) & t->slot_mask) {
+        int32_t e = t->slots[i];
+        if (e < 0) break;
+        const entry *en = &t->ents[e];
+        if (en->hash == h && en->len == n && memcmp(t->blob + en->off, s, (size_t)n) == 0) return e;
+    }
+    int32_t e = (int32_t)t->n_ents++;
+    t->ents[e].off = s - t->blob;
+    t->ents[e].len = (int32_t)n;
+    t->ents[e].tok = -1;
+    t->ents[e].hash = h;
+    t->blob_used += n;
+    t->slots[i] = e;
+    return e;
+}
+
+/* checks a (start, len) string table against INT32 limits; returns the total bytes or -1 */
+static int64_t table_bytes(const int64_t *start, const int64_t *len, int64_t n) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (start[i] < 0 || len[i] < 0 || len[i] > INT32_MAX) return -1;
+        total += len[i];
+    }
+    return total;
+}
+
+/* ------------------------------------------------------------------ byte-level BPE */
+
+struct mg_bpe {
+    strtab st;
+    uint64_t *pair_keys; /* (left entry << 32 | right entry), or UINT64_MAX when empty */
     int32_t *pair_rank;
     uint64_t pair_mask;
-    int32_t byte_ent[256];  /* entry of each single raw byte, or -1 */
-    int32_t byte_tok[256];  /* token of each single raw byte, or -1 */
+    int32_t byte_ent[256]; /* entry of each single raw byte, or -1 */
+    int32_t byte_tok[256]; /* token of each single raw byte, or -1 */
     int ignore_merges;
 };
 
@@ -126,53 +204,19 @@ static int64_t to_raw(const int16_t *tab, const uint8_t *s, int64_t n, uint8_t *
     return o;
 }
 
-static int32_t find_str(const mg_bpe *b, const uint8_t *s, int64_t n, uint64_t h) {
-    uint64_t i = h & b->slot_mask;
-    for (;;) {
-        int32_t e = b->slots[i];
-        if (e < 0) return -1;
-        const entry *en = &b->ents[e];
-        if (en->len == n && memcmp(b->blob + en->off, s, (size_t)n) == 0) return e;
-        i = (i + 1) & b->slot_mask;
-    }
-}
-
-/* the entry of raw string s, which the caller wrote at blob + blob_used (added, and kept there, if new) */
-static int32_t intern(mg_bpe *b, const uint8_t *s, int64_t n) {
-    uint64_t h = hash_bytes(s, n);
-    uint64_t i = h & b->slot_mask;
-    for (;;) {
-        int32_t e = b->slots[i];
-        if (e < 0) break;
-        const entry *en = &b->ents[e];
-        if (en->len == n && memcmp(b->blob + en->off, s, (size_t)n) == 0) return e;
-        i = (i + 1) & b->slot_mask;
-    }
-    int32_t e = (int32_t)b->n_ents++;
-    b->ents[e].off = s - b->blob;
-    b->ents[e].len = (int32_t)n;
-    b->ents[e].tok = -1;
-    b->blob_used += n;
-    b->slots[i] = e;
-    return e;
-}
-
 static int32_t pair_lookup(const mg_bpe *b, int32_t l, int32_t r) {
     if (l < 0 || r < 0) return -1;
     uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
-    uint64_t i = hash_pair(key) & b->pair_mask;
-    for (;;) {
+    for (uint64_t i = hash_pair(key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
         uint64_t k = b->pair_keys[i];
         if (k == UINT64_MAX) return -1;
         if (k == key) return b->pair_rank[i];
-        i = (i + 1) & b->pair_mask;
     }
 }
 
 static void pair_insert(mg_bpe *b, int32_t l, int32_t r, int32_t rank) {
     uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
-    uint64_t i = hash_pair(key) & b->pair_mask;
-    for (;;) {
+    for (uint64_t i = hash_pair(key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
         uint64_t k = b->pair_keys[i];
         if (k == key) return; /* first entry wins */
         if (k == UINT64_MAX) {
@@ -180,21 +224,12 @@ static void pair_insert(mg_bpe *b, int32_t l, int32_t r, int32_t rank) {
             b->pair_rank[i] = rank;
             return;
         }
-        i = (i + 1) & b->pair_mask;
     }
-}
-
-static uint64_t pow2_at_least(uint64_t n) {
-    uint64_t c = 16;
-    while (c < n) c <<= 1;
-    return c;
 }
 
 void mg_bpe_free(mg_bpe *b) {
     if (!b) return;
-    free(b->blob);
-    free(b->ents);
-    free(b->slots);
+    st_free(&b->st);
     free(b->pair_keys);
     free(b->pair_rank);
     free(b);
@@ -204,51 +239,33 @@ mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
                       const uint8_t *merge_buf, const int64_t *merge_start, const int64_t *merge_len, int64_t n_merge,
                       int ignore_merges) {
     if (n_tok < 0 || n_merge < 0 || n_tok > INT32_MAX / 4 || n_merge > INT32_MAX / 4) return NULL;
+    int64_t tb = table_bytes(tok_start, tok_len, n_tok), mb = table_bytes(merge_start, merge_len, n_merge);
+    if (tb < 0 || mb < 0) return NULL;
     int16_t tab[0x144]; /* byte-level code point -> raw byte, or -1 */
     init_byte_table(tab);
-    int64_t total = 0;
-    for (int64_t i = 0; i < n_tok; i++) {
-        if (tok_start[i] < 0 || tok_len[i] < 0 || tok_len[i] > INT32_MAX) return NULL;
-        total += tok_len[i];
-    }
-    for (int64_t i = 0; i < n_merge; i++) {
-        if (merge_start[i] < 0 || merge_len[i] < 0 || merge_len[i] > INT32_MAX) return NULL;
-        total += merge_len[i];
-    }
     mg_bpe *b = calloc(1, sizeof *b);
     if (!b) return NULL;
     b->ignore_merges = ignore_merges != 0;
-    b->blob_cap = total + 256 + 1;
-    b->ents_cap = n_tok + 2 * n_merge + 256;
-    uint64_t slots = pow2_at_least((uint64_t)b->ents_cap * 2);
-    uint64_t pairs = pow2_at_least((uint64_t)n_merge * 2 + 16);
-    b->blob = malloc((size_t)b->blob_cap);
-    b->ents = malloc((size_t)b->ents_cap * sizeof(entry));
-    b->slots = malloc((size_t)slots * sizeof(int32_t));
+    uint64_t pairs = 16;
+    while (pairs < (uint64_t)n_merge * 2) pairs <<= 1;
     b->pair_keys = malloc((size_t)pairs * sizeof(uint64_t));
     b->pair_rank = malloc((size_t)pairs * sizeof(int32_t));
-    if (!b->blob || !b->ents || !b->slots || !b->pair_keys || !b->pair_rank) {
-        mg_bpe_free(b);
+    if (!b->pair_keys || !b->pair_rank || st_init(&b->st, tb + mb + 256, n_tok + 2 * n_merge + 256) != 0) {
+        free(b->pair_keys);
+        free(b->pair_rank);
+        free(b);
         return NULL;
     }
-    memset(b->slots, 0xff, (size_t)slots * sizeof(int32_t));
     memset(b->pair_keys, 0xff, (size_t)pairs * sizeof(uint64_t));
-    b->slot_mask = slots - 1;
     b->pair_mask = pairs - 1;
+    strtab *st = &b->st;
 
     for (int64_t i = 0; i < n_tok; i++) {
-        uint8_t *dst = b->blob + b->blob_used;
+        uint8_t *dst = st->blob + st->blob_used;
         int64_t n = to_raw(tab, tok_buf + tok_start[i], tok_len[i], dst);
         if (n <= 0) continue; /* never matches byte-level text */
-        int32_t e = intern(b, dst, n);
-        if (b->ents[e].tok < 0) b->ents[e].tok = (int32_t)i; /* first id wins on duplicates */
-    }
-    for (int b0 = 0; b0 < 256; b0++) {
-        uint8_t c = (uint8_t)b0;
-        uint64_t h = hash_bytes(&c, 1);
-        int32_t e = find_str(b, &c, 1, h);
-        b->byte_ent[b0] = e;
-        b->byte_tok[b0] = e >= 0 ? b->ents[e].tok : -1;
+        int32_t e = st_intern(st, dst, n);
+        if (st->ents[e].tok < 0) st->ents[e].tok = (int32_t)i; /* first id wins on duplicates */
     }
     for (int64_t i = 0; i < n_merge; i++) {
         const uint8_t *m = merge_buf + merge_start[i];
@@ -256,39 +273,42 @@ mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
         const uint8_t *sp = n > 1 ? memchr(m + 1, ' ', (size_t)(n - 1)) : NULL;
         if (!sp) continue;
         int64_t nl = sp - m, nr = n - nl - 1;
-        uint8_t *dl = b->blob + b->blob_used;
+        uint8_t *dl = st->blob + st->blob_used;
         int64_t rl = to_raw(tab, m, nl, dl);
         if (rl <= 0) continue;
-        int32_t el = intern(b, dl, rl);
-        uint8_t *dr = b->blob + b->blob_used;
+        int32_t el = st_intern(st, dl, rl);
+        uint8_t *dr = st->blob + st->blob_used;
         int64_t rr = to_raw(tab, sp + 1, nr, dr);
         if (rr <= 0) continue;
-        int32_t er = intern(b, dr, rr);
+        int32_t er = st_intern(st, dr, rr);
         pair_insert(b, el, er, (int32_t)i);
     }
-    /* the single bytes may have been interned as merge halves only */
-    for (int b0 = 0; b0 < 256; b0++) {
-        if (b->byte_ent[b0] < 0) {
-            uint8_t c = (uint8_t)b0;
-            b->byte_ent[b0] = find_str(b, &c, 1, hash_bytes(&c, 1));
-        }
+    for (int c = 0; c < 256; c++) {
+        uint8_t ch = (uint8_t)c;
+        int32_t e = st_find(st, &ch, 1);
+        b->byte_ent[c] = e;
+        b->byte_tok[c] = e >= 0 ? st->ents[e].tok : -1;
     }
     return b;
 }
 
+/* merge candidates: a max-heap on `key` (BPE: -rank; SPM: score), then the lowest left symbol */
 typedef struct {
+    float score;
     int32_t rank, left, right, size;
 } bigram;
 
-static int bigram_less(const bigram *a, const bigram *b) {
-    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
+static int bigram_before(const bigram *a, const bigram *b) {
+    if (a->score != b->score) return a->score > b->score;
+    if (a->rank != b->rank) return a->rank < b->rank;
+    return a->left < b->left;
 }
 
 static void heap_push(bigram *h, int64_t *n, bigram v) {
     int64_t i = (*n)++;
     while (i > 0) {
         int64_t p = (i - 1) / 2;
-        if (!bigram_less(&v, &h[p])) break;
+        if (!bigram_before(&v, &h[p])) break;
         h[i] = h[p];
         i = p;
     }
@@ -302,8 +322,8 @@ static bigram heap_pop(bigram *h, int64_t *n) {
     for (;;) {
         int64_t c = 2 * i + 1;
         if (c >= m) break;
-        if (c + 1 < m && bigram_less(&h[c + 1], &h[c])) c++;
-        if (!bigram_less(&h[c], &v)) break;
+        if (c + 1 < m && bigram_before(&h[c + 1], &h[c])) c++;
+        if (!bigram_before(&h[c], &v)) break;
         h[i] = h[c];
         i = c;
     }
@@ -311,25 +331,45 @@ static bigram heap_pop(bigram *h, int64_t *n) {
     return top;
 }
 
+/* per-call scratch: symbols are byte ranges [i, i + len[i]) of the piece, linked by prev/next */
 typedef struct {
     int32_t *len, *prev, *next, *ent;
     bigram *heap;
 } workspace;
 
-static void try_pair(const mg_bpe *b, workspace *w, int64_t *nh, int32_t l, int32_t r) {
+static int ws_alloc(workspace *w, void **mem, const int64_t *piece_off, int64_t n_pieces) {
+    int64_t maxlen = 1;
+    for (int64_t p = 0; p < n_pieces; p++) {
+        int64_t len = piece_off[p + 1] - piece_off[p];
+        if (len < 0 || len > INT32_MAX / 4) return MG_ESIZE;
+        if (len > maxlen) maxlen = len;
+    }
+    size_t m = (size_t)maxlen;
+    *mem = malloc(m * 4 * sizeof(int32_t) + 3 * m * sizeof(bigram));
+    if (!*mem) return MG_ENOMEM;
+    w->heap = *mem;
+    w->len = (int32_t *)(w->heap + 3 * m);
+    w->prev = w->len + m;
+    w->next = w->prev + m;
+    w->ent = w->next + m;
+    return 0;
+}
+
+static void bpe_try_pair(const mg_bpe *b, workspace *w, int64_t *nh, int32_t l, int32_t r) {
     if (l < 0 || r < 0) return;
     int32_t rank = pair_lookup(b, w->ent[l], w->ent[r]);
     if (rank < 0) return;
-    bigram g = {rank, l, r, w->len[l] + w->len[r]};
+    bigram g = {0.0f, rank, l, r, w->len[l] + w->len[r]};
     heap_push(w->heap, nh, g);
 }
 
 static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_t n, int32_t *out) {
+    const strtab *st = &b->st;
     int64_t o = 0;
     if (b->ignore_merges) {
-        int32_t e = find_str(b, s, n, hash_bytes(s, n));
-        if (e >= 0 && b->ents[e].tok >= 0) {
-            out[0] = b->ents[e].tok;
+        int32_t e = st_find(st, s, n);
+        if (e >= 0 && st->ents[e].tok >= 0) {
+            out[0] = st->ents[e].tok;
             return 1;
         }
     }
@@ -340,7 +380,7 @@ static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_
         w->ent[i] = b->byte_ent[s[i]];
     }
     int64_t nh = 0;
-    for (int32_t i = 0; i + 1 < n; i++) try_pair(b, w, &nh, i, i + 1);
+    for (int32_t i = 0; i + 1 < n; i++) bpe_try_pair(b, w, &nh, i, i + 1);
     while (nh > 0) {
         bigram g = heap_pop(w->heap, &nh);
         int32_t l = g.left, r = g.right;
@@ -349,14 +389,14 @@ static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_
         w->len[r] = 0;
         w->next[l] = w->next[r];
         if (w->next[r] >= 0) w->prev[w->next[r]] = l;
-        w->ent[l] = find_str(b, s + l, w->len[l], hash_bytes(s + l, w->len[l]));
-        try_pair(b, w, &nh, w->prev[l], l);
-        try_pair(b, w, &nh, l, w->next[l]);
+        w->ent[l] = st_find(st, s + l, w->len[l]);
+        bpe_try_pair(b, w, &nh, w->prev[l], l);
+        bpe_try_pair(b, w, &nh, l, w->next[l]);
     }
     for (int32_t i = 0; i != -1; i = w->next[i]) {
         int32_t e = w->ent[i];
-        if (e >= 0 && b->ents[e].tok >= 0) {
-            out[o++] = b->ents[e].tok;
+        if (e >= 0 && st->ents[e].tok >= 0) {
+            out[o++] = st->ents[e].tok;
         } else {
             for (int32_t k = 0; k < w->len[i]; k++) {
                 int32_t t = b->byte_tok[s[i + k]];
@@ -370,26 +410,127 @@ static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_
 int64_t mg_bpe_encode(const mg_bpe *b, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
                       int32_t *out_ids, int64_t *out_off) {
     if (!b || n_pieces < 0) return MG_ESIZE;
-    int64_t maxlen = 0;
-    for (int64_t p = 0; p < n_pieces; p++) {
-        int64_t len = piece_off[p + 1] - piece_off[p];
-        if (len < 0 || len > INT32_MAX / 4) return MG_ESIZE;
-        if (len > maxlen) maxlen = len;
-    }
     workspace w;
-    size_t m = (size_t)(maxlen > 0 ? maxlen : 1);
-    void *mem = malloc(m * 4 * sizeof(int32_t) + 3 * m * sizeof(bigram));
-    if (!mem) return MG_ENOMEM;
-    w.len = mem;
-    w.prev = w.len + m;
-    w.next = w.prev + m;
-    w.ent = w.next + m;
-    w.heap = (bigram *)(w.ent + m);
+    void *mem = NULL;
+    int rc = ws_alloc(&w, &mem, piece_off, n_pieces);
+    if (rc != 0) return rc;
     int64_t o = 0;
     out_off[0] = 0;
     for (int64_t p = 0; p < n_pieces; p++) {
         int32_t len = (int32_t)(piece_off[p + 1] - piece_off[p]);
         if (len > 0) o += bpe_piece(b, &w, text + piece_off[p], len, out_ids + o);
+        out_off[p + 1] = o;
+    }
+    free(mem);
+    return o;
+}
+
+/* ------------------------------------------------------------------ SentencePiece-style */
+
+struct mg_spm {
+    strtab st;
+    float *scores; /* per entry (the score of its token) */
+    int32_t byte_tok[256];
+};
+
+void mg_spm_free(mg_spm *m) {
+    if (!m) return;
+    st_free(&m->st);
+    free(m->scores);
+    free(m);
+}
+
+mg_spm *mg_spm_create(const uint8_t *tok_buf, const int64_t *tok_start, const int64_t *tok_len, int64_t n_tok,
+                      const float *scores, const int32_t *byte_tok) {
+    if (n_tok < 0 || n_tok > INT32_MAX / 4) return NULL;
+    int64_t tb = table_bytes(tok_start, tok_len, n_tok);
+    if (tb < 0) return NULL;
+    mg_spm *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->scores = malloc((size_t)(n_tok + 1) * sizeof(float));
+    if (!m->scores || st_init(&m->st, tb, n_tok + 1) != 0) {
+        free(m->scores);
+        free(m);
+        return NULL;
+    }
+    strtab *st = &m->st;
+    for (int64_t i = 0; i < n_tok; i++) {
+        int64_t n = tok_len[i];
+        if (n == 0) continue;
+        uint8_t *dst = st->blob + st->blob_used;
+        memcpy(dst, tok_buf + tok_start[i], (size_t)n);
+        int32_t e = st_intern(st, dst, n);
+        if (st->ents[e].tok < 0) { /* first id wins on duplicates */
+            st->ents[e].tok = (int32_t)i;
+            m->scores[e] = scores ? scores[i] : 0.0f;
+        }
+    }
+    for (int c = 0; c < 256; c++) m->byte_tok[c] = byte_tok[c];
+    return m;
+}
+
+static void spm_try_pair(const mg_spm *m, workspace *w, int64_t *nh, const uint8_t *s, int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return;
+    int32_t size = w->len[l] + w->len[r];
+    int32_t e = st_find(&m->st, s + l, size);
+    if (e < 0) return;
+    bigram g = {m->scores[e], 0, l, r, size};
+    heap_push(w->heap, nh, g);
+}
+
+static int64_t spm_piece(const mg_spm *m, workspace *w, const uint8_t *s, int32_t n, int32_t *out) {
+    static const uint8_t utf8_len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+    int32_t last = -1;
+    for (int32_t i = 0; i < n;) { /* one symbol per UTF-8 character */
+        int32_t len = utf8_len[s[i] >> 4];
+        if (len > n - i) len = n - i;
+        w->len[i] = len;
+        w->prev[i] = last;
+        w->next[i] = -1;
+        if (last >= 0) w->next[last] = i;
+        last = i;
+        i += len;
+    }
+    int64_t nh = 0;
+    for (int32_t i = 0; w->next[i] >= 0; i = w->next[i]) spm_try_pair(m, w, &nh, s, i, w->next[i]);
+    while (nh > 0) {
+        bigram g = heap_pop(w->heap, &nh);
+        int32_t l = g.left, r = g.right;
+        if (w->len[l] == 0 || w->len[r] == 0 || w->next[l] != r || w->len[l] + w->len[r] != g.size) continue;
+        w->len[l] += w->len[r];
+        w->len[r] = 0;
+        w->next[l] = w->next[r];
+        if (w->next[r] >= 0) w->prev[w->next[r]] = l;
+        spm_try_pair(m, w, &nh, s, w->prev[l], l);
+        spm_try_pair(m, w, &nh, s, l, w->next[l]);
+    }
+    int64_t o = 0;
+    for (int32_t i = 0; i != -1; i = w->next[i]) {
+        int32_t e = st_find(&m->st, s + i, w->len[i]);
+        if (e >= 0) {
+            out[o++] = m->st.ents[e].tok;
+        } else {
+            for (int32_t k = 0; k < w->len[i]; k++) {
+                int32_t t = m->byte_tok[s[i + k]];
+                if (t >= 0) out[o++] = t;
+            }
+        }
+    }
+    return o;
+}
+
+int64_t mg_spm_encode(const mg_spm *m, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
+                      int32_t *out_ids, int64_t *out_off) {
+    if (!m || n_pieces < 0) return MG_ESIZE;
+    workspace w;
+    void *mem = NULL;
+    int rc = ws_alloc(&w, &mem, piece_off, n_pieces);
+    if (rc != 0) return rc;
+    int64_t o = 0;
+    out_off[0] = 0;
+    for (int64_t p = 0; p < n_pieces; p++) {
+        int32_t len = (int32_t)(piece_off[p + 1] - piece_off[p]);
+        if (len > 0) o += spm_piece(m, &w, text + piece_off[p], len, out_ids + o);
         out_off[p + 1] = o;
     }
     free(mem);

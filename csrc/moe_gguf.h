@@ -162,6 +162,20 @@ void mg_bpe_free(mg_bpe *bpe);
 int64_t mg_bpe_encode(const mg_bpe *bpe, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
                       int32_t *out_ids, int64_t *out_off);
 
+/* SentencePiece-style merger (llama.cpp's SPM algorithm) over a `llama` vocabulary: token i is
+ * tok_buf[tok_start[i] : tok_start[i] + tok_len[i]] (UTF-8) with score scores[i] (scores may be NULL: all 0).
+ * Symbols start as the UTF-8 characters of a piece; the adjacent pair whose concatenation is a token of highest
+ * score (leftmost on ties) is merged until none is left; a final symbol that is no token becomes
+ * byte_tok[b] for each of its bytes b (256 entries; -1: dropped).  The first of duplicate tokens wins.
+ * NULL on a bad argument or out of memory.  Read-only after creation (mg_spm_encode may run concurrently). */
+typedef struct mg_spm mg_spm;
+mg_spm *mg_spm_create(const uint8_t *tok_buf, const int64_t *tok_start, const int64_t *tok_len, int64_t n_tok,
+                      const float *scores, const int32_t *byte_tok);
+void mg_spm_free(mg_spm *spm);
+/* As mg_bpe_encode, for already escaped text (spaces as U+2581, prefix space added by the caller). */
+int64_t mg_spm_encode(const mg_spm *spm, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
+                      int32_t *out_ids, int64_t *out_off);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,6 +23,7 @@ added in front of the first text piece is removed again (and a literal U+2581 in
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import heapq
 import os
@@ -89,6 +90,9 @@ _BPE_CACHE_MAX = 1 << 18
 _HF_MISSES = 12000
 _PY_BPE_MAX = 200  # longer pre-tokenized pieces are merged by HF tokenizers' BPE (the Python loop is quadratic)
 _SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
+_SPM_CROSSING_JOINED = re.compile("[^\u2581\x00]\u2581")  # the same over NUL-joined tokens
+_MARKERS = [chr(c) for c in range(0xF8FF, 0xE000 - 1, -1)]  # private-use characters marking special tokens
+_SPM_MAX_CROSSING = 256  # more vocabulary entries across a word start than this: SentencePiece merges whole fragments
 _SPM_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # distinct pre-tokenized pieces remembered per tokenizer
 
 
@@ -141,17 +145,17 @@ def _string_table(strings: list[str]) -> tuple[bytes, "np.ndarray", "np.ndarray"
     return b"".join(parts), np.cumsum(lens) - lens, lens
 
 
-class _NativeBPE:
-    """llama.cpp's byte-level BPE merge in C (csrc/gguf_strings.c), built from the vocabulary and merge strings.
-    `encode_pieces` merges every pre-tokenized piece of a text in one call (no per-piece Python work)."""
+class _Native:
+    """A merger in C (csrc/gguf_strings.c): llama.cpp's byte-level BPE (`bpe`) or SentencePiece (`spm`) algorithm,
+    built from the vocabulary strings. `encode_pieces` merges every piece of a text in one call."""
 
-    def __init__(self, k: Any, handle: Any) -> None:
+    def __init__(self, k: Any, handle: Any, encode: Any) -> None:
         self._ffi = k.ffi
-        self._lib = k.lib
         self._h = handle
+        self._encode = encode
 
     @classmethod
-    def create(cls, tokens: list[str], merges: list[str], ignore_merges: bool) -> "_NativeBPE | None":
+    def bpe(cls, tokens: list[str], merges: list[str], ignore_merges: bool) -> "_Native | None":
         k = _kernels()
         if k is None or not hasattr(k.lib, "mg_bpe_create"):
             return None
@@ -165,35 +169,55 @@ class _NativeBPE:
         )
         if h == ffi.NULL:
             raise MemoryError("cannot build the BPE merge tables (out of memory)")
-        return cls(k, ffi.gc(h, k.lib.mg_bpe_free))
+        return cls(k, ffi.gc(h, k.lib.mg_bpe_free), k.lib.mg_bpe_encode)
 
-    def encode_pieces(self, text: str, pieces: list[str], out: list[int]) -> None:
-        """Append the ids of `pieces` (non-empty strings that concatenate to `text`) to out."""
-        if not pieces:
-            return
+    @classmethod
+    def spm(cls, tokens: list[str], scores: "np.ndarray", byte_tok: list[int]) -> "_Native | None":
+        k = _kernels()
+        if k is None or not hasattr(k.lib, "mg_spm_create"):
+            return None
+        ffi = k.ffi
+        tb, ts, tl = _string_table(tokens)
+        sc = np.ascontiguousarray(scores, dtype=np.float32)
+        bt = np.asarray(byte_tok, dtype=np.int32)
+        if sc.shape != (len(tokens),) or bt.shape != (256,):
+            raise ValueError("SentencePiece tables have the wrong size")
+        h = k.lib.mg_spm_create(
+            ffi.from_buffer(tb), ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", tl), len(tokens),
+            ffi.from_buffer("float[]", sc), ffi.from_buffer("int32_t[]", bt),
+        )
+        if h == ffi.NULL:
+            raise MemoryError("cannot build the SentencePiece tables (out of memory)")
+        return cls(k, ffi.gc(h, k.lib.mg_spm_free), k.lib.mg_spm_encode)
+
+    def encode_pieces(self, text: str, pieces: list[str]) -> tuple[list[int], list[int]]:
+        """The ids of `pieces` (non-empty strings that concatenate to `text`) and where each piece's ids start
+        in them (len(pieces) + 1 offsets)."""
         raw = text.encode("utf-8")
-        char_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
         off = np.empty(len(pieces) + 1, dtype=np.int64)
         off[0] = 0
-        if len(raw) == len(text):  # ASCII: character offsets are byte offsets
-            off[1:] = char_ends
+        if len(pieces) == 1:
+            off[1] = len(raw)
         else:
-            cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            nbytes = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
-            byte_ends = np.cumsum(nbytes)
-            off[1:] = byte_ends[char_ends - 1]
+            char_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
+            if len(raw) == len(text):  # ASCII: character offsets are byte offsets
+                off[1:] = char_ends
+            else:
+                cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+                nbytes = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
+                off[1:] = np.cumsum(nbytes)[char_ends - 1]
         if off[-1] != len(raw):
-            raise AssertionError("pre-tokenized pieces do not tile the text")  # pragma: no cover
+            raise AssertionError("pieces do not tile the text")  # pragma: no cover
         ids = np.empty(max(len(raw), 1), dtype=np.int32)
         ids_off = np.empty(len(pieces) + 1, dtype=np.int64)
         ffi = self._ffi
-        n = self._lib.mg_bpe_encode(
+        n = self._encode(
             self._h, ffi.from_buffer(raw), ffi.from_buffer("int64_t[]", off), len(pieces),
             ffi.from_buffer("int32_t[]", ids), ffi.from_buffer("int64_t[]", ids_off),
         )
         if n < 0:
-            raise MemoryError("BPE merge failed (out of memory)") if n == -3 else ValueError("bad BPE piece offsets")
-        out.extend(ids[:n].tolist())
+            raise MemoryError("token merge failed (out of memory)") if n == -3 else ValueError("bad piece offsets")
+        return ids[:n].tolist(), ids_off.tolist()
 
 
 def _meta_int(md: dict[str, Any], key: str) -> int | None:
@@ -398,7 +422,11 @@ class Tokenizer:
         tokens = self.tokens
         types = self.token_type
         if self.model == "llama":
-            out = [t.replace(_SPACE, " ").encode("utf-8") for t in tokens]
+            # one replace + encode + split over the NUL-joined tokens (per token only if a token holds a NUL)
+            raw = "\x00".join(tokens).replace(_SPACE, " ").encode("utf-8", "surrogatepass")
+            out = raw.split(b"\x00")
+            if len(out) != len(tokens):
+                out = [t.replace(_SPACE, " ").encode("utf-8", "surrogatepass") for t in tokens]
         else:
             # every character of a normal byte-level token stands for one byte: translate all tokens at once and
             # slice the result at the (unchanged) character offsets
@@ -442,9 +470,32 @@ class Tokenizer:
         self._spm_byte_ids = byte_ids
         # When no vocabulary entry has U+2581 right after another character (SentencePiece's usual
         # split-by-whitespace vocabularies), no merge can cross the start of a "word" (a U+2581 run after other
-        # text), so words are merged independently - and each distinct word only once (cached).
-        self._spm_words = None if any(_SPM_CROSSING.search(t) for t in self.tokens) else _SPM_WORD_START
+        # text), so words are merged independently - and each distinct word only once (cached). A merge across a
+        # word start makes a token holding the characters on both sides, so when a few entries do (Gemma 3: one,
+        # '>▁</'), the text is still cut at every word start that no occurrence of such an entry spans.
+        joined = "\x00".join(self.tokens)
+        if joined.count("\x00") == len(self.tokens) - 1:  # one search over all tokens
+            found = set()
+            for m in _SPM_CROSSING_JOINED.finditer(joined):
+                a = joined.rfind("\x00", 0, m.start()) + 1
+                b = joined.find("\x00", m.end())
+                found.add(joined[a : b if b >= 0 else len(joined)])
+                if len(found) > _SPM_MAX_CROSSING:
+                    break
+        else:
+            found = {t for t in self.tokens if _SPM_CROSSING.search(t)}
+        crossing = sorted(found, key=len, reverse=True)
+        self._spm_words = None if len(crossing) > _SPM_MAX_CROSSING else _SPM_WORD_START
+        # every occurrence (overlapping ones too) of a crossing entry, longest first at each position
+        self._spm_cross = (
+            re.compile("(?=(" + "|".join(map(re.escape, crossing)) + "))") if 0 < len(crossing) <= _SPM_MAX_CROSSING
+            else None
+        )
         self._spm_cache: dict[str, list[int]] = {}
+        unk = -1 if self.unk_id is None else self.unk_id
+        self._native_spm: _Native | None = _Native.spm(
+            self.tokens, scores, [unk if i is None else i for i in byte_ids]
+        )
 
     def _init_bpe(self, md: dict[str, Any]) -> None:
         merges = md.get("tokenizer.ggml.merges")
@@ -462,7 +513,7 @@ class Tokenizer:
         self._fast: FastSplitter | None = FastSplitter.create(self.pre)
         self._bpe_cache: dict[str, list[int]] = {}
         # the C merger (csrc/gguf_strings.c); None without the compiled kernels: then Python / HF tokenizers merge
-        self._native: _NativeBPE | None = _NativeBPE.create(self.tokens, merges, self._ignore_merges)
+        self._native: _Native | None = _Native.bpe(self.tokens, merges, self._ignore_merges)
 
     @property
     def _ranks(self) -> dict[str, int]:
@@ -560,7 +611,10 @@ class Tokenizer:
             assert self.bos_id is not None
             out.append(self.bos_id)
         frags = self._partition(text, parse_special) if text else []
-        if self.model == "llama":
+        native = self._native_spm if self.model == "llama" else self._native
+        if native is not None:
+            self._encode_native(frags, native, out)
+        elif self.model == "llama":
             prev_special = True
             for f in frags:
                 if isinstance(f, int):
@@ -627,12 +681,46 @@ class Tokenizer:
                     break
         return b"".join(parts)
 
-    def _bpe_encode(self, text: str, out: list[int], reference: bool = False) -> None:
-        """Byte-level BPE of one raw text fragment, appended to out. reference=True: run it entirely inside HF
-        tokenizers (its own regex engine and splitting), the path the fast one is checked against."""
-        if reference:
-            out.extend(self._hf.encode(text, add_special_tokens=False).ids)
+    def _encode_native(self, frags: list[str | int], native: "_Native", out: list[int]) -> None:
+        """All text fragments' pieces merged by the C merger in one call, special ids in between."""
+        texts: list[str] = []
+        pieces: list[str] = []
+        layout: list[int] = []  # a special id (>= 0), or -(number of pieces of the next text fragment) - 1
+        spm = self.model == "llama"
+        prev_special = True
+        for f in frags:
+            if isinstance(f, int):
+                layout.append(f)
+                prev_special = True
+                continue
+            if spm:
+                f = ((" " + f) if (self.add_space_prefix and prev_special) else f).replace(" ", _SPACE)
+                ps = self._spm_pieces(f) or [f]
+                prev_special = False
+            else:
+                ps = self._bpe_pieces(f)
+            texts.append(f)
+            pieces.extend(ps)
+            layout.append(-len(ps) - 1)
+        if not pieces:
+            out.extend(layout)  # only special ids (every fragment has >= 1 piece)
             return
+        ids, offs = native.encode_pieces("".join(texts) if len(texts) > 1 else texts[0], pieces)
+        if len(layout) == 1:
+            out.extend(ids)
+            return
+        p = 0
+        for item in layout:
+            if item >= 0:
+                out.append(item)
+            else:
+                q = p - item - 1
+                out.extend(ids[offs[p] : offs[q]])
+                p = q
+
+    def _bpe_pieces(self, text: str) -> list[str]:
+        """Pre-tokenized pieces of one raw text fragment: the fast splitter's, with the segments it declines
+        split by HF tokenizers (Oniguruma)."""
         segs = None
         if self._fast is not None:
             try:
@@ -642,15 +730,20 @@ class Tokenizer:
         if segs is None:
             segs = [(text, None)]
         if len(segs) == 1 and segs[0][1] is not None:
-            pieces = segs[0][1]
-        else:
-            pieces = []
-            for seg, ps in segs:
-                pieces.extend(ps if ps is not None else self._reference_split(seg))
-        if not pieces:
+            return segs[0][1]
+        pieces: list[str] = []
+        for seg, ps in segs:
+            pieces.extend(ps if ps is not None else self._reference_split(seg))
+        return pieces
+
+    def _bpe_encode(self, text: str, out: list[int], reference: bool = False) -> None:
+        """Byte-level BPE of one raw text fragment, appended to out. reference=True: run it entirely inside HF
+        tokenizers (its own regex engine and splitting), the path the fast one is checked against."""
+        if reference:
+            out.extend(self._hf.encode(text, add_special_tokens=False).ids)
             return
-        if self._native is not None:
-            self._native.encode_pieces(text, pieces, out)
+        pieces = self._bpe_pieces(text)
+        if not pieces:
             return
         cache = self._bpe_cache
         missing = set(pieces).difference(cache)
@@ -695,7 +788,40 @@ class Tokenizer:
         return out
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
-        """llama.cpp's special-token partition: split text fragments around special token texts, longest first."""
+        """llama.cpp's special-token partition: split text fragments around special token texts, longest first.
+        Done as string replacements: each token that occurs becomes a private-use marker character (absent from
+        the text and from every candidate token, so no later token can match across it), and the result is split
+        at the markers - the same non-overlapping leftmost occurrences as splitting every fragment in turn."""
+        specials = self._special_all if parse_special else self._special_user
+        cands = self._special_index[parse_special].candidates(text)
+        if not cands:
+            return [text]
+        avoid = set().union(*(specials[k][0] for k in cands))
+        marks = iter(_MARKERS)
+        used: dict[str, int] = {}
+        s = text
+        for k in cands:
+            tok_text, tid = specials[k]
+            if tok_text not in s:
+                continue
+            m = next(marks, None)
+            while m is not None and (m in avoid or m in text):
+                m = next(marks, None)
+            if m is None:  # pragma: no cover - the text holds nearly every private-use character
+                return self._partition_slow(text, parse_special)
+            used[m] = tid
+            s = s.replace(tok_text, m)
+        if not used:
+            return [text]
+        frags: list[str | int] = []
+        for part in re.split("([" + "".join(used) + "])", s):
+            if part:
+                tid = used.get(part) if len(part) == 1 else None
+                frags.append(part if tid is None else tid)
+        return frags
+
+    def _partition_slow(self, text: str, parse_special: bool) -> list[str | int]:
+        """_partition by splitting every fragment around each token in turn (the definition)."""
         specials = self._special_all if parse_special else self._special_user
         frags: list[str | int] = [text]
         for k in self._special_index[parse_special].candidates(text):
@@ -718,11 +844,46 @@ class Tokenizer:
                 frags = new
         return frags
 
-    def _spm_encode(self, text: str, out: list[int]) -> None:
+    def _spm_pieces(self, text: str) -> list[str] | None:
+        """`text` cut at the word starts no merge can cross (see _init_spm); None: merge it whole."""
         if self._spm_words is None:
+            return None
+        words = self._spm_words.split(text)
+        cross = self._spm_cross
+        if cross is None or len(words) < 2 or cross.search(text) is None:
+            return words
+        ends = list(accumulate(map(len, words)))
+        blocked: set[int] = set()  # k: no cut after words[k]
+        for m in cross.finditer(text):
+            a = m.start()
+            b = a + len(m.group(1))
+            k = bisect.bisect_right(ends, a)  # first cut after a
+            while k < len(ends) - 1 and ends[k] < b:
+                blocked.add(k)
+                k += 1
+        if not blocked:
+            return words
+        out: list[str] = []
+        prev = 0  # words[prev:] not emitted yet
+        ks = sorted(blocked)
+        i = 0
+        while i < len(ks):
+            j = i
+            while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
+                j += 1
+            out.extend(words[prev : ks[i]])
+            out.append("".join(words[ks[i] : ks[j] + 2]))
+            prev = ks[j] + 2
+            i = j + 1
+        out.extend(words[prev:])
+        return out
+
+    def _spm_encode(self, text: str, out: list[int]) -> None:
+        """The Python merger (used without the C kernels)."""
+        words = self._spm_pieces(text)
+        if words is None:
             self._spm_tokenize(text, out)
             return
-        words = self._spm_words.split(text)
         cache = self._spm_cache
         missing = set(words).difference(cache)
         if missing:
