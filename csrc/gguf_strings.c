@@ -355,6 +355,43 @@ static int ws_alloc(workspace *w, void **mem, const int64_t *piece_off, int64_t 
     return 0;
 }
 
+/* pops candidates until one is still valid (both symbols unchanged and adjacent), merges its right symbol into
+ * its left one and returns the left one; -1 when the heap is empty */
+static int32_t merge_next(workspace *w, int64_t *nh) {
+    while (*nh > 0) {
+        bigram g = heap_pop(w->heap, nh);
+        int32_t l = g.left, r = g.right;
+        if (w->len[l] == 0 || w->len[r] == 0 || w->next[l] != r || w->len[l] + w->len[r] != g.size) continue;
+        w->len[l] += w->len[r];
+        w->len[r] = 0;
+        w->next[l] = w->next[r];
+        if (w->next[r] >= 0) w->prev[w->next[r]] = l;
+        return l;
+    }
+    return -1;
+}
+
+typedef int64_t (*piece_fn)(const void *model, workspace *w, const uint8_t *s, int32_t n, int32_t *out);
+
+/* runs `piece` over every piece with one scratch allocation (see mg_bpe_encode) */
+static int64_t encode_all(const void *model, piece_fn piece, const uint8_t *text, const int64_t *piece_off,
+                          int64_t n_pieces, int32_t *out_ids, int64_t *out_off) {
+    if (!model || n_pieces < 0) return MG_ESIZE;
+    workspace w;
+    void *mem = NULL;
+    int rc = ws_alloc(&w, &mem, piece_off, n_pieces);
+    if (rc != 0) return rc;
+    int64_t o = 0;
+    out_off[0] = 0;
+    for (int64_t p = 0; p < n_pieces; p++) {
+        int32_t len = (int32_t)(piece_off[p + 1] - piece_off[p]);
+        if (len > 0) o += piece(model, &w, text + piece_off[p], len, out_ids + o);
+        out_off[p + 1] = o;
+    }
+    free(mem);
+    return o;
+}
+
 static void bpe_try_pair(const mg_bpe *b, workspace *w, int64_t *nh, int32_t l, int32_t r) {
     if (l < 0 || r < 0) return;
     int32_t rank = pair_lookup(b, w->ent[l], w->ent[r]);
@@ -363,7 +400,8 @@ static void bpe_try_pair(const mg_bpe *b, workspace *w, int64_t *nh, int32_t l, 
     heap_push(w->heap, nh, g);
 }
 
-static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_t n, int32_t *out) {
+static int64_t bpe_piece(const void *model, workspace *w, const uint8_t *s, int32_t n, int32_t *out) {
+    const mg_bpe *b = model;
     const strtab *st = &b->st;
     int64_t o = 0;
     if (b->ignore_merges) {
@@ -381,14 +419,7 @@ static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_
     }
     int64_t nh = 0;
     for (int32_t i = 0; i + 1 < n; i++) bpe_try_pair(b, w, &nh, i, i + 1);
-    while (nh > 0) {
-        bigram g = heap_pop(w->heap, &nh);
-        int32_t l = g.left, r = g.right;
-        if (w->len[l] == 0 || w->len[r] == 0 || w->next[l] != r || w->len[l] + w->len[r] != g.size) continue;
-        w->len[l] += w->len[r];
-        w->len[r] = 0;
-        w->next[l] = w->next[r];
-        if (w->next[r] >= 0) w->prev[w->next[r]] = l;
+    for (int32_t l; (l = merge_next(w, &nh)) >= 0;) {
         w->ent[l] = st_find(st, s + l, w->len[l]);
         bpe_try_pair(b, w, &nh, w->prev[l], l);
         bpe_try_pair(b, w, &nh, l, w->next[l]);
@@ -409,20 +440,7 @@ static int64_t bpe_piece(const mg_bpe *b, workspace *w, const uint8_t *s, int32_
 
 int64_t mg_bpe_encode(const mg_bpe *b, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
                       int32_t *out_ids, int64_t *out_off) {
-    if (!b || n_pieces < 0) return MG_ESIZE;
-    workspace w;
-    void *mem = NULL;
-    int rc = ws_alloc(&w, &mem, piece_off, n_pieces);
-    if (rc != 0) return rc;
-    int64_t o = 0;
-    out_off[0] = 0;
-    for (int64_t p = 0; p < n_pieces; p++) {
-        int32_t len = (int32_t)(piece_off[p + 1] - piece_off[p]);
-        if (len > 0) o += bpe_piece(b, &w, text + piece_off[p], len, out_ids + o);
-        out_off[p + 1] = o;
-    }
-    free(mem);
-    return o;
+    return encode_all(b, bpe_piece, text, piece_off, n_pieces, out_ids, out_off);
 }
 
 /* ------------------------------------------------------------------ SentencePiece-style */
@@ -478,7 +496,8 @@ static void spm_try_pair(const mg_spm *m, workspace *w, int64_t *nh, const uint8
     heap_push(w->heap, nh, g);
 }
 
-static int64_t spm_piece(const mg_spm *m, workspace *w, const uint8_t *s, int32_t n, int32_t *out) {
+static int64_t spm_piece(const void *model, workspace *w, const uint8_t *s, int32_t n, int32_t *out) {
+    const mg_spm *m = model;
     static const uint8_t utf8_len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
     int32_t last = -1;
     for (int32_t i = 0; i < n;) { /* one symbol per UTF-8 character */
@@ -493,14 +512,7 @@ static int64_t spm_piece(const mg_spm *m, workspace *w, const uint8_t *s, int32_
     }
     int64_t nh = 0;
     for (int32_t i = 0; w->next[i] >= 0; i = w->next[i]) spm_try_pair(m, w, &nh, s, i, w->next[i]);
-    while (nh > 0) {
-        bigram g = heap_pop(w->heap, &nh);
-        int32_t l = g.left, r = g.right;
-        if (w->len[l] == 0 || w->len[r] == 0 || w->next[l] != r || w->len[l] + w->len[r] != g.size) continue;
-        w->len[l] += w->len[r];
-        w->len[r] = 0;
-        w->next[l] = w->next[r];
-        if (w->next[r] >= 0) w->prev[w->next[r]] = l;
+    for (int32_t l; (l = merge_next(w, &nh)) >= 0;) {
         spm_try_pair(m, w, &nh, s, w->prev[l], l);
         spm_try_pair(m, w, &nh, s, l, w->next[l]);
     }
@@ -521,18 +533,5 @@ static int64_t spm_piece(const mg_spm *m, workspace *w, const uint8_t *s, int32_
 
 int64_t mg_spm_encode(const mg_spm *m, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
                       int32_t *out_ids, int64_t *out_off) {
-    if (!m || n_pieces < 0) return MG_ESIZE;
-    workspace w;
-    void *mem = NULL;
-    int rc = ws_alloc(&w, &mem, piece_off, n_pieces);
-    if (rc != 0) return rc;
-    int64_t o = 0;
-    out_off[0] = 0;
-    for (int64_t p = 0; p < n_pieces; p++) {
-        int32_t len = (int32_t)(piece_off[p + 1] - piece_off[p]);
-        if (len > 0) o += spm_piece(m, &w, text + piece_off[p], len, out_ids + o);
-        out_off[p + 1] = o;
-    }
-    free(mem);
-    return o;
+    return encode_all(m, spm_piece, text, piece_off, n_pieces, out_ids, out_off);
 }
