@@ -44,6 +44,29 @@ int64_t mg_gguf_scan_strings(const uint8_t *buf, uint64_t size, uint64_t pos, in
     return i;
 }
 
+int64_t mg_gguf_join_strings(const uint8_t *buf, uint64_t size, uint64_t pos, int64_t count, uint8_t sep,
+                             uint8_t *out, uint64_t out_cap, int *sep_found) {
+    uint64_t o = 0;
+    int found = 0;
+    for (int64_t i = 0; i < count; i++) {
+        if (pos > size || size - pos < 8) return -1;
+        uint64_t n = load_u64le(buf + pos);
+        if (n > size - pos - 8) return -1;
+        if (i > 0) {
+            if (o >= out_cap) return -1;
+            out[o++] = sep;
+        }
+        if (n > out_cap - o) return -1;
+        const uint8_t *s = buf + pos + 8;
+        if (!found && memchr(s, sep, (size_t)n)) found = 1;
+        memcpy(out + o, s, (size_t)n);
+        o += n;
+        pos += 8 + n;
+    }
+    if (sep_found) *sep_found = found;
+    return (int64_t)o;
+}
+
 /* ------------------------------------------------------------------ hashing */
 
 static uint64_t hash_bytes(const uint8_t *p, int64_t n) {

@@ -143,6 +143,11 @@ int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int
  * the index of the first string whose prefix or bytes run past `size` (then *end is where it starts). */
 int64_t mg_gguf_scan_strings(const uint8_t *buf, uint64_t size, uint64_t pos, int64_t count, int64_t *prefix_pos,
                              int64_t *lens, uint64_t *end);
+/* Copies the bytes of `count` GGUF strings at `pos` into out (room for out_cap bytes), one `sep` byte between
+ * consecutive strings; *sep_found (may be NULL) = whether a string itself holds a `sep` byte.  Returns the bytes
+ * written, or -1 when a string runs past `size` or out_cap is too small. */
+int64_t mg_gguf_join_strings(const uint8_t *buf, uint64_t size, uint64_t pos, int64_t count, uint8_t sep,
+                             uint8_t *out, uint64_t out_cap, int *sep_found);
 
 /* Byte-level BPE merger (llama.cpp's algorithm) over a vocabulary's tokens and merges: string i of a table is
  * buf[start[i] : start[i] + len[i]] (byte-level UTF-8 text, as stored in tokenizer.ggml.tokens / .merges).
