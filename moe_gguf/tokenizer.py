@@ -89,6 +89,7 @@ _BPE_CACHE_MAX = 1 << 18
 # pays off for texts with more than ~10k distinct pieces (1 MB of mixed text has ~9k)
 _HF_MISSES = 12000
 _PY_BPE_MAX = 200  # longer pre-tokenized pieces are merged by HF tokenizers' BPE (the Python loop is quadratic)
+_NON_BYTE = re.compile("[^\x00-\xff]")  # characters outside the byte alphabet (after translation)
 _SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
 _SPM_CROSSING_JOINED = re.compile("[^\u2581\x00]\u2581")  # the same over NUL-joined tokens
 _MARKERS = [chr(c) for c in range(0xF8FF, 0xE000 - 1, -1)]  # private-use characters marking special tokens
@@ -433,11 +434,14 @@ class Tokenizer:
             joined = "".join(tokens).translate(_CHAR_TO_BYTE_TABLE)
             ends = list(accumulate(map(len, tokens)))
             starts = [0] + ends[:-1]
-            try:
-                raw = joined.encode("latin-1")
-                out = [raw[a:b] for a, b in zip(starts, ends)]
-            except UnicodeEncodeError:  # some token holds characters outside the byte alphabet
-                out = [_latin1_or_utf8(joined[a:b]) for a, b in zip(starts, ends)]
+            # characters outside the byte alphabet become one "?" byte each (offsets unchanged); the few tokens
+            # holding such characters are redone one by one
+            raw = joined.encode("latin-1", errors="replace")
+            out = [raw[a:b] for a, b in zip(starts, ends)]
+            if len(raw) != len(joined) or raw.count(b"?") != joined.count("?"):
+                for m in _NON_BYTE.finditer(joined):
+                    i = bisect.bisect_right(ends, m.start())
+                    out[i] = _latin1_or_utf8(tokens[i].translate(_CHAR_TO_BYTE_TABLE))
         special = np.nonzero(types != TokenType.NORMAL)[0].tolist()
         for i in special:
             ty = int(types[i])
