@@ -7,10 +7,15 @@ Two vocabulary kinds (`tokenizer.ggml.model`):
   merged piece (highest first, leftmost on ties); symbols that are not vocabulary entries come out as `<0xNN>` bytes.
 * ``gpt2`` - byte-level BPE: the pre-tokenizer regexes named by `tokenizer.ggml.pre` (see `tokenizer_pre.py`) split
   the text, bytes are mapped to printable characters (GPT-2's byte-to-unicode table) and `tokenizer.ggml.merges`
-  ranks drive the merges. The splitting runs over the whole text at once in Python's `re`/`regex` (FastSplitter),
-  each distinct piece is merged once by an HF `tokenizers` BPE model built from the GGUF vocabulary + merges and
-  cached. Text the fast splitter declines (characters newer than Unicode 14) is encoded wholly by HF tokenizers,
-  the path the fast one is tested against (`_encode_reference`).
+  ranks drive the merges. The splitting runs over the whole text at once in Python's `re`/`regex` (FastSplitter);
+  lines holding characters the engines may class differently (newer than Unicode 14, unassigned) are split by HF
+  `tokenizers` (Oniguruma) instead, the rest of the text stays on the fast path. The merges run in C
+  (csrc/gguf_strings.c, llama.cpp's algorithm; tables built from the GGUF tokens and merges), every piece of a
+  text in one call. Without the compiled kernels a Python merger (with a per-piece cache) and HF tokenizers' Rust
+  BPE take over; a pipeline wholly inside HF tokenizers is the reference the fast path is tested against
+  (`_encode_reference`).
+
+SentencePiece merging also runs in C, word by word where no vocabulary entry can merge across a word start.
 
 Special tokens (llama.cpp's partition step): before the model runs, the text is split around occurrences of
 user-defined tokens (always) and of control/unknown tokens (only with ``parse_special=True``), longest token text
