@@ -203,6 +203,53 @@ int mg_mla_decode_prep(float *q, int64_t n_head, int64_t q_head, int64_t n_rot, 
                        const float *norm_w, float eps, int32_t pos, const float *inv_freq, float magnitude, void *kv_row,
                        int kv_type);
 
+/* --------------------------------------------------- GGUF string arrays ----- */
+/* [section owned by csrc/gguf_strings.c] */
+
+/* Scans `count` GGUF strings (u64 little-endian length + bytes) starting at byte `pos` of buf[0:size]:
+ * prefix_pos[i] = offset of string i's length prefix, lens[i] = its length (either array may be NULL),
+ * *end = offset after the last string read (may be NULL).  Returns the number of strings read: `count`, or
+ * the index of the first string whose prefix or bytes run past `size` (then *end is where it starts). */
+int64_t mg_gguf_scan_strings(const uint8_t *buf, uint64_t size, uint64_t pos, int64_t count, int64_t *prefix_pos,
+                             int64_t *lens, uint64_t *end);
+/* Copies the bytes of `count` GGUF strings at `pos` into out (room for out_cap bytes), one `sep` byte between
+ * consecutive strings; *sep_found (may be NULL) = whether a string itself holds a `sep` byte.  Returns the bytes
+ * written, or -1 when a string runs past `size` or out_cap is too small. */
+int64_t mg_gguf_join_strings(const uint8_t *buf, uint64_t size, uint64_t pos, int64_t count, uint8_t sep,
+                             uint8_t *out, uint64_t out_cap, int *sep_found);
+
+/* Byte-level BPE merger (llama.cpp's algorithm) over a vocabulary's tokens and merges: string i of a table is
+ * buf[start[i] : start[i] + len[i]] (byte-level UTF-8 text, as stored in tokenizer.ggml.tokens / .merges).
+ * Token and merge strings with characters outside GPT-2's byte alphabet never match and are left out; a merge
+ * "a b" is split at the first space after its first byte; the first of duplicate tokens/merges wins.
+ * ignore_merges: a piece that is itself a token is emitted whole (Llama 3 style).  NULL on a bad argument or
+ * out of memory.  The object is read-only after creation: mg_bpe_encode may run on it from several threads. */
+typedef struct mg_bpe mg_bpe;
+mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const int64_t *tok_len, int64_t n_tok,
+                      const uint8_t *merge_buf, const int64_t *merge_start, const int64_t *merge_len, int64_t n_merge,
+                      int ignore_merges);
+void mg_bpe_free(mg_bpe *bpe);
+/* Merges each piece text[piece_off[p] : piece_off[p+1]] (raw UTF-8 bytes of pre-tokenized text; offsets
+ * non-decreasing) into token ids: piece p's ids are out_ids[out_off[p] : out_off[p+1]].  out_ids needs room for
+ * piece_off[n_pieces] - piece_off[0] ids (at most one per byte), out_off for n_pieces + 1 entries.  Returns the
+ * number of ids written, MG_ESIZE (-2) on bad offsets, MG_ENOMEM (-3). */
+int64_t mg_bpe_encode(const mg_bpe *bpe, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
+                      int32_t *out_ids, int64_t *out_off);
+
+/* SentencePiece-style merger (llama.cpp's SPM algorithm) over a `llama` vocabulary: token i is
+ * tok_buf[tok_start[i] : tok_start[i] + tok_len[i]] (UTF-8) with score scores[i] (scores may be NULL: all 0).
+ * Symbols start as the UTF-8 characters of a piece; the adjacent pair whose concatenation is a token of highest
+ * score (leftmost on ties) is merged until none is left; a final symbol that is no token becomes
+ * byte_tok[b] for each of its bytes b (256 entries; -1: dropped).  The first of duplicate tokens wins.
+ * NULL on a bad argument or out of memory.  Read-only after creation (mg_spm_encode may run concurrently). */
+typedef struct mg_spm mg_spm;
+mg_spm *mg_spm_create(const uint8_t *tok_buf, const int64_t *tok_start, const int64_t *tok_len, int64_t n_tok,
+                      const float *scores, const int32_t *byte_tok);
+void mg_spm_free(mg_spm *spm);
+/* As mg_bpe_encode, for already escaped text (spaces as U+2581, prefix space added by the caller). */
+int64_t mg_spm_encode(const mg_spm *spm, const uint8_t *text, const int64_t *piece_off, int64_t n_pieces,
+                      int32_t *out_ids, int64_t *out_off);
+
 #ifdef __cplusplus
 }
 #endif

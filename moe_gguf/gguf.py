@@ -130,6 +130,15 @@ def _np() -> Any:
     return numpy
 
 
+def _kernels() -> Any:
+    """The compiled C helpers (moe_gguf._kernels: csrc/gguf_strings.c), or None when they are not built."""
+    try:
+        from . import _kernels as k  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - the package is normally built
+        return None
+    return k if hasattr(k.lib, "mg_gguf_join_strings") else None
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor's description. `ne` is ggml order (ne[0] = contiguous row); `shape` is numpy order."""
@@ -535,6 +544,17 @@ class GGUFFile:
         at offset p is read as element p >> 3 of the file cast to u64 from byte p & 7. Any problem (a length past
         the end) is then located and reported by the checked scan."""
         start, size = pos, self.size
+        k = _kernels()
+        if k is not None and self._mmap is not None:
+            buf = k.ffi.from_buffer(self._mmap)
+            try:
+                end = k.ffi.new("uint64_t *")
+                ok = k.lib.mg_gguf_scan_strings(buf, size, pos, count, k.ffi.NULL, k.ffi.NULL, end) == count
+            finally:
+                k.ffi.release(buf)
+            if ok:
+                return int(end[0])
+            self._walk_strings_py(start, count, key, 0, collect=False)  # raises with the exact place
         if sys.byteorder != "little":
             return self._walk_strings_py(pos, count, key, 0, collect=False)[2]
         mv = memoryview(self._mmap)  # type: ignore[arg-type]
@@ -618,7 +638,39 @@ class GGUFFile:
             lens.append(np.asarray(l2, dtype=np.int64))
         return np.concatenate(starts), np.concatenate(lens), pos
 
+    def _string_array_c(self, pos: int, count: int) -> tuple[list[str], int] | None:
+        """Decode `count` strings at `pos` in C + one decode/split: the strings are copied out joined by NUL
+        bytes. None when the strings are malformed, hold a NUL byte or invalid UTF-8 (the callers' checked paths
+        then report or decode them exactly as before)."""
+        k = _kernels()
+        if k is None or self._mmap is None:
+            return None
+        ffi, lib = k.ffi, k.lib
+        buf = ffi.from_buffer(self._mmap)
+        try:
+            end = ffi.new("uint64_t *")
+            if lib.mg_gguf_scan_strings(buf, self.size, pos, count, ffi.NULL, ffi.NULL, end) != count:
+                return None
+            stop = int(end[0])
+            cap = stop - pos - 8 * count + count
+            out = bytearray(cap)
+            found = ffi.new("int *")
+            n = lib.mg_gguf_join_strings(buf, self.size, pos, count, 0, ffi.from_buffer(out), cap, found)
+        finally:
+            ffi.release(buf)
+        if n < 0 or found[0]:
+            return None
+        try:
+            parts = out[:n].decode("utf-8").split("\x00") if count else []
+        except UnicodeDecodeError:
+            return None
+        return (parts, stop) if len(parts) == count else None
+
     def _string_array(self, pos: int, count: int, key: str) -> tuple[list[str], int]:
+        if count >= _VEC_MIN_STRINGS:
+            fast = self._string_array_c(pos, count)
+            if fast is not None:
+                return fast
         if count < _VEC_MIN_STRINGS:
             starts_l, lens_l, end = self._walk_strings_py(pos, count, key, 0)
             mm = self._mmap

@@ -7,10 +7,15 @@ Two vocabulary kinds (`tokenizer.ggml.model`):
   merged piece (highest first, leftmost on ties); symbols that are not vocabulary entries come out as `<0xNN>` bytes.
 * ``gpt2`` - byte-level BPE: the pre-tokenizer regexes named by `tokenizer.ggml.pre` (see `tokenizer_pre.py`) split
   the text, bytes are mapped to printable characters (GPT-2's byte-to-unicode table) and `tokenizer.ggml.merges`
-  ranks drive the merges. The splitting runs over the whole text at once in Python's `re`/`regex` (FastSplitter),
-  each distinct piece is merged once by an HF `tokenizers` BPE model built from the GGUF vocabulary + merges and
-  cached. Text the fast splitter declines (characters newer than Unicode 14) is encoded wholly by HF tokenizers,
-  the path the fast one is tested against (`_encode_reference`).
+  ranks drive the merges. The splitting runs over the whole text at once in Python's `re`/`regex` (FastSplitter);
+  lines holding characters the engines may class differently (newer than Unicode 14, unassigned) are split by HF
+  `tokenizers` (Oniguruma) instead, the rest of the text stays on the fast path. The merges run in C
+  (csrc/gguf_strings.c, llama.cpp's algorithm; tables built from the GGUF tokens and merges), every piece of a
+  text in one call. Without the compiled kernels a Python merger (with a per-piece cache) and HF tokenizers' Rust
+  BPE take over; a pipeline wholly inside HF tokenizers is the reference the fast path is tested against
+  (`_encode_reference`).
+
+SentencePiece merging also runs in C, word by word where no vocabulary entry can merge across a word start.
 
 Special tokens (llama.cpp's partition step): before the model runs, the text is split around occurrences of
 user-defined tokens (always) and of control/unknown tokens (only with ``parse_special=True``), longest token text
@@ -23,6 +28,7 @@ added in front of the first text piece is removed again (and a literal U+2581 in
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import heapq
 import os
@@ -88,7 +94,11 @@ _BPE_CACHE_MAX = 1 << 18
 # pays off for texts with more than ~10k distinct pieces (1 MB of mixed text has ~9k)
 _HF_MISSES = 12000
 _PY_BPE_MAX = 200  # longer pre-tokenized pieces are merged by HF tokenizers' BPE (the Python loop is quadratic)
+_NON_BYTE = re.compile("[^\x00-\xff]")  # characters outside the byte alphabet (after translation)
 _SPM_CROSSING = re.compile("[^\u2581]\u2581")  # a vocabulary entry that would merge across a word start
+_SPM_CROSSING_JOINED = re.compile("[^\u2581\x00]\u2581")  # the same over NUL-joined tokens
+_MARKERS = [chr(c) for c in range(0xF8FF, 0xE000 - 1, -1)]  # private-use characters marking special tokens
+_SPM_MAX_CROSSING = 256  # more vocabulary entries across a word start than this: SentencePiece merges whole fragments
 _SPM_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # distinct pre-tokenized pieces remembered per tokenizer
 
 
@@ -114,6 +124,108 @@ def _split_merges(merges: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _kernels() -> Any:
+    """The compiled C kernels (moe_gguf._kernels), or None when they are not built."""
+    try:
+        from . import _kernels as k  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - the package is normally built
+        return None
+    return k
+
+
+def _string_table(strings: list[str]) -> tuple[bytes, "np.ndarray", "np.ndarray"]:
+    """UTF-8 bytes of all strings and each one's (start, length) in them, without a Python loop per string
+    (joined by NUL, split where the NULs are; one encode per string only if a string holds a NUL)."""
+    blob = "\x00".join(strings).encode("utf-8", "surrogatepass")
+    nul = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0)
+    if strings and nul.size == len(strings) - 1:
+        starts = np.empty(len(strings), dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = nul + 1
+        ends = np.empty(len(strings), dtype=np.int64)
+        ends[:-1] = nul
+        ends[-1] = len(blob)
+        return blob, starts, ends - starts
+    parts = [t.encode("utf-8", "surrogatepass") for t in strings]
+    lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    return b"".join(parts), np.cumsum(lens) - lens, lens
+
+
+class _Native:
+    """A merger in C (csrc/gguf_strings.c): llama.cpp's byte-level BPE (`bpe`) or SentencePiece (`spm`) algorithm,
+    built from the vocabulary strings. `encode_pieces` merges every piece of a text in one call."""
+
+    def __init__(self, k: Any, handle: Any, encode: Any) -> None:
+        self._ffi = k.ffi
+        self._h = handle
+        self._encode = encode
+
+    @classmethod
+    def bpe(cls, tokens: list[str], merges: list[str], ignore_merges: bool) -> "_Native | None":
+        k = _kernels()
+        if k is None or not hasattr(k.lib, "mg_bpe_create"):
+            return None
+        ffi = k.ffi
+        tb, ts, tl = _string_table(tokens)
+        mb, ms, ml = _string_table(merges)
+        h = k.lib.mg_bpe_create(
+            ffi.from_buffer(tb), ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", tl), len(tokens),
+            ffi.from_buffer(mb), ffi.from_buffer("int64_t[]", ms), ffi.from_buffer("int64_t[]", ml), len(merges),
+            int(ignore_merges),
+        )
+        if h == ffi.NULL:
+            raise MemoryError("cannot build the BPE merge tables (out of memory)")
+        return cls(k, ffi.gc(h, k.lib.mg_bpe_free), k.lib.mg_bpe_encode)
+
+    @classmethod
+    def spm(cls, tokens: list[str], scores: "np.ndarray", byte_tok: list[int]) -> "_Native | None":
+        k = _kernels()
+        if k is None or not hasattr(k.lib, "mg_spm_create"):
+            return None
+        ffi = k.ffi
+        tb, ts, tl = _string_table(tokens)
+        sc = np.ascontiguousarray(scores, dtype=np.float32)
+        bt = np.asarray(byte_tok, dtype=np.int32)
+        if sc.shape != (len(tokens),) or bt.shape != (256,):
+            raise ValueError("SentencePiece tables have the wrong size")
+        h = k.lib.mg_spm_create(
+            ffi.from_buffer(tb), ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", tl), len(tokens),
+            ffi.from_buffer("float[]", sc), ffi.from_buffer("int32_t[]", bt),
+        )
+        if h == ffi.NULL:
+            raise MemoryError("cannot build the SentencePiece tables (out of memory)")
+        return cls(k, ffi.gc(h, k.lib.mg_spm_free), k.lib.mg_spm_encode)
+
+    def encode_pieces(self, text: str, pieces: list[str]) -> tuple[list[int], list[int]]:
+        """The ids of `pieces` (non-empty strings that concatenate to `text`) and where each piece's ids start
+        in them (len(pieces) + 1 offsets)."""
+        raw = text.encode("utf-8")
+        off = np.empty(len(pieces) + 1, dtype=np.int64)
+        off[0] = 0
+        if len(pieces) == 1:
+            off[1] = len(raw)
+        else:
+            char_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
+            if len(raw) == len(text):  # ASCII: character offsets are byte offsets
+                off[1:] = char_ends
+            else:
+                cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+                nbytes = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
+                off[1:] = np.cumsum(nbytes)[char_ends - 1]
+        if off[-1] != len(raw):
+            raise AssertionError("pieces do not tile the text")  # pragma: no cover
+        ids = np.empty(max(len(raw), 1), dtype=np.int32)
+        ids_off = np.empty(len(pieces) + 1, dtype=np.int64)
+        ffi = self._ffi
+        n = self._encode(
+            self._h, ffi.from_buffer(raw), ffi.from_buffer("int64_t[]", off), len(pieces),
+            ffi.from_buffer("int32_t[]", ids), ffi.from_buffer("int64_t[]", ids_off),
+        )
+        if n < 0:
+            raise MemoryError("token merge failed (out of memory)") if n == -3 else ValueError("bad piece offsets")
+        return ids[:n].tolist(), ids_off.tolist()
+
+
 def _meta_int(md: dict[str, Any], key: str) -> int | None:
     v = md.get(key)
     if v is None or isinstance(v, bool):
@@ -134,9 +246,13 @@ def _meta_bool(md: dict[str, Any], key: str) -> bool | None:
 
 class _SpecialIndex:
     """Finds which special-token texts may occur in a text without scanning the text once per token:
-    single-character tokens by a set intersection, longer ones by one substring test per distinct 4-char prefix.
-    `candidates` returns positions into the (length-sorted) special list, in order; a superset of the tokens
-    that occur."""
+    single-character tokens by a set intersection, longer ones by one substring test per distinct 4-char prefix;
+    when many tokens share a prefix (e.g. thousands of "[PAD..]" tokens), the prefix's occurrences are looked up
+    instead (each one checked against the group's texts by length). `candidates` returns positions into the
+    (length-sorted) special list, in order; a superset of the tokens that occur."""
+
+    _GROUP_SCAN = 8  # groups larger than this are resolved at the prefix's occurrences
+    _MAX_HITS = 256  # ... unless the prefix occurs more often than this (then every token of the group is returned)
 
     def __init__(self, specials: list[tuple[str, int]]) -> None:
         self._single: dict[str, int] = {}
@@ -147,6 +263,15 @@ class _SpecialIndex:
             else:
                 self._multi.setdefault(text[:4], []).append(k)
         self._single_set = frozenset(self._single)
+        # prefix -> {length: {text: position}} for the large groups (first position wins on equal texts)
+        self._by_len: dict[str, dict[int, dict[str, int]]] = {}
+        for prefix, ks in self._multi.items():
+            if len(ks) > self._GROUP_SCAN:
+                d: dict[int, dict[str, int]] = {}
+                for k in ks:
+                    t = specials[k][0]
+                    d.setdefault(len(t), {}).setdefault(t, k)
+                self._by_len[prefix] = d
 
     def candidates(self, text: str) -> list[int]:
         if not self._single and not self._multi:
@@ -155,7 +280,22 @@ class _SpecialIndex:
         out = [self._single[c] for c in self._single_set.intersection(chars)]
         for prefix, ks in self._multi.items():
             if prefix[0] in chars and prefix in text:
-                out.extend(ks)
+                by_len = self._by_len.get(prefix)
+                if by_len is None:
+                    out.extend(ks)
+                    continue
+                found: set[int] = set()
+                find = text.find
+                i = find(prefix)
+                hits = 0
+                while i >= 0 and hits <= self._MAX_HITS:
+                    hits += 1
+                    for n, texts in by_len.items():
+                        k = texts.get(text[i : i + n])
+                        if k is not None:
+                            found.add(k)
+                    i = find(prefix, i + 1)
+                out.extend(ks if i >= 0 else found)
         out.sort()
         return out
 
@@ -288,18 +428,25 @@ class Tokenizer:
         tokens = self.tokens
         types = self.token_type
         if self.model == "llama":
-            out = [t.replace(_SPACE, " ").encode("utf-8") for t in tokens]
+            # one replace + encode + split over the NUL-joined tokens (per token only if a token holds a NUL)
+            raw = "\x00".join(tokens).replace(_SPACE, " ").encode("utf-8", "surrogatepass")
+            out = raw.split(b"\x00")
+            if len(out) != len(tokens):
+                out = [t.replace(_SPACE, " ").encode("utf-8", "surrogatepass") for t in tokens]
         else:
             # every character of a normal byte-level token stands for one byte: translate all tokens at once and
             # slice the result at the (unchanged) character offsets
             joined = "".join(tokens).translate(_CHAR_TO_BYTE_TABLE)
             ends = list(accumulate(map(len, tokens)))
             starts = [0] + ends[:-1]
-            try:
-                raw = joined.encode("latin-1")
-                out = [raw[a:b] for a, b in zip(starts, ends)]
-            except UnicodeEncodeError:  # some token holds characters outside the byte alphabet
-                out = [_latin1_or_utf8(joined[a:b]) for a, b in zip(starts, ends)]
+            # characters outside the byte alphabet become one "?" byte each (offsets unchanged); the few tokens
+            # holding such characters are redone one by one
+            raw = joined.encode("latin-1", errors="replace")
+            out = [raw[a:b] for a, b in zip(starts, ends)]
+            if len(raw) != len(joined) or raw.count(b"?") != joined.count("?"):
+                for m in _NON_BYTE.finditer(joined):
+                    i = bisect.bisect_right(ends, m.start())
+                    out[i] = _latin1_or_utf8(tokens[i].translate(_CHAR_TO_BYTE_TABLE))
         special = np.nonzero(types != TokenType.NORMAL)[0].tolist()
         for i in special:
             ty = int(types[i])
@@ -332,9 +479,32 @@ class Tokenizer:
         self._spm_byte_ids = byte_ids
         # When no vocabulary entry has U+2581 right after another character (SentencePiece's usual
         # split-by-whitespace vocabularies), no merge can cross the start of a "word" (a U+2581 run after other
-        # text), so words are merged independently - and each distinct word only once (cached).
-        self._spm_words = None if any(_SPM_CROSSING.search(t) for t in self.tokens) else _SPM_WORD_START
+        # text), so words are merged independently - and each distinct word only once (cached). A merge across a
+        # word start makes a token holding the characters on both sides, so when a few entries do (Gemma 3: one,
+        # '>▁</'), the text is still cut at every word start that no occurrence of such an entry spans.
+        joined = "\x00".join(self.tokens)
+        if joined.count("\x00") == len(self.tokens) - 1:  # one search over all tokens
+            found = set()
+            for m in _SPM_CROSSING_JOINED.finditer(joined):
+                a = joined.rfind("\x00", 0, m.start()) + 1
+                b = joined.find("\x00", m.end())
+                found.add(joined[a : b if b >= 0 else len(joined)])
+                if len(found) > _SPM_MAX_CROSSING:
+                    break
+        else:
+            found = {t for t in self.tokens if _SPM_CROSSING.search(t)}
+        crossing = sorted(found, key=len, reverse=True)
+        self._spm_words = None if len(crossing) > _SPM_MAX_CROSSING else _SPM_WORD_START
+        # every occurrence (overlapping ones too) of a crossing entry, longest first at each position
+        self._spm_cross = (
+            re.compile("(?=(" + "|".join(map(re.escape, crossing)) + "))") if 0 < len(crossing) <= _SPM_MAX_CROSSING
+            else None
+        )
         self._spm_cache: dict[str, list[int]] = {}
+        unk = -1 if self.unk_id is None else self.unk_id
+        self._native_spm: _Native | None = _Native.spm(
+            self.tokens, scores, [unk if i is None else i for i in byte_ids]
+        )
 
     def _init_bpe(self, md: dict[str, Any]) -> None:
         merges = md.get("tokenizer.ggml.merges")
@@ -343,16 +513,27 @@ class Tokenizer:
         if not all(isinstance(m, str) for m in merges[:1]):
             raise ValueError("tokenizer.ggml.merges must be strings")
         self._merges: list[str] = merges
-        # merge rank by its "left right" text, the first entry winning on duplicates as in llama.cpp. Symbols of
-        # byte-level text never hold a space, so the pair (a, b) has rank ranks[a + " " + b] whatever the entry
-        # shapes (entries llama.cpp cannot use cannot be hit here either).
-        self._ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        self._ranks_dict: dict[str, int] | None = None  # built on first use by the Python merger (see _ranks)
         assert self.pre is not None
         self._ignore_merges = self.pre.ignore_merges
         self._hf_tok: Any = None  # HF tokenizers pipeline, built on first need (see _hf)
+        self._hf_pre: Any = None  # its pre-tokenizer alone (see _reference_split)
         # fast path: split over the whole text at once, merge each distinct piece once (cached)
         self._fast: FastSplitter | None = FastSplitter.create(self.pre)
         self._bpe_cache: dict[str, list[int]] = {}
+        # the C merger (csrc/gguf_strings.c); None without the compiled kernels: then Python / HF tokenizers merge
+        self._native: _Native | None = _Native.bpe(self.tokens, merges, self._ignore_merges)
+
+    @property
+    def _ranks(self) -> dict[str, int]:
+        """Merge rank by its "left right" text, the first entry winning on duplicates as in llama.cpp. Symbols of
+        byte-level text never hold a space, so the pair (a, b) has rank ranks[a + " " + b] whatever the entry
+        shapes (entries llama.cpp cannot use cannot be hit here either)."""
+        r = self._ranks_dict
+        if r is None:
+            merges = self._merges
+            r = self._ranks_dict = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        return r
 
     @property
     def _hf(self) -> Any:
@@ -439,7 +620,10 @@ class Tokenizer:
             assert self.bos_id is not None
             out.append(self.bos_id)
         frags = self._partition(text, parse_special) if text else []
-        if self.model == "llama":
+        native = self._native_spm if self.model == "llama" else self._native
+        if native is not None:
+            self._encode_native(frags, native, out)
+        elif self.model == "llama":
             prev_special = True
             for f in frags:
                 if isinstance(f, int):
@@ -506,17 +690,69 @@ class Tokenizer:
                     break
         return b"".join(parts)
 
+    def _encode_native(self, frags: list[str | int], native: "_Native", out: list[int]) -> None:
+        """All text fragments' pieces merged by the C merger in one call, special ids in between."""
+        texts: list[str] = []
+        pieces: list[str] = []
+        layout: list[int] = []  # a special id (>= 0), or -(number of pieces of the next text fragment) - 1
+        spm = self.model == "llama"
+        prev_special = True
+        for f in frags:
+            if isinstance(f, int):
+                layout.append(f)
+                prev_special = True
+                continue
+            if spm:
+                f = ((" " + f) if (self.add_space_prefix and prev_special) else f).replace(" ", _SPACE)
+                ps = self._spm_pieces(f) or [f]
+                prev_special = False
+            else:
+                ps = self._bpe_pieces(f)
+            texts.append(f)
+            pieces.extend(ps)
+            layout.append(-len(ps) - 1)
+        if not pieces:
+            out.extend(layout)  # only special ids (every fragment has >= 1 piece)
+            return
+        ids, offs = native.encode_pieces("".join(texts) if len(texts) > 1 else texts[0], pieces)
+        if len(layout) == 1:
+            out.extend(ids)
+            return
+        p = 0
+        for item in layout:
+            if item >= 0:
+                out.append(item)
+            else:
+                q = p - item - 1
+                out.extend(ids[offs[p] : offs[q]])
+                p = q
+
+    def _bpe_pieces(self, text: str) -> list[str]:
+        """Pre-tokenized pieces of one raw text fragment: the fast splitter's, with the segments it declines
+        split by HF tokenizers (Oniguruma)."""
+        segs = None
+        if self._fast is not None:
+            try:
+                segs = self._fast.split_segments(text)
+            except ValueError:  # no free sentinel character
+                segs = None
+        if segs is None:
+            segs = [(text, None)]
+        if len(segs) == 1 and segs[0][1] is not None:
+            return segs[0][1]
+        pieces: list[str] = []
+        for seg, ps in segs:
+            pieces.extend(ps if ps is not None else self._reference_split(seg))
+        return pieces
+
     def _bpe_encode(self, text: str, out: list[int], reference: bool = False) -> None:
         """Byte-level BPE of one raw text fragment, appended to out. reference=True: run it entirely inside HF
         tokenizers (its own regex engine and splitting), the path the fast one is checked against."""
-        pieces = None
-        if self._fast is not None and not reference:
-            try:
-                pieces = self._fast.split(text)  # None: let HF tokenizers split this text
-            except ValueError:
-                pieces = None
-        if pieces is None:
+        if reference:
             out.extend(self._hf.encode(text, add_special_tokens=False).ids)
+            return
+        pieces = self._bpe_pieces(text)
+        if not pieces:
             return
         cache = self._bpe_cache
         missing = set(pieces).difference(cache)
@@ -536,6 +772,18 @@ class Tokenizer:
                     cache[w] = bpe_word(w.encode("utf-8").decode("latin-1").translate(table))
         out.extend(chain.from_iterable(map(cache.__getitem__, pieces)))
 
+    def _reference_split(self, text: str) -> list[str]:
+        """Pre-tokenized pieces of `text` by HF tokenizers' splitting alone (Oniguruma; no vocabulary needed)."""
+        pre = self._hf_pre
+        if pre is None:
+            from tokenizers import Regex, pre_tokenizers
+
+            assert self.pre is not None
+            pre = self._hf_pre = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in self.pre.regexes]
+            )
+        return [p for p, _ in pre.pre_tokenize_str(text)]
+
     def _encode_reference(self, text: str, parse_special: bool = False) -> list[int]:
         """encode(text, add_special=False) with the BPE merges and splitting done wholly by HF tokenizers."""
         if self.model != "gpt2":
@@ -549,7 +797,40 @@ class Tokenizer:
         return out
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
-        """llama.cpp's special-token partition: split text fragments around special token texts, longest first."""
+        """llama.cpp's special-token partition: split text fragments around special token texts, longest first.
+        Done as string replacements: each token that occurs becomes a private-use marker character (absent from
+        the text and from every candidate token, so no later token can match across it), and the result is split
+        at the markers - the same non-overlapping leftmost occurrences as splitting every fragment in turn."""
+        specials = self._special_all if parse_special else self._special_user
+        cands = self._special_index[parse_special].candidates(text)
+        if not cands:
+            return [text]
+        avoid = set().union(*(specials[k][0] for k in cands))
+        marks = iter(_MARKERS)
+        used: dict[str, int] = {}
+        s = text
+        for k in cands:
+            tok_text, tid = specials[k]
+            if tok_text not in s:
+                continue
+            m = next(marks, None)
+            while m is not None and (m in avoid or m in text):
+                m = next(marks, None)
+            if m is None:  # pragma: no cover - the text holds nearly every private-use character
+                return self._partition_slow(text, parse_special)
+            used[m] = tid
+            s = s.replace(tok_text, m)
+        if not used:
+            return [text]
+        frags: list[str | int] = []
+        for part in re.split("([" + "".join(used) + "])", s):
+            if part:
+                tid = used.get(part) if len(part) == 1 else None
+                frags.append(part if tid is None else tid)
+        return frags
+
+    def _partition_slow(self, text: str, parse_special: bool) -> list[str | int]:
+        """_partition by splitting every fragment around each token in turn (the definition)."""
         specials = self._special_all if parse_special else self._special_user
         frags: list[str | int] = [text]
         for k in self._special_index[parse_special].candidates(text):
@@ -572,11 +853,46 @@ class Tokenizer:
                 frags = new
         return frags
 
-    def _spm_encode(self, text: str, out: list[int]) -> None:
+    def _spm_pieces(self, text: str) -> list[str] | None:
+        """`text` cut at the word starts no merge can cross (see _init_spm); None: merge it whole."""
         if self._spm_words is None:
+            return None
+        words = self._spm_words.split(text)
+        cross = self._spm_cross
+        if cross is None or len(words) < 2 or cross.search(text) is None:
+            return words
+        ends = list(accumulate(map(len, words)))
+        blocked: set[int] = set()  # k: no cut after words[k]
+        for m in cross.finditer(text):
+            a = m.start()
+            b = a + len(m.group(1))
+            k = bisect.bisect_right(ends, a)  # first cut after a
+            while k < len(ends) - 1 and ends[k] < b:
+                blocked.add(k)
+                k += 1
+        if not blocked:
+            return words
+        out: list[str] = []
+        prev = 0  # words[prev:] not emitted yet
+        ks = sorted(blocked)
+        i = 0
+        while i < len(ks):
+            j = i
+            while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
+                j += 1
+            out.extend(words[prev : ks[i]])
+            out.append("".join(words[ks[i] : ks[j] + 2]))
+            prev = ks[j] + 2
+            i = j + 1
+        out.extend(words[prev:])
+        return out
+
+    def _spm_encode(self, text: str, out: list[int]) -> None:
+        """The Python merger (used without the C kernels)."""
+        words = self._spm_pieces(text)
+        if words is None:
             self._spm_tokenize(text, out)
             return
-        words = self._spm_words.split(text)
         cache = self._spm_cache
         missing = set(words).difference(cache)
         if missing:

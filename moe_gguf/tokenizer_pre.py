@@ -105,25 +105,29 @@ class PreTokenizer:
     ignore_merges: bool = False  # a piece that is itself a vocabulary entry is emitted whole (Llama 3 and kin)
     add_bos_default: bool = False  # add_bos when the file has no tokenizer.ggml.add_bos_token
     clean_spaces: bool = True  # llama.cpp's "clean spaces" flag (kept for information; decode never alters text)
+    # splitting text between a "\n" and an ASCII letter never changes its pieces (checked for these rules: no match
+    # can hold "\n" followed by a letter, and no alternative looks past a newline that ends a whitespace run), so a
+    # text can be split piecewise at such places; see FastSplitter.split_segments
+    line_cuts: bool = False
 
 
 def _p(name: str, regexes: list[str], **kw: bool) -> PreTokenizer:
     return PreTokenizer(name, tuple(regexes), **kw)
 
 
-_LLAMA3 = _p("llama3", [LLAMA3], ignore_merges=True, add_bos_default=True)
+_LLAMA3 = _p("llama3", [LLAMA3], ignore_merges=True, add_bos_default=True, line_cuts=True)
 _GPT2 = _p("gpt-2", [GPT2])
-_QWEN2 = _p("qwen2", [QWEN2], clean_spaces=False)
+_QWEN2 = _p("qwen2", [QWEN2], clean_spaces=False, line_cuts=True)
 _STARCODER = _p("starcoder", [r"\p{N}", GPT2])
 
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     "default": _p("default", DEFAULT),
     **{n: _LLAMA3 for n in ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2")},
-    "dbrx": _p("dbrx", [LLAMA3]),
-    "smaug-bpe": _p("smaug-bpe", [LLAMA3]),
-    "deepseek-llm": _p("deepseek-llm", DEEPSEEK_LLM, clean_spaces=False),
-    "deepseek-coder": _p("deepseek-coder", DEEPSEEK_CODER, clean_spaces=False),
-    **{n: _p(n, DEEPSEEK_V3, clean_spaces=False) for n in ("deepseek-v3", "hunyuan-dense", "joyai-llm")},
+    "dbrx": _p("dbrx", [LLAMA3], line_cuts=True),
+    "smaug-bpe": _p("smaug-bpe", [LLAMA3], line_cuts=True),
+    "deepseek-llm": _p("deepseek-llm", DEEPSEEK_LLM, clean_spaces=False, line_cuts=True),
+    "deepseek-coder": _p("deepseek-coder", DEEPSEEK_CODER, clean_spaces=False, line_cuts=True),
+    **{n: _p(n, DEEPSEEK_V3, clean_spaces=False, line_cuts=True) for n in ("deepseek-v3", "hunyuan-dense", "joyai-llm")},
     "falcon": _p("falcon", FALCON),
     **{
         n: _GPT2
@@ -135,11 +139,11 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **{n: _p(n, [r"\p{N}", GPT2], clean_spaces=False) for n in ("command-r", "smollm")},
     **{n: _QWEN2 for n in ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "hunyuan", "solar-open",
                            "grok-2")},
-    "stablelm2": _p("stablelm2", [QWEN2]),
+    "stablelm2": _p("stablelm2", [QWEN2], line_cuts=True),
     "qwen35": _p("qwen35", [QWEN35], clean_spaces=False),
     **{n: _p(n, PORO, clean_spaces=(n != "poro-chat")) for n in ("poro-chat", "bloom", "gpt3-finnish")},
     "viking": _p("viking", PORO + [r"\p{N}"], clean_spaces=False),
-    **{n: _p(n, [LLAMA3]) for n in ("chatglm-bpe", "glm4")},
+    **{n: _p(n, [LLAMA3], line_cuts=True) for n in ("chatglm-bpe", "glm4")},
     "tekken": _p("tekken", [TEKKEN], ignore_merges=True, add_bos_default=True, clean_spaces=False),
     **{n: _p(n, [GPT4O], clean_spaces=False) for n in ("gpt-4o", "llama4", "kanana2", "minimax-m2")},
     **{n: _p(n, [BAILINGMOE], clean_spaces=False) for n in ("bailingmoe", "bailingmoe2", "llada-moe")},
@@ -269,6 +273,15 @@ def _engines_may_disagree(chars: set[str]) -> bool:
     return any(c >= "\u088f" and unicodedata.category(c) == "Cn" for c in chars)
 
 
+def _disagreeing(chars: set[str]) -> list[str]:
+    """The characters of `chars` that _engines_may_disagree about."""
+    return sorted(c for c in chars if c in _NEWER_UNICODE_CHARS or (c >= "\u088f" and unicodedata.category(c) == "Cn"))
+
+
+_LINE_CUT = re.compile("(?<=\n)[A-Za-z]")  # a place where a `line_cuts` pre-tokenizer may split the text
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
 def _compile_stage(form: str) -> Any:
     """Compile one rewritten stage, wrapped in a capturing group for split(): Python's `re` (several times faster
     on large character classes) when the pattern needs nothing beyond it, else the `regex` module."""
@@ -289,8 +302,9 @@ class FastSplitter:
     returns the final pieces (never empty strings). Build with `FastSplitter.create`, which returns None when a
     pattern is outside what the sentinel rewrite supports."""
 
-    def __init__(self, stages: list[str]) -> None:
+    def __init__(self, stages: list[str], line_cuts: bool = False) -> None:
         self._stages = stages
+        self._line_cuts = line_cuts
         self._compiled: dict[str, list[Any]] = {}
         # stages run by the `regex` module use its (newer) Unicode property tables
         self._unicode_sensitive = any(_compile_stage(_sentinel_form(r, _SENTINELS[0]) or "").__class__ is not
@@ -312,7 +326,7 @@ class FastSplitter:
                     return None  # capturing groups would add items to split()'s output
             except regex.error:
                 return None
-        return cls(list(pre.regexes))
+        return cls(list(pre.regexes), pre.line_cuts)
 
     def _patterns(self, s: str) -> list[Any]:
         pats = self._compiled.get(s)
@@ -341,3 +355,37 @@ class FastSplitter:
         for pat in pats:
             joined = s.join(pat.split(joined))
         return [p for p in joined.split(s) if p]
+
+    def split_segments(self, text: str) -> list[tuple[str, list[str] | None]]:
+        """`text` as consecutive segments, each with its pieces, or None for a segment the caller must split with
+        the reference engine (HF tokenizers). Without `line_cuts` a declined text is one None segment; with it,
+        only the lines around the characters the engines may disagree on are (the text is cut between a newline
+        and an ASCII letter, which never changes the pieces of such a pre-tokenizer)."""
+        pieces = self.split(text)
+        if pieces is not None:
+            return [(text, pieces)]
+        if not self._line_cuts:
+            return [(text, None)]
+        bad = re.compile("[" + "".join(re.escape(c) for c in _disagreeing(set(text))) + "]")
+        segs: list[tuple[str, list[str] | None]] = []
+        pos = 0
+        letters = _LETTERS
+        for m in bad.finditer(text):
+            x = m.start()
+            if x < pos:
+                continue  # inside the segment just declined
+            j = text.rfind("\n", pos, x)
+            while j >= 0 and text[j + 1] not in letters:
+                j = text.rfind("\n", pos, j)
+            a = j + 1 if j >= 0 else pos
+            nxt = _LINE_CUT.search(text, x + 1)
+            b = nxt.start() if nxt is not None else len(text)
+            if a > pos:
+                part = text[pos:a]
+                segs.append((part, self.split(part)))
+            segs.append((text[a:b], None))
+            pos = b
+        if pos < len(text):
+            part = text[pos:]
+            segs.append((part, self.split(part)))
+        return segs
