@@ -37,15 +37,6 @@
 #define MAX_ROWS 256      /* rows per item at most (stack buffers) */
 #define SPIN_YIELD 4096   /* PAUSEs before a waiting thread starts yielding its core */
 
-/* y[i] = dot(row r0 + i of w, act) for r0 <= r < r1 (the multi-row decode kernel's interface; this version
- * calls the single-row dot kernel row by row). */
-static void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_bytes, int64_t r0, int64_t r1,
-                         const void *act, float *y) {
-    mg_dot_fn dot = mg_dot_kernel(info);
-    const char *p = (const char *)w;
-    for (int64_t r = r0; r < r1; r++) dot(n, p + (size_t)r * row_bytes, act, 0, 1, y + (r - r0));
-}
-
 enum { PH_QH, PH_ROUTER, PH_GATEUP, PH_QA, PH_DOWN, N_PH };
 enum { MAX_HFMT = 5 };
 
