@@ -325,6 +325,19 @@ def test_decode_gemv_odd_row_counts(tname: str, n_out: int, pools) -> None:
         assert np.array_equal(y3[0, s], want), (s, e)
 
 
+@pytest.mark.parametrize("tname", ["Q4_0", "Q5_0", "Q8_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K"])
+def test_every_tile_width_matches_gemv(tname: str, pools) -> None:
+    """GEMMs of 1..9 tokens (every tile width the kernels have, and one over) give each token the bits of its
+    own decode GEMV."""
+    rng = np.random.default_rng(21)
+    raw, _ = make_weight(tname, (6, 512), rng)
+    w = QWeight(raw, GGMLType[tname], (6, 512))
+    x = rng.standard_normal((9, 512)).astype(np.float32)
+    single = np.stack([matmul(pools[1], w, x[t]) for t in range(9)])
+    for k in range(1, 10):
+        assert np.array_equal(matmul(pools[1], w, x[:k]), single[:k]), k
+
+
 def test_read_bandwidth(pools) -> None:
     gbs = read_bandwidth(pools[2], 2, nbytes=8 << 20, repeats=1)
     assert isinstance(gbs, float) and 0.1 < gbs < 10_000
