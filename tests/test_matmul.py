@@ -3,7 +3,10 @@ the oracle), SIMD against the plain C reference, thread-count invariance, the ex
 per-token loop, and argument checking."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import threading
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -505,3 +508,21 @@ def test_pool_shared_by_python_threads(pools) -> None:
         t.join()
     for i in range(4):
         assert len(got[i]) == 10 and all(np.array_equal(g, want[i]) for g in got[i])
+
+
+LLAMA_CPP_DIR = "/work/scratch/llama_cpp_python-0.3.36/vendor/llama.cpp"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(os.path.join(LLAMA_CPP_DIR, "ggml", "include", "ggml.h")),
+                    reason="no llama.cpp tree")
+def test_bench_llama_cpp_harness() -> None:
+    """tools/ggml_mm_bench.c builds against ggml and times a matmul, a repacked matmul and an expert matmul."""
+    spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parents[1] / "tools" / "bench_kernels.py")
+    bk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bk)  # type: ignore[union-attr]
+    ll = bk.LlamaCpp(LLAMA_CPP_DIR)
+    t, repacked = ll.time("Q4_K", (64, 512), 4, 1, 1, 1)
+    assert 0 < t < 10 and (repacked or lib.mg_cpu_simd_level() < 1)  # llama.cpp repacks Q4_K on AVX2 CPUs
+    t, repacked = ll.time("Q8_0", (4, 24, 256), 1, 2, 1, 2)
+    assert 0 < t < 10 and not repacked
