@@ -733,14 +733,17 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
         const mg_block_q8_K *y = (const mg_block_q8_K *)act + i;
         __m256i bs = load256(y->bsums);
         __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128 yd = _mm_set1_ps(y->d);
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bbytes;
-            uint16_t dh[2];
-            memcpy(dh, blk, 4);
+            uint32_t dh;
+            memcpy(&dh, blk, 4);
+            /* (d_y d, d_y dmin) in one vector: the same floats as the scalar products of k4_kern */
+            __m128 ddm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh)), yd);
             __m256i v16 = k4_scales_mins(blk);
             __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
             __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs)));
-            acc[r] = _mm256_fnmadd_ps(_mm256_set1_ps(y->d * f16c(dh[1])), pm, acc[r]);
+            acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
             __m256i isum = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
                 __m256i q4 = load256(blk + off_qs + 32 * c);
@@ -754,7 +757,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
                 __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
                 isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
             }
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * f16c(dh[0])), _mm256_cvtepi32_ps(isum), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
         }
     }
     store_sums(acc, R, out);
