@@ -120,10 +120,12 @@ static void st_free(strtab *t) {
     free(t->slots);
 }
 
-static int st_init(strtab *t, int64_t blob_cap, int64_t ents_cap) {
+/* ents_cap bounds the strings that may be added; the slot table starts at twice `expected` and doubles when half
+ * full (the entries' memory is only touched as they are added), so a generous bound costs little. */
+static int st_init(strtab *t, int64_t blob_cap, int64_t ents_cap, int64_t expected) {
     memset(t, 0, sizeof *t);
     uint64_t slots = 16;
-    while (slots < (uint64_t)ents_cap * 2) slots <<= 1;
+    while (slots < (uint64_t)expected * 2) slots <<= 1;
     t->blob_cap = blob_cap + 1;
     t->ents_cap = ents_cap;
     t->blob = malloc((size_t)t->blob_cap);
@@ -148,8 +150,24 @@ static int32_t st_find(const strtab *t, const uint8_t *s, int64_t n) {
     }
 }
 
-/* The entry of string s, which the caller wrote at blob + blob_used (kept there when new).  The caller sized
- * ents_cap for every string it may add, and the table has at least twice as many slots. */
+static int st_grow(strtab *t) {
+    uint64_t slots = (t->slot_mask + 1) * 2;
+    int32_t *ns = malloc((size_t)slots * sizeof(int32_t));
+    if (!ns) return -1;
+    memset(ns, 0xff, (size_t)slots * sizeof(int32_t));
+    for (int64_t e = 0; e < t->n_ents; e++) {
+        uint64_t i = t->ents[e].hash & (slots - 1);
+        while (ns[i] >= 0) i = (i + 1) & (slots - 1);
+        ns[i] = (int32_t)e;
+    }
+    free(t->slots);
+    t->slots = ns;
+    t->slot_mask = slots - 1;
+    return 0;
+}
+
+/* The entry of string s, which the caller wrote at blob + blob_used (kept there when new), or -1 when out of
+ * memory.  The caller sized ents_cap for every string it may add. */
 static int32_t st_intern(strtab *t, const uint8_t *s, int64_t n) {
     uint64_t h = hash_bytes(s, n);
     uint64_t i = h & t->slot_mask;
@@ -166,6 +184,7 @@ static int32_t st_intern(strtab *t, const uint8_t *s, int64_t n) {
     t->ents[e].hash = h;
     t->blob_used += n;
     t->slots[i] = e;
+    if ((uint64_t)t->n_ents * 2 > t->slot_mask + 1 && st_grow(t) != 0) return -1;
     return e;
 }
 
@@ -181,10 +200,14 @@ static int64_t table_bytes(const int64_t *start, const int64_t *len, int64_t n) 
 
 /* ------------------------------------------------------------------ byte-level BPE */
 
+typedef struct {
+    uint64_t key; /* left entry << 32 | right entry, or UINT64_MAX when empty */
+    int32_t rank;
+} pair_slot;
+
 struct mg_bpe {
     strtab st;
-    uint64_t *pair_keys; /* (left entry << 32 | right entry), or UINT64_MAX when empty */
-    int32_t *pair_rank;
+    pair_slot *pairs; /* merge ranks by (left entry, right entry) */
     uint64_t pair_mask;
     int32_t byte_ent[256]; /* entry of each single raw byte, or -1 */
     int32_t byte_tok[256]; /* token of each single raw byte, or -1 */
@@ -231,20 +254,20 @@ static int32_t pair_lookup(const mg_bpe *b, int32_t l, int32_t r) {
     if (l < 0 || r < 0) return -1;
     uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
     for (uint64_t i = hash_pair(key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
-        uint64_t k = b->pair_keys[i];
+        uint64_t k = b->pairs[i].key;
         if (k == UINT64_MAX) return -1;
-        if (k == key) return b->pair_rank[i];
+        if (k == key) return b->pairs[i].rank;
     }
 }
 
 static void pair_insert(mg_bpe *b, int32_t l, int32_t r, int32_t rank) {
     uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
     for (uint64_t i = hash_pair(key) & b->pair_mask;; i = (i + 1) & b->pair_mask) {
-        uint64_t k = b->pair_keys[i];
+        uint64_t k = b->pairs[i].key;
         if (k == key) return; /* first entry wins */
         if (k == UINT64_MAX) {
-            b->pair_keys[i] = key;
-            b->pair_rank[i] = rank;
+            b->pairs[i].key = key;
+            b->pairs[i].rank = rank;
             return;
         }
     }
@@ -253,8 +276,7 @@ static void pair_insert(mg_bpe *b, int32_t l, int32_t r, int32_t rank) {
 void mg_bpe_free(mg_bpe *b) {
     if (!b) return;
     st_free(&b->st);
-    free(b->pair_keys);
-    free(b->pair_rank);
+    free(b->pairs);
     free(b);
 }
 
@@ -270,16 +292,14 @@ mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
     if (!b) return NULL;
     b->ignore_merges = ignore_merges != 0;
     uint64_t pairs = 16;
-    while (pairs < (uint64_t)n_merge * 2) pairs <<= 1;
-    b->pair_keys = malloc((size_t)pairs * sizeof(uint64_t));
-    b->pair_rank = malloc((size_t)pairs * sizeof(int32_t));
-    if (!b->pair_keys || !b->pair_rank || st_init(&b->st, tb + mb + 256, n_tok + 2 * n_merge + 256) != 0) {
-        free(b->pair_keys);
-        free(b->pair_rank);
+    while (pairs < (uint64_t)n_merge + (uint64_t)n_merge / 2) pairs <<= 1; /* load <= 2/3 */
+    b->pairs = malloc((size_t)pairs * sizeof(pair_slot));
+    if (!b->pairs || st_init(&b->st, tb + mb + 256, n_tok + 2 * n_merge + 256, n_tok + 256) != 0) {
+        free(b->pairs);
         free(b);
         return NULL;
     }
-    memset(b->pair_keys, 0xff, (size_t)pairs * sizeof(uint64_t));
+    for (uint64_t i = 0; i < pairs; i++) b->pairs[i].key = UINT64_MAX;
     b->pair_mask = pairs - 1;
     strtab *st = &b->st;
 
@@ -288,6 +308,7 @@ mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
         int64_t n = to_raw(tab, tok_buf + tok_start[i], tok_len[i], dst);
         if (n <= 0) continue; /* never matches byte-level text */
         int32_t e = st_intern(st, dst, n);
+        if (e < 0) goto oom;
         if (st->ents[e].tok < 0) st->ents[e].tok = (int32_t)i; /* first id wins on duplicates */
     }
     for (int64_t i = 0; i < n_merge; i++) {
@@ -300,10 +321,12 @@ mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
         int64_t rl = to_raw(tab, m, nl, dl);
         if (rl <= 0) continue;
         int32_t el = st_intern(st, dl, rl);
+        if (el < 0) goto oom;
         uint8_t *dr = st->blob + st->blob_used;
         int64_t rr = to_raw(tab, sp + 1, nr, dr);
         if (rr <= 0) continue;
         int32_t er = st_intern(st, dr, rr);
+        if (er < 0) goto oom;
         pair_insert(b, el, er, (int32_t)i);
     }
     for (int c = 0; c < 256; c++) {
@@ -313,6 +336,9 @@ mg_bpe *mg_bpe_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
         b->byte_tok[c] = e >= 0 ? st->ents[e].tok : -1;
     }
     return b;
+oom:
+    mg_bpe_free(b);
+    return NULL;
 }
 
 /* merge candidates: a max-heap on `key` (BPE: -rank; SPM: score), then the lowest left symbol */
@@ -489,7 +515,7 @@ mg_spm *mg_spm_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
     mg_spm *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     m->scores = malloc((size_t)(n_tok + 1) * sizeof(float));
-    if (!m->scores || st_init(&m->st, tb, n_tok + 1) != 0) {
+    if (!m->scores || st_init(&m->st, tb, n_tok + 1, n_tok + 1) != 0) {
         free(m->scores);
         free(m);
         return NULL;
@@ -501,6 +527,10 @@ mg_spm *mg_spm_create(const uint8_t *tok_buf, const int64_t *tok_start, const in
         uint8_t *dst = st->blob + st->blob_used;
         memcpy(dst, tok_buf + tok_start[i], (size_t)n);
         int32_t e = st_intern(st, dst, n);
+        if (e < 0) {
+            mg_spm_free(m);
+            return NULL;
+        }
         if (st->ents[e].tok < 0) { /* first id wins on duplicates */
             st->ents[e].tok = (int32_t)i;
             m->scores[e] = scores ? scores[i] : 0.0f;

@@ -452,16 +452,16 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
 }
 
 /* 32-element-block kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
- * R * M <= 4; out[r * M + t] = sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
+ * R * M <= 8; out[r * M + t] = sum_i d_w d_a (q_w . q_a) (+ m_w s_a for the affine Q4_1/Q5_1 with Q8_1-style
  * activations AT).  One 8-lane accumulator per (row, activation), the min terms into summ in block order; the sums
  * through hsum8x4, so per (row, activation) the arithmetic never depends on R or M.  Decode (M = 1) prefetches
  * the rows PF_GROUPS groups of R rows ahead, 8 blocks at a time. */
 #define Q8_KERN(name, WT, AT, unpack, ACT_D, ACT_S, WMIN, MODE)                                               \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_step(                              \
         const uint8_t *w, size_t rb, int R, const char *a, size_t stride, int M, int64_t i, __m256 *acc, float *summ) { \
-        __m256i ya[4], yabs[4];                                                                              \
-        __m256 ad[4];                                                                                        \
-        float as[4];                                                                                         \
+        __m256i ya[8], yabs[8];                                                                              \
+        __m256 ad[8];                                                                                        \
+        float as[8];                                                                                         \
         for (int t = 0; t < M; t++) {                                                                        \
             const AT *y = (const AT *)(const void *)(a + (size_t)t * stride) + i;                            \
             ya[t] = load256(y->qs);                                                                          \
@@ -486,9 +486,9 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name(int64_t nb, const uint8_t *w, size_t rb, \
                                                                           int R, const char *a, size_t stride, \
                                                                           int M, float *out, uintptr_t pf_end) { \
-        __m256 acc[4];                                                                                       \
-        float summ[4];                                                                                       \
-        for (int k = 0; k < 4; k++) {                                                                        \
+        __m256 acc[8];                                                                                       \
+        float summ[8];                                                                                       \
+        for (int k = 0; k < 8; k++) {                                                                        \
             acc[k] = _mm256_setzero_ps();                                                                    \
             summ[k] = 0.0f;                                                                                  \
         }                                                                                                    \
@@ -501,7 +501,8 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
             }                                                                                                \
             name##_step(w, rb, R, a, stride, M, i, acc, summ);                                               \
         }                                                                                                    \
-        store_sums(acc, R * M, out);                                                                         \
+        store_sums(acc, R * M < 4 ? R * M : 4, out);                                                         \
+        if (R * M > 4) store_sums(acc + 4, R * M - 4, out + 4);                                              \
         for (int k = 0; k < R * M; k++) out[k] += summ[k];                                                   \
     }                                                                                                        \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_tile(int64_t nb, const void *w,    \
@@ -530,6 +531,25 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
         }                                                                                                    \
     }
 
+/* as MULTI_TILES, 8 activation rows at a time (kernels whose tile takes M <= 8) */
+#define MULTI_TILES8(name, tile, blck)                                                                       \
+    MG_TARGET_AVX2 static void name(int64_t n, const void *w, const void *a, size_t a_stride, int nt, float *s) { \
+        const char *ap = a;                                                                                  \
+        for (int t = 0; t < nt; t += 8) {                                                                    \
+            const char *at = ap + (size_t)t * a_stride;                                                      \
+            switch (nt - t < 8 ? nt - t : 8) {                                                               \
+            case 8: tile(n / (blck), w, at, a_stride, 8, s + t); break;                                      \
+            case 7: tile(n / (blck), w, at, a_stride, 7, s + t); break;                                      \
+            case 6: tile(n / (blck), w, at, a_stride, 6, s + t); break;                                      \
+            case 5: tile(n / (blck), w, at, a_stride, 5, s + t); break;                                      \
+            case 4: tile(n / (blck), w, at, a_stride, 4, s + t); break;                                      \
+            case 3: tile(n / (blck), w, at, a_stride, 3, s + t); break;                                      \
+            case 2: tile(n / (blck), w, at, a_stride, 2, s + t); break;                                      \
+            default: tile(n / (blck), w, at, a_stride, 1, s + t); break;                                     \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+
 #define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
 #define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN, mode)
 Q80(k_q4_0, mg_block_q4_0, unpack_q4_0, S)
@@ -538,12 +558,12 @@ Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
 Q81(k_q5_1, mg_block_q5_1, unpack_q5_1, U)
 Q80(k_q8_0, mg_block_q8_0, unpack_q8_0, W)
 Q80(k_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl, S)
-MULTI_TILES(multi_avx_q4_0, k_q4_0_tile, MG_QK)
-MULTI_TILES(multi_avx_q4_1, k_q4_1_tile, MG_QK)
-MULTI_TILES(multi_avx_q5_0, k_q5_0_tile, MG_QK)
-MULTI_TILES(multi_avx_q5_1, k_q5_1_tile, MG_QK)
-MULTI_TILES(multi_avx_q8_0, k_q8_0_tile, MG_QK)
-MULTI_TILES(multi_avx_iq4_nl, k_iq4_nl_tile, MG_QK)
+MULTI_TILES8(multi_avx_q4_0, k_q4_0_tile, MG_QK)
+MULTI_TILES8(multi_avx_q4_1, k_q4_1_tile, MG_QK)
+MULTI_TILES8(multi_avx_q5_0, k_q5_0_tile, MG_QK)
+MULTI_TILES8(multi_avx_q5_1, k_q5_1_tile, MG_QK)
+MULTI_TILES8(multi_avx_q8_0, k_q8_0_tile, MG_QK)
+MULTI_TILES8(multi_avx_iq4_nl, k_iq4_nl_tile, MG_QK)
 ROWS_KERNEL(rows_avx_q4_0, k_q4_0_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q4_1, k_q4_1_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q5_0, k_q5_0_rows, MG_QK)
@@ -713,14 +733,17 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
         const mg_block_q8_K *y = (const mg_block_q8_K *)act + i;
         __m256i bs = load256(y->bsums);
         __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128 yd = _mm_set1_ps(y->d);
         for (int r = 0; r < R; r++) {
             const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bbytes;
-            uint16_t dh[2];
-            memcpy(dh, blk, 4);
+            uint32_t dh;
+            memcpy(&dh, blk, 4);
+            /* (d_y d, d_y dmin) in one vector: the same floats as the scalar products of k4_kern */
+            __m128 ddm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh)), yd);
             __m256i v16 = k4_scales_mins(blk);
             __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
             __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs)));
-            acc[r] = _mm256_fnmadd_ps(_mm256_set1_ps(y->d * f16c(dh[1])), pm, acc[r]);
+            acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
             __m256i isum = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
                 __m256i q4 = load256(blk + off_qs + 32 * c);
@@ -734,7 +757,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
                 __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
                 isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
             }
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * f16c(dh[0])), _mm256_cvtepi32_ps(isum), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
         }
     }
     store_sums(acc, R, out);

@@ -42,7 +42,9 @@ const mg_dot_info *mg_dot_lookup(int wtype);
 mg_dot_fn mg_dot_kernel(const mg_dot_info *info);
 /* y[i] = dot(weight row r0 + i, act) for rows [r0, r1) of the matrix whose row 0 is at w (rows of row_bytes
  * bytes, n elements each) against ONE activation row act (mg_act_quantize_row format): the decode kernel,
- * multi-row where the type has one.  Each y[i] has the same bits as the single-row dot of that row. */
+ * multi-row where the type has one.  Each y[i] has the same bits as the single-row dot of that row.
+ * n must be a multiple of info->blck.  No allocation, no shared state: callable from any thread at once; only
+ * prefetch hints (never loads) touch addresses past row r1. */
 void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_bytes, int64_t r0, int64_t r1,
                   const void *act, float *y);
 /* Bytes of one activation row of n elements for weight type wtype (n a multiple of the block size). */

@@ -737,6 +737,42 @@ class GGUFFile:
         value = self._array(v.offset - 12, key, 0, False)[0]
         return _to_list(value) if as_list else value
 
+    def string_array_raw(self, key: str) -> tuple[bytes, "np.ndarray", "np.ndarray"]:
+        """The strings of array `key` undecoded: (data, starts, lengths), string i being
+        data[starts[i] : starts[i] + lengths[i]] (bytes as stored in the file, not validated as UTF-8; `data` is a
+        copy of the array's bytes, so it outlives the file)."""
+        if key not in self._specs:
+            raise KeyError(f"no metadata key {key!r} in {self.path}")
+        if self._specs[key] != (ValueType.ARRAY, ValueType.STRING):
+            raise TypeError(f"metadata {key!r} is not an array of strings")
+        if self._mmap is None or self._mmap.closed:
+            raise ValueError(f"{self.path} is closed")
+        np = _np()
+        apos = self._key_offsets[key] + 8 + len(key.encode("utf-8")) + 4
+        count = self._u64(apos + 4, f"array length of {key!r}")
+        pos = apos + 12
+        k = _kernels()
+        if k is not None:
+            starts = np.empty(count, dtype=np.int64)
+            lens = np.empty(count, dtype=np.int64)
+            ffi = k.ffi
+            buf = ffi.from_buffer(self._mmap)
+            try:
+                end_p = ffi.new("uint64_t *")
+                done = k.lib.mg_gguf_scan_strings(buf, self.size, pos, count, ffi.from_buffer("int64_t[]", starts),
+                                                  ffi.from_buffer("int64_t[]", lens), end_p)
+            finally:
+                ffi.release(buf)
+            if done != count:  # pragma: no cover - the file was checked when it was opened
+                self._walk_strings_py(pos, count, key, 0, collect=False)
+            end = int(end_p[0])
+        else:
+            s_l, l_l, end = self._walk_strings_py(pos, count, key, 0)
+            starts = np.asarray(s_l, dtype=np.int64)
+            lens = np.asarray(l_l, dtype=np.int64)
+        data = bytes(self._mmap[pos:end])  # type: ignore[index]
+        return data, starts - (pos - 8), lens
+
     def tensor(self, name: str) -> "np.ndarray":
         """Zero-copy read-only view of a tensor's data. F32/F16/F64/I* as typed arrays of numpy shape;
         BF16 as uint16; quantized types as uint8 of shape (*shape[:-1], row_bytes)."""

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .gguf import GGUFFile
+from .gguf import ArrayRef, GGUFFile, ValueType
 from .tokenizer_pre import FastSplitter, PreTokenizer, resolve_pre
 
 __all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
@@ -151,6 +151,27 @@ def _string_table(strings: list[str]) -> tuple[bytes, "np.ndarray", "np.ndarray"
     return b"".join(parts), np.cumsum(lens) - lens, lens
 
 
+class _RawStrings:
+    """A GGUF string array kept undecoded (the merges of a file opened by path: the C merger reads the bytes);
+    `decode()` gives the list of str (invalid UTF-8 replaced, as GGUFFile does) for the Python/HF paths."""
+
+    def __init__(self, data: bytes, starts: "np.ndarray", lens: "np.ndarray") -> None:
+        self.data = data
+        self.starts = starts
+        self.lens = lens
+        self._decoded: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    def decode(self) -> list[str]:
+        if self._decoded is None:
+            d = self.data
+            self._decoded = [d[a : a + n].decode("utf-8", errors="replace")
+                             for a, n in zip(self.starts.tolist(), self.lens.tolist())]
+        return self._decoded
+
+
 class _Native:
     """A merger in C (csrc/gguf_strings.c): llama.cpp's byte-level BPE (`bpe`) or SentencePiece (`spm`) algorithm,
     built from the vocabulary strings. `encode_pieces` merges every piece of a text in one call."""
@@ -161,13 +182,16 @@ class _Native:
         self._encode = encode
 
     @classmethod
-    def bpe(cls, tokens: list[str], merges: list[str], ignore_merges: bool) -> "_Native | None":
+    def bpe(cls, tokens: list[str], merges: "list[str] | _RawStrings", ignore_merges: bool) -> "_Native | None":
         k = _kernels()
         if k is None or not hasattr(k.lib, "mg_bpe_create"):
             return None
         ffi = k.ffi
         tb, ts, tl = _string_table(tokens)
-        mb, ms, ml = _string_table(merges)
+        if isinstance(merges, _RawStrings):
+            mb, ms, ml = merges.data, merges.starts, merges.lens
+        else:
+            mb, ms, ml = _string_table(merges)
         h = k.lib.mg_bpe_create(
             ffi.from_buffer(tb), ffi.from_buffer("int64_t[]", ts), ffi.from_buffer("int64_t[]", tl), len(tokens),
             ffi.from_buffer(mb), ffi.from_buffer("int64_t[]", ms), ffi.from_buffer("int64_t[]", ml), len(merges),
@@ -224,6 +248,24 @@ class _Native:
         if n < 0:
             raise MemoryError("token merge failed (out of memory)") if n == -3 else ValueError("bad piece offsets")
         return ids[:n].tolist(), ids_off.tolist()
+
+
+def _tokenizer_metadata(f: GGUFFile) -> dict[str, Any]:
+    """The tokenizer.ggml.* keys of a file opened with lazy_arrays=True, arrays decoded - except the BPE merges,
+    kept as raw bytes for the C merger when the kernels are built (they are decoded only if a Python path needs
+    them)."""
+    md: dict[str, Any] = {}
+    native = _kernels() is not None
+    for key, v in f.metadata.items():
+        if not key.startswith("tokenizer.ggml."):
+            continue
+        if isinstance(v, ArrayRef):
+            if key == "tokenizer.ggml.merges" and native and v.elem_type == ValueType.STRING:
+                v = _RawStrings(*f.string_array_raw(key))
+            else:
+                v = f.array(key)
+        md[key] = v
+    return md
 
 
 def _meta_int(md: dict[str, Any], key: str) -> int | None:
@@ -416,9 +458,9 @@ class Tokenizer:
         if isinstance(source, GGUFFile):
             return cls(source.metadata)
         if isinstance(source, (str, os.PathLike)):
-            f = GGUFFile(source)
+            f = GGUFFile(source, lazy_arrays=True)
             try:
-                return cls(f.metadata)
+                return cls(_tokenizer_metadata(f))
             finally:
                 f.close()
         raise TypeError(f"Tokenizer.from_gguf expects a GGUFFile or a path, got {type(source).__name__}")
@@ -508,11 +550,11 @@ class Tokenizer:
 
     def _init_bpe(self, md: dict[str, Any]) -> None:
         merges = md.get("tokenizer.ggml.merges")
-        if not isinstance(merges, list):
+        if not isinstance(merges, (list, _RawStrings)):
             raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
-        if not all(isinstance(m, str) for m in merges[:1]):
+        if isinstance(merges, list) and not all(isinstance(m, str) for m in merges[:1]):
             raise ValueError("tokenizer.ggml.merges must be strings")
-        self._merges: list[str] = merges
+        self._merges_src: list[str] | _RawStrings = merges
         self._ranks_dict: dict[str, int] | None = None  # built on first use by the Python merger (see _ranks)
         assert self.pre is not None
         self._ignore_merges = self.pre.ignore_merges
@@ -523,6 +565,12 @@ class Tokenizer:
         self._bpe_cache: dict[str, list[int]] = {}
         # the C merger (csrc/gguf_strings.c); None without the compiled kernels: then Python / HF tokenizers merge
         self._native: _Native | None = _Native.bpe(self.tokens, merges, self._ignore_merges)
+
+    @property
+    def _merges(self) -> list[str]:
+        """The merge strings (decoded on first use when the file's merges were kept undecoded)."""
+        m = self._merges_src
+        return m.decode() if isinstance(m, _RawStrings) else m
 
     @property
     def _ranks(self) -> dict[str, int]:

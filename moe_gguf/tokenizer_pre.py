@@ -339,10 +339,21 @@ class FastSplitter:
             self._compiled[s] = pats
         return pats
 
+    def _may_disagree(self, text: str) -> set[str] | None:
+        """The characters of text when the engines may disagree on some of them, else None."""
+        if self._unicode_sensitive and max(text, default=" ") >= "\u088f":
+            chars = set(text)
+            if _engines_may_disagree(chars):
+                return chars
+        return None
+
     def split(self, text: str) -> list[str] | None:
         """The pieces, or None when the text holds characters whose properties the engines may disagree on."""
-        if self._unicode_sensitive and max(text, default=" ") >= "\u088f" and _engines_may_disagree(set(text)):
+        if self._may_disagree(text) is not None:
             return None
+        return self._split_unchecked(text)
+
+    def _split_unchecked(self, text: str) -> list[str]:
         s = _SENTINELS[0]
         if s in text:
             s = next((c for c in _SENTINELS if c not in text), "")
@@ -361,12 +372,12 @@ class FastSplitter:
         the reference engine (HF tokenizers). Without `line_cuts` a declined text is one None segment; with it,
         only the lines around the characters the engines may disagree on are (the text is cut between a newline
         and an ASCII letter, which never changes the pieces of such a pre-tokenizer)."""
-        pieces = self.split(text)
-        if pieces is not None:
-            return [(text, pieces)]
+        chars = self._may_disagree(text)
+        if chars is None:
+            return [(text, self._split_unchecked(text))]
         if not self._line_cuts:
             return [(text, None)]
-        bad = re.compile("[" + "".join(re.escape(c) for c in _disagreeing(set(text))) + "]")
+        bad = re.compile("[" + "".join(re.escape(c) for c in _disagreeing(chars)) + "]")
         segs: list[tuple[str, list[str] | None]] = []
         pos = 0
         letters = _LETTERS
@@ -380,12 +391,12 @@ class FastSplitter:
             a = j + 1 if j >= 0 else pos
             nxt = _LINE_CUT.search(text, x + 1)
             b = nxt.start() if nxt is not None else len(text)
-            if a > pos:
+            if a > pos:  # holds no disputed character
                 part = text[pos:a]
-                segs.append((part, self.split(part)))
+                segs.append((part, self._split_unchecked(part)))
             segs.append((text[a:b], None))
             pos = b
         if pos < len(text):
             part = text[pos:]
-            segs.append((part, self.split(part)))
+            segs.append((part, self._split_unchecked(part)))
         return segs

@@ -138,3 +138,24 @@ def test_c_scan_reports_first_bad_string() -> None:
     assert lib.mg_gguf_join_strings(buf, len(data), 0, 3, ord("d"), out, 16, found) == 7 and found[0] == 1
     assert lib.mg_gguf_join_strings(buf, len(data), 0, 3, 0, out, 6, found) == -1  # out too small
     assert lib.mg_gguf_join_strings(buf, len(data), 0, 4, 0, out, 16, found) == -1  # 4th runs past the end
+
+
+def test_string_array_raw_matches_decoded(shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """string_array_raw's bytes decode to the reader's strings (C scan and Python walker), lazy or not; it refuses
+    keys that are not string arrays."""
+    path = shared_dir / "vocab" / "ggml-vocab-qwen2.gguf"
+    with GGUFFile(path) as f:
+        want = f.metadata["tokenizer.ggml.merges"]
+        for lazy in (False, True):
+            with GGUFFile(path, lazy_arrays=lazy) as g:
+                for c in (True, False):
+                    with monkeypatch.context() as m:
+                        if not c:
+                            m.setattr(gguf_mod, "_kernels", lambda: None)
+                        data, starts, lens = g.string_array_raw("tokenizer.ggml.merges")
+                    got = [data[a : a + n].decode("utf-8", errors="replace") for a, n in zip(starts.tolist(), lens.tolist())]
+                    assert got == want
+                with pytest.raises(TypeError):
+                    g.string_array_raw("tokenizer.ggml.token_type")
+                with pytest.raises(KeyError):
+                    g.string_array_raw("no.such.key")

@@ -3,7 +3,10 @@ the oracle), SIMD against the plain C reference, thread-count invariance, the ex
 per-token loop, and argument checking."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import threading
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -325,6 +328,19 @@ def test_decode_gemv_odd_row_counts(tname: str, n_out: int, pools) -> None:
         assert np.array_equal(y3[0, s], want), (s, e)
 
 
+@pytest.mark.parametrize("tname", ["Q4_0", "Q5_0", "Q8_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K"])
+def test_every_tile_width_matches_gemv(tname: str, pools) -> None:
+    """GEMMs of 1..9 tokens (every tile width the kernels have, and one over) give each token the bits of its
+    own decode GEMV."""
+    rng = np.random.default_rng(21)
+    raw, _ = make_weight(tname, (6, 512), rng)
+    w = QWeight(raw, GGMLType[tname], (6, 512))
+    x = rng.standard_normal((9, 512)).astype(np.float32)
+    single = np.stack([matmul(pools[1], w, x[t]) for t in range(9)])
+    for k in range(1, 10):
+        assert np.array_equal(matmul(pools[1], w, x[:k]), single[:k]), k
+
+
 def test_read_bandwidth(pools) -> None:
     gbs = read_bandwidth(pools[2], 2, nbytes=8 << 20, repeats=1)
     assert isinstance(gbs, float) and 0.1 < gbs < 10_000
@@ -492,3 +508,21 @@ def test_pool_shared_by_python_threads(pools) -> None:
         t.join()
     for i in range(4):
         assert len(got[i]) == 10 and all(np.array_equal(g, want[i]) for g in got[i])
+
+
+LLAMA_CPP_DIR = "/work/scratch/llama_cpp_python-0.3.36/vendor/llama.cpp"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(os.path.join(LLAMA_CPP_DIR, "ggml", "include", "ggml.h")),
+                    reason="no llama.cpp tree")
+def test_bench_llama_cpp_harness() -> None:
+    """tools/ggml_mm_bench.c builds against ggml and times a matmul, a repacked matmul and an expert matmul."""
+    spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parents[1] / "tools" / "bench_kernels.py")
+    bk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bk)  # type: ignore[union-attr]
+    ll = bk.LlamaCpp(LLAMA_CPP_DIR)
+    t, repacked = ll.time("Q4_K", (64, 512), 4, 1, 1, 1)
+    assert 0 < t < 10 and (repacked or lib.mg_cpu_simd_level() < 1)  # llama.cpp repacks Q4_K on AVX2 CPUs
+    t, repacked = ll.time("Q8_0", (4, 24, 256), 1, 2, 1, 2)
+    assert 0 < t < 10 and not repacked

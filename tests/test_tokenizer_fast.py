@@ -3,8 +3,6 @@ naive references written here; piecewise splitting of text the fast splitter dec
 partition; the C string-array scan against gguf-py's GGUFReader."""
 from __future__ import annotations
 
-import heapq
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_gguf.gguf import GGUFError, GGUFFile
+from moe_gguf.gguf import GGUFFile
 from moe_gguf.tokenizer import Tokenizer, _bytes_to_unicode
 from moe_gguf.tokenizer_pre import PRE_TOKENIZERS, FastSplitter
 
@@ -84,6 +82,22 @@ def test_python_merger_matches_c(shared_dir: Path) -> None:
         slow = python_only(_vocab(shared_dir, name))
         for parse_special in (False, True):
             assert fast.encode(text, parse_special=parse_special) == slow.encode(text, parse_special=parse_special)
+
+
+@pytest.mark.parametrize("name", BPE_VOCABS)
+def test_from_path_keeps_merges_raw_and_matches_open_file(shared_dir: Path, name: str) -> None:
+    """From a path the merges stay undecoded bytes for the C merger; ids and (decoded on demand) merges equal a
+    tokenizer built from the fully decoded GGUFFile."""
+    from moe_gguf.tokenizer import _RawStrings
+
+    p = _vocab(shared_dir, name)
+    a = Tokenizer.from_gguf(p)
+    with GGUFFile(p) as f:
+        b = Tokenizer.from_gguf(f)
+        assert isinstance(a._merges_src, _RawStrings) and a._merges == f.metadata["tokenizer.ggml.merges"]
+    text = "Hello world, naïve café 😀 我们今天 12345 x> </y\n\n  def f(x):\n\treturn x" * 5
+    assert a.encode(text) == b.encode(text)
+    assert a._encode_reference(text) == b.encode(text, add_special=False)
 
 
 # ------------------------------------------------------------------------------------------------ naive references

@@ -25,11 +25,10 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 

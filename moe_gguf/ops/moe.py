@@ -1,8 +1,10 @@
-"""The fused MoE FFN step (csrc/moe.c): routing -> gate/up -> SwiGLU -> down -> weighted sum, routed + shared experts.
+"""Fused decode ops (csrc/moe.c): the MoE FFN step (routing -> gate/up -> SwiGLU -> down -> weighted sum, routed +
+shared experts), batched matrix-vector products, and bound per-token ops for a lean decode loop.
 
     ffn = MoEFFN(down, k, gate=gate, up=up, shared=(gate_sh, up_sh, down_sh), router=gate_inp, gating=1, norm=False)
     out, ids, w = ffn(pool, h)                    # h float32 (n_tok, n_embd); routing inside
-    out, _, _ = ffn_norouter(pool, h, ids, w)     # without a router: ids/w are inputs
+    out, _, _ = MoEFFN(down, k, gate=gate, up=up)(pool, h, ids, w)   # without a router: ids / w are inputs
+    step = ffn.bind(h, ids, w, out); step.run(pool)                  # fixed buffers, checked once
 
 Weights are validated once (in the constructor); a call checks only h / ids / weights / out and runs ONE C call
 with ONE pool dispatch.  Each expert's output equals matmul_id's bit for bit (same activation quantization and dot
@@ -13,6 +15,8 @@ Streams the weights once per token: meant for decode and short batches (prefill:
 
 GemvBatch: several (2-D or per-expert) matrix products over fixed buffers in one C call and one pool dispatch,
 in up to 4 stages (stage s may read stage s-1's outputs), each distinct input quantized once.
+BoundRmsNorm, MlaDecodePrep, BoundLatentAttention: ops.nn's kernels over fixed buffers (checked once), and the
+MLA per-token bookkeeping (rope q_pe / k_pe, norm c_kv, cache row) in one call.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .._kernels import ffi, lib
-from .matmul import QWeight, ThreadPool, _pool_ptr
 from . import nn
+from .matmul import QWeight, ThreadPool, _pool_ptr
 from .nn import GATING_SOFTMAX
 
 _MAX_PAIRS = 2**31 - 1
