@@ -5,6 +5,7 @@
  * float as  d_w * d_a * sum_i(q_w * q_a)  (minus the min terms), so SIMD and reference differ only by float
  * rounding.  Every kernel processes blocks in index order, so a result never depends on threads or tiling.
  */
+#include <math.h>
 #include <stddef.h>
 
 #include "moe_gguf.h"
@@ -408,8 +409,7 @@ MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return
             (void)m;                                                                                         \
             for (int j = 0; j < M; j++) {                                                                    \
                 const AT *y = (const AT *)(const void *)(a + (size_t)j * stride) + i;                        \
-                if (i & 1) acc1[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc1[j]);                            \
-                else acc0[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc0[j]);                                  \
+                acc0[j] = scaled_dot(q, y->qs, d * ACT_D(y), acc0[j]); /* one chain, as ggml's AVX2 dots */  \
                 summ[j] += m * ACT_S(y);                                                                     \
             }                                                                                                \
         }                                                                                                    \
@@ -508,6 +508,16 @@ MG_TARGET_AVX2 static inline float hsum4(__m128 s) {
     return _mm_cvtss_f32(s);
 }
 
+MG_TARGET_AVX2 static inline int32_t hsum_i32x4(__m128i v) {
+    v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 1));
+    return _mm_cvtsi128_si32(v);
+}
+
+MG_TARGET_AVX2 static inline int32_t hsum_i32x8(__m256i v) {
+    return hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+
 /* int16 lane j of v (the same in both 128-bit lanes) broadcast to all 16 lanes */
 MG_TARGET_AVX2 static inline __m256i pick16(__m256i v, int j) {
     return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * j) | ((2 * j + 1) << 8))));
@@ -521,9 +531,11 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_tile(int64_t
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[MT_MAX];
     __m128 acc_m[MT_MAX];
+    float acc_s[MT_MAX], accm_s[MT_MAX];
     for (int j = 0; j < M; j++) {
         acc[j] = _mm256_setzero_ps();
         acc_m[j] = _mm_setzero_ps();
+        acc_s[j] = accm_s[j] = 0.0f;
     }
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *blk = w + (size_t)i * bbytes;
@@ -555,14 +567,25 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_tile(int64_t
             __m256i bs = load256(y->bsums);
             __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
             __m128i prod = _mm_madd_epi16(mins, pairs);
-            acc_m[j] = _mm_fmadd_ps(_mm_set1_ps(y->d * dmx), _mm_cvtepi32_ps(prod), acc_m[j]);
             __m256i sumi = _mm256_setzero_si256();
             for (int c = 0; c < 8; c++) {
                 __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], load256(y->qs + 32 * c)), pick16(sc, c));
                 sumi = _mm256_add_epi32(sumi, p);
             }
+            if (!off_qh) { /* Q4_K: llama.cpp's AVX2 build runs Q4_K repacked (8x8); per output it accumulates
+                              the super-block's integer sums as two scalar FMA chains: acc += isum * (d dy),
+                              accm += imin * (dmin dy); result acc - accm */
+                acc_s[j] = fmaf((float)hsum_i32x8(sumi), dx * y->d, acc_s[j]);
+                accm_s[j] = fmaf((float)hsum_i32x4(prod), dmx * y->d, accm_s[j]);
+                continue;
+            }
+            acc_m[j] = _mm_fmadd_ps(_mm_set1_ps(y->d * dmx), _mm_cvtepi32_ps(prod), acc_m[j]);
             acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
         }
+    }
+    if (!off_qh) {
+        for (int j = 0; j < M; j++) s[j] = acc_s[j] - accm_s[j];
+        return;
     }
     for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]) - hsum4(acc_m[j]);
 }
