@@ -167,22 +167,6 @@ MG_TARGET_AVX2 static void axpy4_f16_avx2(float *y, int64_t ys, const float *p, 
     }
 }
 
-MG_TARGET_AVX2 static float sumsq_avx2(const float *x, int64_t n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
-        s0 = _mm256_fmadd_ps(a, a, s0);
-        s1 = _mm256_fmadd_ps(b, b, s1);
-    }
-    for (; i + 8 <= n; i += 8) {
-        __m256 a = _mm256_loadu_ps(x + i);
-        s0 = _mm256_fmadd_ps(a, a, s0);
-    }
-    float s = hsum256(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += x[i] * x[i];
-    return s;
-}
 #endif
 
 /* row operands are `const void *`: float32 or IEEE-half cache rows */
@@ -216,22 +200,14 @@ static axpy_fn pick_axpy(int f16) {
 /* ------------------------------------------------------------------------------------------ RMSNorm */
 int mg_rms_norm(float *out, const float *x, const float *w, int64_t n_rows, int64_t d, float eps) {
     if (!out || !x || !w || n_rows < 0 || d <= 0 || !(eps >= 0.0f)) return MG_ESIZE;
-    int simd = mg_get_simd_level();
     for (int64_t r = 0; r < n_rows; r++) {
         const float *xr = x + r * d;
         float *yr = out + r * d;
-        float ss;
-#if MG_X86
-        if (simd >= 1) ss = sumsq_avx2(xr, d);
-        else
-#endif
-        {
-            (void)simd;
-            double acc = 0.0;
-            for (int64_t i = 0; i < d; i++) acc += (double)xr[i] * (double)xr[i];
-            ss = (float)acc;
-        }
-        float scale = 1.0f / sqrtf(ss / (float)d + eps);
+        /* ggml's arithmetic: float squares summed in double, mean rounded to float, 1/sqrtf(mean + eps) */
+        double acc = 0.0;
+        for (int64_t i = 0; i < d; i++) acc += (double)(xr[i] * xr[i]);
+        const float mean = (float)(acc / (double)d);
+        const float scale = 1.0f / sqrtf(mean + eps);
         for (int64_t i = 0; i < d; i++) yr[i] = (xr[i] * scale) * w[i];
     }
     return MG_OK;
@@ -491,5 +467,345 @@ int mg_moe_route(int32_t *ids, float *w, const float *logits, int64_t n_tok, int
     }
     free(probs);
     free(taken);
+    return MG_OK;
+}
+
+/* ==========================================================================================================
+ * llama.cpp's CPU arithmetic (ggml-cpu on x86 with AVX2/FMA/F16C, flash attention off), reproduced bit for
+ * bit so that a quantized model gives llama.cpp's logits exactly (rounding differences of 1 ulp grow through
+ * the 8-bit activation quantization of later layers into ~1-logit differences).  Facts used (read from ggml's
+ * source, not copied): RoPE caches theta = pos, theta *= base^(-2/n_rot) per pair, cosf/sinf; GELU goes
+ * through a table of f16(gelu(h)) indexed by f16(x); attention with an F16 K/V cache rounds q and the softmax
+ * probabilities to f16, multiplies with F32 FMA accumulation whose lane layout depends on the batch: one 8-lane
+ * accumulator (llamafile's tinyBLAS, n_tok >= 2) or four (ggml_vec_dot_f16, one token); softmax uses a
+ * polynomial expf (the ARM optimized-routines algorithm) and sums 8-lane chunk sums in double.
+ * ======================================================================================================== */
+
+/* ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)): an AVX 8-lane horizontal sum (high+low halves, movehl, movehdup) */
+static float ll_hsum8(const float l[8]) {
+    float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+    return (a0 + a2) + (a1 + a3);
+}
+
+/* the reduction of ggml's 4 x 8-lane F16 dot accumulators: (A0+A2)+(A1+A3) per lane, then high+low halves,
+ * then two hadds: (t0+t1)+(t2+t3) */
+static float ll_reduce4x8(const float *A /* [4][8] */) {
+    float x[8], t[4];
+    for (int l = 0; l < 8; l++) x[l] = (A[l] + A[16 + l]) + (A[8 + l] + A[24 + l]);
+    for (int k = 0; k < 4; k++) t[k] = x[k] + x[k + 4];
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+/* expf of the ARM optimized-routines vector algorithm (as ggml_v_expf), for x <= 0: n = round(x/ln2) by the
+ * 1.5*2^23 shift, b = x - n*ln2 (two FMA steps), degree-5 polynomial, times 2^n.  x < -87.3 (|n| > 126,
+ * where that algorithm leaves its main path) gives 0 here: such weights are below 2^-126 and vanish in f16. */
+static float ll_expf(float x) {
+    const float r = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, r);
+    float n = z - r;
+    if (!(fabsf(n) <= 126.0f)) return 0.0f; /* also -inf (masked) and NaN */
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    uint32_t zb, one = 0x3f800000u, kb;
+    memcpy(&zb, &z, 4);
+    kb = (zb << 23) + one;
+    float k;
+    memcpy(&k, &kb, 4);
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                   0x1.ffffecp-1f * b);
+    return fmaf(j, k, k);
+}
+
+static inline float ll_f16r(float x) { return mg_f16_to_f32(mg_f32_to_f16(x)); }
+
+/* q . k over d (a multiple of 32) of f16-valued floats q and an IEEE-half row k, in the lane layout of
+ * mode 0 (one 8-lane accumulator: tinyBLAS) or mode 1 (four: ggml_vec_dot_f16). */
+static float ll_dot16_scalar(const float *q, const uint16_t *k, int64_t d, int mode) {
+    float A[32] = {0};
+    int span = mode ? 32 : 8;
+    for (int64_t i = 0; i < d; i++) {
+        float *a = &A[i % span];
+        *a = fmaf(mg_f16_to_f32(k[i]), q[i], *a);
+    }
+    return mode ? ll_reduce4x8(A) : ll_hsum8(A);
+}
+
+#if MG_X86
+MG_TARGET_AVX2 static float ll_dot16_avx2(const float *q, const uint16_t *k, int64_t d, int mode) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < d; i += 32) {
+        for (int s = 0; s < 4; s++) {
+            __m128i h;
+            memcpy(&h, k + i + 8 * s, 16);
+            int slot = mode ? s : 0;
+            a[slot] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(q + i + 8 * s), a[slot]);
+        }
+    }
+    float l[32];
+    for (int s = 0; s < 4; s++) _mm256_storeu_ps(l + 8 * s, a[s]);
+    return mode ? ll_reduce4x8(l) : ll_hsum8(l);
+}
+
+/* acc[slot][0..d) += p * v[0..d) (v IEEE half), d a multiple of 8 */
+MG_TARGET_AVX2 static void ll_axpy16_avx2(float *acc, float p, const uint16_t *v, int64_t d) {
+    __m256 vp = _mm256_set1_ps(p);
+    for (int64_t i = 0; i < d; i += 8) {
+        __m128i h;
+        memcpy(&h, v + i, 16);
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(_mm256_cvtph_ps(h), vp, _mm256_loadu_ps(acc + i)));
+    }
+}
+#endif
+
+static void ll_axpy16_scalar(float *acc, float p, const uint16_t *v, int64_t d) {
+    for (int64_t i = 0; i < d; i++) acc[i] = fmaf(mg_f16_to_f32(v[i]), p, acc[i]);
+}
+
+typedef struct {
+    float *out;
+    const float *q;
+    const uint16_t *kv;
+    int64_t n_tok, n_head, n_head_kv, d_k, d_v, row_stride, n_kv0, window;
+    int mode, simd, failed;
+} ll_attn_args;
+
+/* query token t, head h: scores, softmax, weighted values (see mg_attention_f16_ggml) */
+static void ll_attn_item(const ll_attn_args *a, float *sc, float *qh, float *acc, int64_t t, int64_t h) {
+    const int64_t p = a->n_kv0 + t, g = h / (a->n_head / a->n_head_kv), hw = a->d_v + a->d_k;
+    const int64_t lo = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
+    const float *qs = a->q + (t * a->n_head + h) * a->d_k;
+    for (int64_t i = 0; i < a->d_k; i++) qh[i] = ll_f16r(qs[i]);
+    float mx = -INFINITY;
+    for (int64_t j = lo; j <= p; j++) {
+        const uint16_t *k = a->kv + j * a->row_stride + g * hw + a->d_v;
+#if MG_X86
+        float s = a->simd ? ll_dot16_avx2(qh, k, a->d_k, a->mode) : ll_dot16_scalar(qh, k, a->d_k, a->mode);
+#else
+        float s = ll_dot16_scalar(qh, k, a->d_k, a->mode);
+#endif
+        sc[j] = s;
+        mx = s > mx ? s : mx;
+    }
+    /* exp and the sum: chunks of 8 cache cells (masked cells are 0), each summed as 8 lanes, in double */
+    double sum = 0.0;
+    for (int64_t c0 = lo / 8 * 8; c0 <= p; c0 += 8) {
+        float l[8];
+        for (int u = 0; u < 8; u++) {
+            int64_t j = c0 + u;
+            l[u] = j >= lo && j <= p ? ll_expf(sc[j] - mx) : 0.0f;
+            if (j >= lo && j <= p) sc[j] = l[u];
+        }
+        sum += (double)ll_hsum8(l);
+    }
+    const float inv = (float)(1.0 / sum);
+    const int span = a->mode ? 32 : 8;
+    memset(acc, 0, sizeof(float) * (size_t)(span * a->d_v));
+    for (int64_t j = lo; j <= p; j++) {
+        float pj = ll_f16r(sc[j] * inv);
+        if (pj == 0.0f) continue; /* adds +0 to every lane: no change */
+        const uint16_t *v = a->kv + j * a->row_stride + g * hw;
+        float *ac = acc + (j % span) * a->d_v;
+#if MG_X86
+        if (a->simd) ll_axpy16_avx2(ac, pj, v, a->d_v);
+        else
+#endif
+            ll_axpy16_scalar(ac, pj, v, a->d_v);
+    }
+    float *o = a->out + (t * a->n_head + h) * a->d_v, l[32];
+    for (int64_t i = 0; i < a->d_v; i++) {
+        for (int s = 0; s < span; s++) l[s] = acc[s * a->d_v + i];
+        o[i] = a->mode ? ll_reduce4x8(l) : ll_hsum8(l);
+    }
+}
+
+static void ll_attn_task(void *arg, int ith, int nth) {
+    ll_attn_args *a = arg;
+    int64_t n_items = a->n_tok * a->n_head;
+    if (ith >= n_items) return;
+    size_t n_sc = (size_t)(a->n_kv0 + a->n_tok), n_acc = (size_t)(32 * a->d_v);
+    float *buf = malloc(sizeof(float) * (n_sc + (size_t)a->d_k + n_acc));
+    if (!buf) {
+        a->failed = 1; /* benign race: every writer stores 1 */
+        return;
+    }
+    for (int64_t it = ith; it < n_items; it += nth) ll_attn_item(a, buf, buf + n_sc, buf + n_sc + a->d_k, it / a->n_head, it % a->n_head);
+    free(buf);
+}
+
+int mg_attention_f16_ggml(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t n_head_kv,
+                          int64_t d_k, int64_t d_v, const void *kv, int64_t row_stride, int64_t n_kv0, int64_t window) {
+    if (!out || !q || !kv || n_tok < 0 || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || d_k <= 0 || d_k % 32 ||
+        d_v <= 0 || d_v % 32 || row_stride < n_head_kv * (d_k + d_v) || n_kv0 < 0 || window < 0)
+        return MG_ESIZE;
+    if (n_tok == 0) return MG_OK;
+    ll_attn_args a = {out, q, kv, n_tok, n_head, n_head_kv, d_k, d_v, row_stride, n_kv0, window, n_tok >= 2 ? 0 : 1,
+                      mg_get_simd_level() >= 1, 0};
+    int nth = pool ? mg_pool_n_threads(pool) : 1;
+    double macs = (double)n_tok * (double)(n_kv0 + (n_tok + 1) / 2) * (double)n_head * (double)(d_k + d_v);
+    if (macs < 1.0e6) nth = 1;
+    int64_t n_items = n_tok * n_head;
+    mg_pool_run(pool, ll_attn_task, &a, (int)(n_items < nth ? n_items : nth));
+    return a.failed ? MG_ENOMEM : MG_OK;
+}
+
+/* ------------------------------------------------------------------------------------ RoPE, ggml's way */
+int mg_rope_ggml(float *x, int64_t n_tok, int64_t n_head, int64_t n_rot, int64_t tok_stride, int64_t head_stride,
+                 const int32_t *pos, float freq_base, float freq_scale, const float *freq_factors, float mscale, int neox) {
+    if (!x || !pos || n_tok < 0 || n_head < 0 || n_rot <= 0 || (n_rot & 1) || n_rot > 4096 || tok_stride < 0 ||
+        head_stride < 0 || !(freq_base > 0.0f))
+        return MG_ESIZE;
+    const int64_t half = n_rot / 2;
+    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
+    float cs[4096];
+    for (int64_t t = 0; t < n_tok; t++) {
+        float theta = (float)pos[t];
+        for (int64_t i = 0; i < half; i++) {
+            float ff = freq_factors ? freq_factors[i] : 1.0f;
+            float th = freq_scale * (theta / ff);
+            cs[2 * i] = cosf(th) * mscale;
+            cs[2 * i + 1] = sinf(th) * mscale;
+            theta *= theta_scale;
+        }
+        for (int64_t h = 0; h < n_head; h++) {
+            float *v = x + t * tok_stride + h * head_stride;
+            for (int64_t i = 0; i < half; i++) {
+                float *a = neox ? v + i : v + 2 * i, *b = neox ? v + i + half : v + 2 * i + 1;
+                float x0 = *a, x1 = *b, c = cs[2 * i], s = cs[2 * i + 1];
+                *a = fmaf(x0, c, -(x1 * s)); /* the FMA contraction of ggml's compiled x0*c - x1*s */
+                *b = fmaf(x0, s, x1 * c);
+            }
+        }
+    }
+    return MG_OK;
+}
+
+/* ------------------------------------------------------------------------------------ GELU, ggml's table */
+static float ll_gelu(float x) {
+    const float a = 0.044715f, c = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + tanhf(c * x * fmaf(a * x, x, 1.0f)));
+}
+
+int mg_gelu_table_f16(float *table) {
+    if (!table) return MG_ESIZE;
+    for (uint32_t i = 0; i < 65536u; i++) table[i] = ll_f16r(ll_gelu(mg_f16_to_f32((uint16_t)i)));
+    return MG_OK;
+}
+
+int mg_geglu_table(float *out, const float *g, const float *u, int64_t n, const float *table) {
+    if (!out || !g || !u || !table || n < 0) return MG_ESIZE;
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        out[i] = x <= -10.0f ? 0.0f : x >= 10.0f ? x * u[i] : table[mg_f32_to_f16(x)] * u[i];
+    }
+    return MG_OK;
+}
+
+/* ------------------------------------------------------------ K-quant matmuls, llama.cpp's batched orders */
+typedef struct {
+    float *out;
+    const uint8_t *w;
+    const mg_block_q8_K *act;
+    int64_t n_rows, nb, n_tok;
+    int type, mode;
+} ll_kq_args;
+
+/* the 6-bit scale and min of sub-block j of a Q4_K super-block */
+static void ll_q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* one Q4_K super-block against one Q8_K block: per 64 elements (sb) the scale sum isum[sb] and min sum imin[sb] */
+static void ll_q4k_sums(const mg_block_q4_K *b, const mg_block_q8_K *y, int32_t isum[4], int32_t imin[4]) {
+    for (int sb = 0; sb < 4; sb++) { /* sub-blocks 2sb (low nibbles of qs[32sb..]) and 2sb+1 (high nibbles) */
+        isum[sb] = imin[sb] = 0;
+        for (int h = 0; h < 2; h++) {
+            int sc, m, dot = 0;
+            ll_q4k_scale_min(b->scales, 2 * sb + h, &sc, &m);
+            const int8_t *q8 = y->qs + 64 * sb + 32 * h;
+            for (int l = 0; l < 32; l++) dot += (h ? b->qs[32 * sb + l] >> 4 : b->qs[32 * sb + l] & 15) * q8[l];
+            isum[sb] += sc * dot;
+            imin[sb] += m * (y->bsums[4 * sb + 2 * h] + y->bsums[4 * sb + 2 * h + 1]);
+        }
+    }
+}
+
+/* sum over a Q6_K super-block of scale_j * (q - 32) . y, exact */
+static int32_t ll_q6k_sum(const mg_block_q6_K *b, const mg_block_q8_K *y) {
+    int8_t q[MG_QK_K];
+    for (int n = 0; n < 2; n++) {
+        const uint8_t *ql = b->ql + 64 * n, *qh = b->qh + 32 * n;
+        int8_t *o = q + 128 * n;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (int8_t)(((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32);
+            o[l + 32] = (int8_t)(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+        }
+    }
+    int32_t sum = 0;
+    for (int j = 0; j < 16; j++) {
+        int dot = 0;
+        for (int l = 0; l < 16; l++) dot += q[16 * j + l] * y->qs[16 * j + l];
+        sum += b->scales[j] * dot;
+    }
+    return sum;
+}
+
+static void ll_kq_task(void *arg, int ith, int nth) {
+    const ll_kq_args *a = arg;
+    const size_t bbytes = a->type == MG_Q4_K ? sizeof(mg_block_q4_K) : sizeof(mg_block_q6_K);
+    int64_t r0 = a->n_rows * ith / nth, r1 = a->n_rows * (ith + 1) / nth;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = a->w + (size_t)r * (size_t)a->nb * bbytes;
+        for (int64_t t = 0; t < a->n_tok; t++) {
+            const mg_block_q8_K *y = a->act + t * a->nb;
+            float acc = 0.0f, accm = 0.0f;
+            for (int64_t i = 0; i < a->nb; i++) {
+                const float dy = y[i].d;
+                if (a->type == MG_Q6_K) { /* tiled: acc = fma(d * isum, dy, acc) per super-block */
+                    mg_block_q6_K b;
+                    memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
+                    acc = fmaf(mg_f16_to_f32(b.d) * (float)ll_q6k_sum(&b, y + i), dy, acc);
+                    continue;
+                }
+                mg_block_q4_K b;
+                memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
+                const float d = mg_f16_to_f32(b.d), dmin = mg_f16_to_f32(b.dmin);
+                int32_t isum[4], imin[4];
+                ll_q4k_sums(&b, y + i, isum, imin);
+                if (a->mode == 0) { /* repacked 8x8 GEMM: per 64 elements, scale and min sums in two FMA chains */
+                    for (int sb = 0; sb < 4; sb++) {
+                        acc = fmaf((float)isum[sb], d * dy, acc);
+                        accm = fmaf((float)imin[sb], dmin * dy, accm);
+                    }
+                } else { /* tiled: res = d*isum - dmin*imin (fused), acc = fma(res, dy, acc) per super-block */
+                    int32_t s1 = isum[0] + isum[1] + isum[2] + isum[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
+                    acc = fmaf(fmaf(-dmin, (float)s2, d * (float)s1), dy, acc);
+                }
+            }
+            a->out[t * a->n_rows + r] = acc - accm;
+        }
+    }
+}
+
+int mg_kquant_gemm_ggml(mg_pool *pool, float *out, int type, int mode, const void *w, int64_t n_rows, int64_t n_in,
+                        const float *x, int64_t n_tok) {
+    if (!(type == MG_Q4_K && (mode == 0 || mode == 1)) && !(type == MG_Q6_K && mode == 1)) return MG_EUNSUPPORTED;
+    if (!out || !w || !x || n_rows <= 0 || n_in <= 0 || n_in % MG_QK_K || n_tok < 0) return MG_ESIZE;
+    if (n_tok == 0) return MG_OK;
+    const int64_t nb = n_in / MG_QK_K;
+    mg_block_q8_K *act = malloc(sizeof(mg_block_q8_K) * (size_t)(nb * n_tok));
+    if (!act) return MG_ENOMEM;
+    for (int64_t t = 0; t < n_tok; t++) mg_quantize_row_q8_K(x + t * n_in, act + t * nb, n_in);
+    ll_kq_args a = {out, w, act, n_rows, nb, n_tok, type, mode};
+    int nth = pool ? mg_pool_n_threads(pool) : 1;
+    mg_pool_run(pool, ll_kq_task, &a, (int)(n_rows < nth ? n_rows : nth));
+    free(act);
     return MG_OK;
 }
