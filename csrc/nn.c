@@ -555,6 +555,47 @@ MG_TARGET_AVX2 static void ll_axpy16_avx2(float *acc, float p, const uint16_t *v
         _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(_mm256_cvtph_ps(h), vp, _mm256_loadu_ps(acc + i)));
     }
 }
+/* ll_expf on 8 lanes (the same operations, fused where the scalar uses fmaf: bit-identical) */
+MG_TARGET_AVX2 static __m256 ll_expf8(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    __m256 n = _mm256_sub_ps(z, r);
+    __m256 ok = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), n), _mm256_set1_ps(126.0f), _CMP_LE_OQ);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(z), 23), _mm256_set1_epi32(0x3f800000)));
+    __m256 u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                                               _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+                               u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    return _mm256_and_ps(ok, _mm256_fmadd_ps(j, k, k));
+}
+
+/* x rounded to f16 and back, n a multiple of 8 */
+MG_TARGET_AVX2 static void ll_f16r_avx2(float *dst, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+}
+
+/* o[i] = the lane reduction (ll_hsum8 / ll_reduce4x8) of acc[s * d + i] over the span slots, 8 dims at a time */
+MG_TARGET_AVX2 static void ll_reduce_avx2(float *o, const float *acc, int span, int64_t d) {
+    for (int64_t i = 0; i < d; i += 8) {
+        __m256 a[32];
+        for (int s = 0; s < span; s++) a[s] = _mm256_loadu_ps(acc + s * d + i);
+        if (span == 32)
+            for (int l = 0; l < 8; l++) a[l] = _mm256_add_ps(_mm256_add_ps(a[l], a[16 + l]), _mm256_add_ps(a[8 + l], a[24 + l]));
+        __m256 t0 = _mm256_add_ps(a[0], a[4]), t1 = _mm256_add_ps(a[1], a[5]), t2 = _mm256_add_ps(a[2], a[6]), t3 = _mm256_add_ps(a[3], a[7]);
+        __m256 r = span == 32 ? _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3))
+                              : _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
+        _mm256_storeu_ps(o + i, r);
+    }
+}
+
+/* softmax numerators of one chunk of 8 cells (masked lanes hold -inf) in place; returns their lane sum */
+MG_TARGET_AVX2 static float ll_exp_chunk_avx2(float *l, float mx) {
+    __m256 e = ll_expf8(_mm256_sub_ps(_mm256_loadu_ps(l), _mm256_set1_ps(mx)));
+    _mm256_storeu_ps(l, e);
+    return ll_hsum8(l);
+}
 #endif
 
 static void ll_axpy16_scalar(float *acc, float p, const uint16_t *v, int64_t d) {
@@ -574,7 +615,11 @@ static void ll_attn_item(const ll_attn_args *a, float *sc, float *qh, float *acc
     const int64_t p = a->n_kv0 + t, g = h / (a->n_head / a->n_head_kv), hw = a->d_v + a->d_k;
     const int64_t lo = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
     const float *qs = a->q + (t * a->n_head + h) * a->d_k;
-    for (int64_t i = 0; i < a->d_k; i++) qh[i] = ll_f16r(qs[i]);
+#if MG_X86
+    if (a->simd) ll_f16r_avx2(qh, qs, a->d_k);
+    else
+#endif
+        for (int64_t i = 0; i < a->d_k; i++) qh[i] = ll_f16r(qs[i]);
     float mx = -INFINITY;
     for (int64_t j = lo; j <= p; j++) {
         const uint16_t *k = a->kv + j * a->row_stride + g * hw + a->d_v;
@@ -590,12 +635,17 @@ static void ll_attn_item(const ll_attn_args *a, float *sc, float *qh, float *acc
     double sum = 0.0;
     for (int64_t c0 = lo / 8 * 8; c0 <= p; c0 += 8) {
         float l[8];
-        for (int u = 0; u < 8; u++) {
-            int64_t j = c0 + u;
-            l[u] = j >= lo && j <= p ? ll_expf(sc[j] - mx) : 0.0f;
-            if (j >= lo && j <= p) sc[j] = l[u];
+        for (int u = 0; u < 8; u++) l[u] = c0 + u >= lo && c0 + u <= p ? sc[c0 + u] : -INFINITY;
+#if MG_X86
+        if (a->simd) sum += (double)ll_exp_chunk_avx2(l, mx);
+        else
+#endif
+        {
+            for (int u = 0; u < 8; u++) l[u] = ll_expf(l[u] - mx);
+            sum += (double)ll_hsum8(l);
         }
-        sum += (double)ll_hsum8(l);
+        for (int u = 0; u < 8; u++)
+            if (c0 + u >= lo && c0 + u <= p) sc[c0 + u] = l[u];
     }
     const float inv = (float)(1.0 / sum);
     const int span = a->mode ? 32 : 8;
@@ -611,8 +661,15 @@ static void ll_attn_item(const ll_attn_args *a, float *sc, float *qh, float *acc
 #endif
             ll_axpy16_scalar(ac, pj, v, a->d_v);
     }
-    float *o = a->out + (t * a->n_head + h) * a->d_v, l[32];
+    float *o = a->out + (t * a->n_head + h) * a->d_v;
+#if MG_X86
+    if (a->simd) {
+        ll_reduce_avx2(o, acc, span, a->d_v);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < a->d_v; i++) {
+        float l[32];
         for (int s = 0; s < span; s++) l[s] = acc[s * a->d_v + i];
         o[i] = a->mode ? ll_reduce4x8(l) : ll_hsum8(l);
     }
@@ -706,92 +763,158 @@ typedef struct {
     const uint8_t *w;
     const mg_block_q8_K *act;
     int64_t n_rows, nb, n_tok;
-    int type, mode;
+    int type, mode, simd, failed;
 } ll_kq_args;
 
-/* the 6-bit scale and min of sub-block j of a Q4_K super-block */
-static void ll_q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *m = s[j + 4] & 63;
-    } else {
-        *sc = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
-        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
-}
-
-/* one Q4_K super-block against one Q8_K block: per 64 elements (sb) the scale sum isum[sb] and min sum imin[sb] */
-static void ll_q4k_sums(const mg_block_q4_K *b, const mg_block_q8_K *y, int32_t isum[4], int32_t imin[4]) {
-    for (int sb = 0; sb < 4; sb++) { /* sub-blocks 2sb (low nibbles of qs[32sb..]) and 2sb+1 (high nibbles) */
-        isum[sb] = imin[sb] = 0;
-        for (int h = 0; h < 2; h++) {
-            int sc, m, dot = 0;
-            ll_q4k_scale_min(b->scales, 2 * sb + h, &sc, &m);
-            const int8_t *q8 = y->qs + 64 * sb + 32 * h;
-            for (int l = 0; l < 32; l++) dot += (h ? b->qs[32 * sb + l] >> 4 : b->qs[32 * sb + l] & 15) * q8[l];
-            isum[sb] += sc * dot;
-            imin[sb] += m * (y->bsums[4 * sb + 2 * h] + y->bsums[4 * sb + 2 * h + 1]);
+/* the 6-bit scales and mins of the 8 sub-blocks of a Q4_K super-block */
+static void ll_q4k_scales(const uint8_t *s, int sc[8], int m[8]) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            sc[j] = s[j] & 63;
+            m[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+            m[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
         }
     }
 }
 
-/* sum over a Q6_K super-block of scale_j * (q - 32) . y, exact */
-static int32_t ll_q6k_sum(const mg_block_q6_K *b, const mg_block_q8_K *y) {
-    int8_t q[MG_QK_K];
+/* integer dots of the 8 Q4_K sub-blocks (nibbles of qs[128]) with q8[256]: sub-block 2c = low nibbles of
+ * qs[32c..32c+31] (elements 64c..64c+31), 2c+1 = their high nibbles (64c+32..64c+63) */
+static void ll_q4k_dots_scalar(const uint8_t *qs, const int8_t *q8, int32_t dot[8]) {
+    for (int c = 0; c < 4; c++) {
+        int32_t lo = 0, hi = 0;
+        for (int l = 0; l < 32; l++) {
+            lo += (qs[32 * c + l] & 15) * q8[64 * c + l];
+            hi += (qs[32 * c + l] >> 4) * q8[64 * c + 32 + l];
+        }
+        dot[2 * c] = lo;
+        dot[2 * c + 1] = hi;
+    }
+}
+
+/* Q6_K super-block -> 256 unsigned 6-bit codes (element order) */
+static void ll_q6k_codes(const mg_block_q6_K *b, uint8_t q[MG_QK_K]) {
     for (int n = 0; n < 2; n++) {
         const uint8_t *ql = b->ql + 64 * n, *qh = b->qh + 32 * n;
-        int8_t *o = q + 128 * n;
+        uint8_t *o = q + 128 * n;
         for (int l = 0; l < 32; l++) {
-            o[l] = (int8_t)(((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32);
-            o[l + 32] = (int8_t)(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
-            o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-            o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            o[l] = (uint8_t)((ql[l] & 15) | ((qh[l] & 3) << 4));
+            o[l + 32] = (uint8_t)((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4));
+            o[l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
         }
     }
-    int32_t sum = 0;
-    for (int j = 0; j < 16; j++) {
-        int dot = 0;
-        for (int l = 0; l < 16; l++) dot += q[16 * j + l] * y->qs[16 * j + l];
-        sum += b->scales[j] * dot;
-    }
-    return sum;
 }
 
+/* dot16[j] = sum over the 16 elements of group j of code * q8 (the -32 offset is applied by the caller) */
+static void ll_q6k_dots_scalar(const uint8_t *q, const int8_t *q8, int32_t dot16[16]) {
+    for (int j = 0; j < 16; j++) {
+        int32_t d = 0;
+        for (int l = 0; l < 16; l++) d += q[16 * j + l] * q8[16 * j + l];
+        dot16[j] = d;
+    }
+}
+
+#if MG_X86
+MG_TARGET_AVX2 static inline int32_t ll_hsum_i32x4(__m128i v) {
+    v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 1));
+    return _mm_cvtsi128_si32(v);
+}
+
+/* unsigned bytes (< 64) x signed bytes -> 8 int32 sums of 4 (exact: pairs stay below 2^15) */
+MG_TARGET_AVX2 static inline __m256i ll_dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+MG_TARGET_AVX2 static void ll_q4k_dots_avx2(const uint8_t *qs, const int8_t *q8, int32_t dot[8]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    for (int c = 0; c < 4; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+        __m256i lo = ll_dot_u8s8(_mm256_and_si256(v, m4), _mm256_loadu_si256((const __m256i *)(const void *)(q8 + 64 * c)));
+        __m256i hi = ll_dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                 _mm256_loadu_si256((const __m256i *)(const void *)(q8 + 64 * c + 32)));
+        dot[2 * c] = ll_hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
+        dot[2 * c + 1] = ll_hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)));
+    }
+}
+
+MG_TARGET_AVX2 static void ll_q6k_dots_avx2(const uint8_t *q, const int8_t *q8, int32_t dot16[16]) {
+    for (int k = 0; k < 8; k++) { /* 32 bytes = groups 2k (int32 lanes 0..3) and 2k+1 (lanes 4..7) */
+        __m256i p = ll_dot_u8s8(_mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * k)),
+                                _mm256_loadu_si256((const __m256i *)(const void *)(q8 + 32 * k)));
+        dot16[2 * k] = ll_hsum_i32x4(_mm256_castsi256_si128(p));
+        dot16[2 * k + 1] = ll_hsum_i32x4(_mm256_extracti128_si256(p, 1));
+    }
+}
+#endif
+
 static void ll_kq_task(void *arg, int ith, int nth) {
-    const ll_kq_args *a = arg;
+    ll_kq_args *a = arg;
     const size_t bbytes = a->type == MG_Q4_K ? sizeof(mg_block_q4_K) : sizeof(mg_block_q6_K);
-    int64_t r0 = a->n_rows * ith / nth, r1 = a->n_rows * (ith + 1) / nth;
+    const int64_t r0 = a->n_rows * ith / nth, r1 = a->n_rows * (ith + 1) / nth, T = a->n_tok;
+    float *acc = malloc(sizeof(float) * (size_t)(2 * T));
+    if (!acc) {
+        a->failed = 1; /* benign race: every writer stores 1 */
+        return;
+    }
+    float *accm = acc + T;
+#if MG_X86
+    void (*q4dots)(const uint8_t *, const int8_t *, int32_t *) = a->simd ? ll_q4k_dots_avx2 : ll_q4k_dots_scalar;
+    void (*q6dots)(const uint8_t *, const int8_t *, int32_t *) = a->simd ? ll_q6k_dots_avx2 : ll_q6k_dots_scalar;
+#else
+    void (*q4dots)(const uint8_t *, const int8_t *, int32_t *) = ll_q4k_dots_scalar;
+    void (*q6dots)(const uint8_t *, const int8_t *, int32_t *) = ll_q6k_dots_scalar;
+#endif
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = a->w + (size_t)r * (size_t)a->nb * bbytes;
-        for (int64_t t = 0; t < a->n_tok; t++) {
-            const mg_block_q8_K *y = a->act + t * a->nb;
-            float acc = 0.0f, accm = 0.0f;
-            for (int64_t i = 0; i < a->nb; i++) {
-                const float dy = y[i].d;
-                if (a->type == MG_Q6_K) { /* tiled: acc = fma(d * isum, dy, acc) per super-block */
-                    mg_block_q6_K b;
-                    memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
-                    acc = fmaf(mg_f16_to_f32(b.d) * (float)ll_q6k_sum(&b, y + i), dy, acc);
-                    continue;
-                }
-                mg_block_q4_K b;
+        for (int64_t t = 0; t < T; t++) acc[t] = accm[t] = 0.0f;
+        for (int64_t i = 0; i < a->nb; i++) {
+            if (a->type == MG_Q6_K) { /* tiled: acc = fma(d * isum, dy, acc) per super-block */
+                mg_block_q6_K b;
+                uint8_t q[MG_QK_K];
                 memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
-                const float d = mg_f16_to_f32(b.d), dmin = mg_f16_to_f32(b.dmin);
-                int32_t isum[4], imin[4];
-                ll_q4k_sums(&b, y + i, isum, imin);
+                ll_q6k_codes(&b, q);
+                const float d = mg_f16_to_f32(b.d);
+                for (int64_t t = 0; t < T; t++) {
+                    const mg_block_q8_K *y = a->act + t * a->nb + i;
+                    int32_t dot16[16], isum = 0;
+                    q6dots(q, y->qs, dot16);
+                    for (int j = 0; j < 16; j++) isum += b.scales[j] * (dot16[j] - 32 * y->bsums[j]);
+                    acc[t] = fmaf(d * (float)isum, y->d, acc[t]);
+                }
+                continue;
+            }
+            mg_block_q4_K b;
+            memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
+            int sc[8], m[8];
+            ll_q4k_scales(b.scales, sc, m);
+            const float d = mg_f16_to_f32(b.d), dmin = mg_f16_to_f32(b.dmin);
+            for (int64_t t = 0; t < T; t++) {
+                const mg_block_q8_K *y = a->act + t * a->nb + i;
+                int32_t dot[8], isum[4], imin[4];
+                q4dots(b.qs, y->qs, dot);
+                for (int sb = 0; sb < 4; sb++) { /* 64 elements: sub-blocks 2sb and 2sb+1 */
+                    isum[sb] = sc[2 * sb] * dot[2 * sb] + sc[2 * sb + 1] * dot[2 * sb + 1];
+                    imin[sb] = m[2 * sb] * (y->bsums[4 * sb] + y->bsums[4 * sb + 1]) +
+                               m[2 * sb + 1] * (y->bsums[4 * sb + 2] + y->bsums[4 * sb + 3]);
+                }
+                const float dy = y->d;
                 if (a->mode == 0) { /* repacked 8x8 GEMM: per 64 elements, scale and min sums in two FMA chains */
                     for (int sb = 0; sb < 4; sb++) {
-                        acc = fmaf((float)isum[sb], d * dy, acc);
-                        accm = fmaf((float)imin[sb], dmin * dy, accm);
+                        acc[t] = fmaf((float)isum[sb], d * dy, acc[t]);
+                        accm[t] = fmaf((float)imin[sb], dmin * dy, accm[t]);
                     }
                 } else { /* tiled: res = d*isum - dmin*imin (fused), acc = fma(res, dy, acc) per super-block */
                     int32_t s1 = isum[0] + isum[1] + isum[2] + isum[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
-                    acc = fmaf(fmaf(-dmin, (float)s2, d * (float)s1), dy, acc);
+                    acc[t] = fmaf(fmaf(-dmin, (float)s2, d * (float)s1), dy, acc[t]);
                 }
             }
-            a->out[t * a->n_rows + r] = acc - accm;
         }
+        for (int64_t t = 0; t < T; t++) a->out[t * a->n_rows + r] = acc[t] - accm[t];
     }
+    free(acc);
 }
 
 int mg_kquant_gemm_ggml(mg_pool *pool, float *out, int type, int mode, const void *w, int64_t n_rows, int64_t n_in,
@@ -803,9 +926,9 @@ int mg_kquant_gemm_ggml(mg_pool *pool, float *out, int type, int mode, const voi
     mg_block_q8_K *act = malloc(sizeof(mg_block_q8_K) * (size_t)(nb * n_tok));
     if (!act) return MG_ENOMEM;
     for (int64_t t = 0; t < n_tok; t++) mg_quantize_row_q8_K(x + t * n_in, act + t * nb, n_in);
-    ll_kq_args a = {out, w, act, n_rows, nb, n_tok, type, mode};
+    ll_kq_args a = {out, w, act, n_rows, nb, n_tok, type, mode, mg_get_simd_level() >= 1, 0};
     int nth = pool ? mg_pool_n_threads(pool) : 1;
     mg_pool_run(pool, ll_kq_task, &a, (int)(n_rows < nth ? n_rows : nth));
     free(act);
-    return MG_OK;
+    return a.failed ? MG_ENOMEM : MG_OK;
 }
