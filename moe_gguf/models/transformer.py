@@ -18,7 +18,7 @@ The FFN is SwiGLU or GeGLU (tanh GELU), or top-k routed experts (softmax gating,
 plus an optional shared expert with a sigmoid gate (Qwen2-MoE).
 
 Arithmetic follows llama.cpp's CPU backend (x86 AVX2, llama-cpp-python's defaults) so that a quantized file gives
-the same logits bit for bit: an F16 KV cache (`kv_type="f16"`, the default; "f32" keeps float32 rows) with
+the same logits bit for bit: an F16 KV cache (`cache_type="f16"`, the default; "f32" keeps float32 rows) with
 queries and softmax weights rounded to f16 and llama.cpp's accumulation order (nn.attention_f16_ggml), ggml's
 RoPE (nn.rope_ggml_) unless YaRN is on, ggml's f16 GELU table, sqrt(n_embd) rounded as sqrtf.
 """
@@ -221,10 +221,10 @@ class TransformerModel(CausalLM):
 
     family: Family  # set by each family's subclass
 
-    def __init__(self, file: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None, kv_type: str = "f16") -> None:
-        if kv_type not in ("f16", "f32"):
-            raise ValueError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
-        self.kv_type = kv_type
+    def __init__(self, file: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None, cache_type: str = "f16") -> None:
+        if cache_type not in ("f16", "f32"):
+            raise ValueError(f"cache_type must be 'f16' or 'f32', got {cache_type!r}")
+        self.cache_type = cache_type
         self.file = file
         fam = self.family
         self.architecture = fam.arch
@@ -326,8 +326,8 @@ class TransformerModel(CausalLM):
     # ------------------------------------------------------------------------------------ public API
     def new_cache(self) -> KVCache:
         """One sequence's cache: per layer n_ctx rows of n_head_kv x [v | k], float16 (llama.cpp's default) or
-        float32 as the model's kv_type says."""
-        return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width, self.kv_type)
+        float32 as the model's cache_type says."""
+        return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width, self.cache_type)
 
     def shift_cache(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
         """Context shift: drops cached positions [n_keep, n_keep + n_discard) and moves the later ones down,
@@ -447,12 +447,12 @@ class TransformerModel(CausalLM):
         return self._mm(L.wo, out.reshape(n, H * hv))
 
     def _mm(self, W: Weight, x: np.ndarray) -> np.ndarray:
-        """x @ W.T.  With llama.cpp's arithmetic on (kv_type f16), batches take the orders of llama.cpp's x86 batch
+        """x @ W.T.  With llama.cpp's arithmetic on (cache_type f16), batches take the orders of llama.cpp's x86 batch
         kernels, where they differ from its one-token dot (which the regular kernels match): a Q4_K matrix of
         n_out % 8 == 0 rows is repacked there, its first n - n % 4 tokens (n >= 4) go through the 8x8 GEMM;
         other Q4_K and Q6_K matrices take the tiled GEMM for batches of n >= 8 tokens."""
         n, t = x.shape[0], W.ggml_type
-        if self.kv_type != "f16" or t not in (_Q4_K, _Q6_K) or W.shape[-1] % 256:
+        if self.cache_type != "f16" or t not in (_Q4_K, _Q6_K) or W.shape[-1] % 256:
             return W.mm(x)
         if t == _Q4_K and W.shape[0] % 8 == 0:
             m = n - n % 4 if n >= 4 else 0
@@ -524,7 +524,7 @@ def family_class(arch: str) -> type[TransformerModel] | None:
     return getattr(importlib.import_module(f"{__package__}.{entry[0]}"), entry[1])
 
 
-def load_family(path: Any, n_ctx: int | None = None, n_threads: int | None = None, kv_type: str = "f16") -> TransformerModel:
+def load_family(path: Any, n_ctx: int | None = None, n_threads: int | None = None, cache_type: str = "f16") -> TransformerModel:
     """Opens a GGUF of one of the shared-block families (what moe_gguf.models.load_model does for them once
     they are in its registry); ModelLoadError naming the architecture and the supported ones otherwise."""
     f = GGUFFile(path)
@@ -534,7 +534,7 @@ def load_family(path: Any, n_ctx: int | None = None, n_threads: int | None = Non
             raise ModelLoadError(
                 f"{f.path}: architecture {f.architecture!r} is not supported (supported: {', '.join(sorted(FAMILY_MODELS))})"
             )
-        return cls(f, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type)
+        return cls(f, n_ctx=n_ctx, n_threads=n_threads, cache_type=cache_type)
     except BaseException:
         f.close()
         raise
