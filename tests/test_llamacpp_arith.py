@@ -17,20 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_gguf._kernels import lib
 from moe_gguf.ops import nn
+from test_quants import LEVELS, _with_level  # SIMD levels to test, and running a call at one of them
 
-LEVELS = [0, 1] if lib.mg_cpu_simd_level() >= 1 else [0]
 f32, f64 = np.float32, np.float64
-
-
-def _with_level(level: int, fn, *args, **kw):
-    prev = lib.mg_get_simd_level()
-    lib.mg_set_simd_level(level)
-    try:
-        return fn(*args, **kw)
-    finally:
-        lib.mg_set_simd_level(prev)
 
 
 def fma(a, b, c) -> np.ndarray:
