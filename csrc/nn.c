@@ -823,94 +823,150 @@ MG_TARGET_AVX2 static inline int32_t ll_hsum_i32x4(__m128i v) {
     return _mm_cvtsi128_si32(v);
 }
 
-/* unsigned bytes (< 64) x signed bytes -> 8 int32 sums of 4 (exact: pairs stay below 2^15) */
-MG_TARGET_AVX2 static inline __m256i ll_dot_u8s8(__m256i u, __m256i s) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-}
-
-MG_TARGET_AVX2 static void ll_q4k_dots_avx2(const uint8_t *qs, const int8_t *q8, int32_t dot[8]) {
+/* one Q4_K super-block against the T activation blocks y[t * ystride]: per token the 4 scale sums of 64
+ * elements (isum) and min sums (imin), exact; nibbles unpacked once for all tokens */
+MG_TARGET_AVX2 static void ll_q4k_block_avx2(const mg_block_q4_K *b, const int sc[8], const int m[8],
+                                             const mg_block_q8_K *y, int64_t ystride, int64_t T, int32_t (*isum)[4],
+                                             int32_t (*imin)[4]) {
     const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i lo[4], hi[4], s_lo[4], s_hi[4];
     for (int c = 0; c < 4; c++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
-        __m256i lo = ll_dot_u8s8(_mm256_and_si256(v, m4), _mm256_loadu_si256((const __m256i *)(const void *)(q8 + 64 * c)));
-        __m256i hi = ll_dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                                 _mm256_loadu_si256((const __m256i *)(const void *)(q8 + 64 * c + 32)));
-        dot[2 * c] = ll_hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)));
-        dot[2 * c + 1] = ll_hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(b->qs + 32 * c));
+        lo[c] = _mm256_and_si256(v, m4);
+        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        s_lo[c] = _mm256_set1_epi16((short)sc[2 * c]);
+        s_hi[c] = _mm256_set1_epi16((short)sc[2 * c + 1]);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const mg_block_q8_K *yt = y + t * ystride;
+        for (int c = 0; c < 4; c++) {
+            __m256i a = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[c], _mm256_loadu_si256((const __m256i *)(const void *)(yt->qs + 64 * c))), s_lo[c]);
+            __m256i e = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[c], _mm256_loadu_si256((const __m256i *)(const void *)(yt->qs + 64 * c + 32))), s_hi[c]);
+            __m256i v = _mm256_add_epi32(a, e);
+            isum[t][c] = ll_hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+            imin[t][c] = m[2 * c] * (yt->bsums[4 * c] + yt->bsums[4 * c + 1]) + m[2 * c + 1] * (yt->bsums[4 * c + 2] + yt->bsums[4 * c + 3]);
+        }
     }
 }
 
-MG_TARGET_AVX2 static void ll_q6k_dots_avx2(const uint8_t *q, const int8_t *q8, int32_t dot16[16]) {
-    for (int k = 0; k < 8; k++) { /* 32 bytes = groups 2k (int32 lanes 0..3) and 2k+1 (lanes 4..7) */
-        __m256i p = ll_dot_u8s8(_mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * k)),
-                                _mm256_loadu_si256((const __m256i *)(const void *)(q8 + 32 * k)));
-        dot16[2 * k] = ll_hsum_i32x4(_mm256_castsi256_si128(p));
-        dot16[2 * k + 1] = ll_hsum_i32x4(_mm256_extracti128_si256(p, 1));
+/* sum_j scales[j] * (q - 32) . y over a Q6_K super-block (codes q unpacked) for the T activation blocks */
+MG_TARGET_AVX2 static void ll_q6k_block_avx2(const uint8_t *q, const int8_t *scales, const mg_block_q8_K *y, int64_t ystride,
+                                             int64_t T, int32_t *isum) {
+    __m256i qv[8], sv[8];
+    for (int k = 0; k < 8; k++) {
+        qv[k] = _mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * k));
+        sv[k] = _mm256_set_m128i(_mm_set1_epi16(scales[2 * k + 1]), _mm_set1_epi16(scales[2 * k]));
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const mg_block_q8_K *yt = y + t * ystride;
+        __m256i acc = _mm256_setzero_si256();
+        for (int k = 0; k < 8; k++)
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qv[k], _mm256_loadu_si256((const __m256i *)(const void *)(yt->qs + 32 * k))), sv[k]));
+        int32_t off = 0;
+        for (int j = 0; j < 16; j++) off += scales[j] * yt->bsums[j];
+        isum[t] = ll_hsum_i32x4(_mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1))) - 32 * off;
     }
 }
+#endif
+
+/* The float accumulation of one super-block for T tokens (fmaf is one instruction in the AVX2 build of the
+ * same body).  Q4_K mode 0, repacked 8x8 GEMM: per 64 elements, scale and min sums in two FMA chains; mode 1,
+ * tiled: res = d*isum - dmin*imin (fused), acc = fma(res, dy, acc) per super-block.  Q6_K (tiled): acc =
+ * fma(d * isum, dy, acc). */
+#define LL_Q4K_FMA_BODY                                                                                        \
+    for (int64_t t = 0; t < T; t++) {                                                                          \
+        const float dy = y[t * ystride].d;                                                                     \
+        if (mode == 0) {                                                                                       \
+            for (int sb = 0; sb < 4; sb++) {                                                                   \
+                acc[t] = fmaf((float)isum[t][sb], d * dy, acc[t]);                                             \
+                accm[t] = fmaf((float)imin[t][sb], dmin * dy, accm[t]);                                        \
+            }                                                                                                  \
+        } else {                                                                                               \
+            int32_t s1 = isum[t][0] + isum[t][1] + isum[t][2] + isum[t][3];                                    \
+            int32_t s2 = imin[t][0] + imin[t][1] + imin[t][2] + imin[t][3];                                    \
+            acc[t] = fmaf(fmaf(-dmin, (float)s2, d * (float)s1), dy, acc[t]);                                  \
+        }                                                                                                      \
+    }
+#define LL_Q4K_FMA_ARGS                                                                                        \
+    float *acc, float *accm, int32_t (*isum)[4], int32_t (*imin)[4], float d, float dmin, const mg_block_q8_K *y, \
+        int64_t ystride, int64_t T, int mode
+#define LL_Q6K_FMA_BODY                                                                                        \
+    for (int64_t t = 0; t < T; t++) acc[t] = fmaf(d * (float)isum[t], y[t * ystride].d, acc[t]);
+#define LL_Q6K_FMA_ARGS float *acc, const int32_t *isum, float d, const mg_block_q8_K *y, int64_t ystride, int64_t T
+
+static void ll_q4k_fma_scalar(LL_Q4K_FMA_ARGS) { LL_Q4K_FMA_BODY }
+static void ll_q6k_fma_scalar(LL_Q6K_FMA_ARGS) { LL_Q6K_FMA_BODY }
+#if MG_X86
+MG_TARGET_AVX2 static void ll_q4k_fma_avx2(LL_Q4K_FMA_ARGS) { LL_Q4K_FMA_BODY }
+MG_TARGET_AVX2 static void ll_q6k_fma_avx2(LL_Q6K_FMA_ARGS) { LL_Q6K_FMA_BODY }
 #endif
 
 static void ll_kq_task(void *arg, int ith, int nth) {
     ll_kq_args *a = arg;
     const size_t bbytes = a->type == MG_Q4_K ? sizeof(mg_block_q4_K) : sizeof(mg_block_q6_K);
     const int64_t r0 = a->n_rows * ith / nth, r1 = a->n_rows * (ith + 1) / nth, T = a->n_tok;
-    float *acc = malloc(sizeof(float) * (size_t)(2 * T));
+    /* per token: acc, accm, and the integer sums of the current super-block */
+    float *acc = malloc(sizeof(float) * (size_t)(2 * T) + sizeof(int32_t) * (size_t)(8 * T));
     if (!acc) {
         a->failed = 1; /* benign race: every writer stores 1 */
         return;
     }
     float *accm = acc + T;
-#if MG_X86
-    void (*q4dots)(const uint8_t *, const int8_t *, int32_t *) = a->simd ? ll_q4k_dots_avx2 : ll_q4k_dots_scalar;
-    void (*q6dots)(const uint8_t *, const int8_t *, int32_t *) = a->simd ? ll_q6k_dots_avx2 : ll_q6k_dots_scalar;
-#else
-    void (*q4dots)(const uint8_t *, const int8_t *, int32_t *) = ll_q4k_dots_scalar;
-    void (*q6dots)(const uint8_t *, const int8_t *, int32_t *) = ll_q6k_dots_scalar;
-#endif
+    int32_t (*isum)[4] = (int32_t (*)[4])(void *)(accm + T), (*imin)[4] = isum + T;
+    int32_t *isum6 = (int32_t *)isum;
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = a->w + (size_t)r * (size_t)a->nb * bbytes;
         for (int64_t t = 0; t < T; t++) acc[t] = accm[t] = 0.0f;
         for (int64_t i = 0; i < a->nb; i++) {
+            const mg_block_q8_K *y = a->act + i; /* token t's block: y[t * nb] */
             if (a->type == MG_Q6_K) { /* tiled: acc = fma(d * isum, dy, acc) per super-block */
                 mg_block_q6_K b;
                 uint8_t q[MG_QK_K];
                 memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
                 ll_q6k_codes(&b, q);
+#if MG_X86
+                if (a->simd) ll_q6k_block_avx2(q, b.scales, y, a->nb, T, isum6);
+                else
+#endif
+                    for (int64_t t = 0; t < T; t++) {
+                        const mg_block_q8_K *yt = y + t * a->nb;
+                        int32_t dot16[16], sum = 0;
+                        ll_q6k_dots_scalar(q, yt->qs, dot16);
+                        for (int j = 0; j < 16; j++) sum += b.scales[j] * (dot16[j] - 32 * yt->bsums[j]);
+                        isum6[t] = sum;
+                    }
                 const float d = mg_f16_to_f32(b.d);
-                for (int64_t t = 0; t < T; t++) {
-                    const mg_block_q8_K *y = a->act + t * a->nb + i;
-                    int32_t dot16[16], isum = 0;
-                    q6dots(q, y->qs, dot16);
-                    for (int j = 0; j < 16; j++) isum += b.scales[j] * (dot16[j] - 32 * y->bsums[j]);
-                    acc[t] = fmaf(d * (float)isum, y->d, acc[t]);
-                }
+#if MG_X86
+                if (a->simd) ll_q6k_fma_avx2(acc, isum6, d, y, a->nb, T);
+                else
+#endif
+                    ll_q6k_fma_scalar(acc, isum6, d, y, a->nb, T);
                 continue;
             }
             mg_block_q4_K b;
             memcpy(&b, row + (size_t)i * bbytes, sizeof(b));
             int sc[8], m[8];
             ll_q4k_scales(b.scales, sc, m);
-            const float d = mg_f16_to_f32(b.d), dmin = mg_f16_to_f32(b.dmin);
-            for (int64_t t = 0; t < T; t++) {
-                const mg_block_q8_K *y = a->act + t * a->nb + i;
-                int32_t dot[8], isum[4], imin[4];
-                q4dots(b.qs, y->qs, dot);
-                for (int sb = 0; sb < 4; sb++) { /* 64 elements: sub-blocks 2sb and 2sb+1 */
-                    isum[sb] = sc[2 * sb] * dot[2 * sb] + sc[2 * sb + 1] * dot[2 * sb + 1];
-                    imin[sb] = m[2 * sb] * (y->bsums[4 * sb] + y->bsums[4 * sb + 1]) +
-                               m[2 * sb + 1] * (y->bsums[4 * sb + 2] + y->bsums[4 * sb + 3]);
-                }
-                const float dy = y->d;
-                if (a->mode == 0) { /* repacked 8x8 GEMM: per 64 elements, scale and min sums in two FMA chains */
-                    for (int sb = 0; sb < 4; sb++) {
-                        acc[t] = fmaf((float)isum[sb], d * dy, acc[t]);
-                        accm[t] = fmaf((float)imin[sb], dmin * dy, accm[t]);
+#if MG_X86
+            if (a->simd) ll_q4k_block_avx2(&b, sc, m, y, a->nb, T, isum, imin);
+            else
+#endif
+                for (int64_t t = 0; t < T; t++) {
+                    const mg_block_q8_K *yt = y + t * a->nb;
+                    int32_t dot[8];
+                    ll_q4k_dots_scalar(b.qs, yt->qs, dot);
+                    for (int sb = 0; sb < 4; sb++) { /* 64 elements: sub-blocks 2sb and 2sb+1 */
+                        isum[t][sb] = sc[2 * sb] * dot[2 * sb] + sc[2 * sb + 1] * dot[2 * sb + 1];
+                        imin[t][sb] = m[2 * sb] * (yt->bsums[4 * sb] + yt->bsums[4 * sb + 1]) +
+                                      m[2 * sb + 1] * (yt->bsums[4 * sb + 2] + yt->bsums[4 * sb + 3]);
                     }
-                } else { /* tiled: res = d*isum - dmin*imin (fused), acc = fma(res, dy, acc) per super-block */
-                    int32_t s1 = isum[0] + isum[1] + isum[2] + isum[3], s2 = imin[0] + imin[1] + imin[2] + imin[3];
-                    acc[t] = fmaf(fmaf(-dmin, (float)s2, d * (float)s1), dy, acc[t]);
                 }
-            }
+            const float d = mg_f16_to_f32(b.d), dmin = mg_f16_to_f32(b.dmin);
+#if MG_X86
+            if (a->simd) ll_q4k_fma_avx2(acc, accm, isum, imin, d, dmin, y, a->nb, T, a->mode);
+            else
+#endif
+                ll_q4k_fma_scalar(acc, accm, isum, imin, d, dmin, y, a->nb, T, a->mode);
         }
         for (int64_t t = 0; t < T; t++) a->out[t * a->n_rows + r] = acc[t] - accm[t];
     }
