@@ -132,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{prompt!r}: step {agree}: margin of each side's choice over the other's: ours {mo:.3f}, llama.cpp {ml:.3f}")
         ok &= agree >= a.n
         print(f"\nprompt {prompt!r}: {len(ids)} tokens (tokenizers agree: {ours_ids == r['prompt_ids']})")
-        print(f"  max |logit diff| on the prompt: {diff:.4f} (max |logit| {scale:.2f}, relative {diff / scale:.2e})")
+        print(f"  max |logit diff| on the prompt: {diff:.4f} (max |logit| {scale:.2f}, relative {diff / scale:.2e};"
+              f" bit-identical: {bool(np.array_equal(logits, r['logits']))})")
         print(f"  greedy tokens agreeing: {agree}/{a.n}")
+        if agree:  # the decode steps both sides took on the same history
+            sd = max(float(np.max(np.abs(ours_steps[i] - r["steps"][i]))) for i in range(min(agree + 1, a.n)))
+            print(f"  max |logit diff| over those decode steps: {sd:.4f}")
         print(f"  moe-gguf : {tok.decode(gen)!r}")
         print(f"  llama.cpp: {tok.decode(r['greedy'])!r}")
     for note in notes:

@@ -485,13 +485,6 @@ class TransformerModel(CausalLM):
         return y
 
 
-def gelu_tanh_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """gelu_tanh(g) * u (GELU's tanh approximation, as Gemma's gelu_pytorch_tanh), float32."""
-    g = g.astype(np.float32, copy=False)
-    c = np.float32(math.sqrt(2.0 / math.pi))
-    return (np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u).astype(np.float32)
-
-
 def _make_pool(n_threads: int | None) -> Any:
     from . import base
 
