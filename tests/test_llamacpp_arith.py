@@ -303,6 +303,78 @@ def test_q6_K_tiled_gemm_matches_llamacpp_order() -> None:
         nn.kquant_gemm_ggml(raw, 14, nb * 256, x[:, :256], nn.KQ_GEMM_TILED)
 
 
+# ------------------------------------------------------------------------------------------------ dot orders
+# The matmul kernels (csrc/vecdot.c) reproduce these orders on their AVX2 path; their plain C references keep
+# their own order (and are held to the AVX2 path within rounding by tests/test_matmul.py).
+needs_avx2 = pytest.mark.skipif(LEVELS[-1] < 1, reason="llama.cpp's x86 orders are those of the AVX2 kernels")
+
+def _q8_0_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's x86 Q8_0 activations: d = f16(amax/127), q = rint(x * 127/amax)."""
+    b = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(b).max(-1)
+    q = np.rint(b * (f32(127) / amax)[..., None].astype(f32)).astype(np.int64)
+    return (amax / f32(127)).astype(np.float16).astype(f32), q
+
+
+@needs_avx2
+@pytest.mark.parametrize("wtype", ["Q5_0", "Q8_0"])
+def test_32_block_dots_take_ggml_avx2_order(wtype: str) -> None:
+    """ggml_vec_dot_q5_0_q8_0 / _q8_0_q8_0 (AVX2) and llamafile's tinyBLAS_Q0_AVX: per block 8 lanes of 4-product
+    integer sums, ONE chain acc = fma(f16(d_w) * f16(d_x), lanes, acc), then the 8-lane horizontal sum."""
+    from gguf import GGMLQuantizationType as GQ
+    from gguf.quants import quantize as gq
+
+    from moe_gguf.ops import matmul as mm
+
+    rng = np.random.default_rng(11)
+    n_out, n_in, T = 8, 320, 6
+    w = rng.standard_normal((n_out, n_in)).astype(f32)
+    raw = gq(w, GQ[wtype])
+    bsz = 22 if wtype == "Q5_0" else 34
+    blk = raw.reshape(n_out, -1, bsz)
+    dw = blk[..., :2].copy().view(np.float16)[..., 0].astype(f32)
+    if wtype == "Q8_0":
+        qw = blk[..., 2:].view(np.int8).astype(np.int64)
+    else:  # documented Q5_0: 4 low bits in qs (elements j, j+16 as low/high nibble), 5th bit in qh, minus 16
+        qh = blk[..., 2:6].copy().view(np.uint32)[..., 0].astype(np.int64)
+        qs = blk[..., 6:].astype(np.int64)
+        bits = (qh[..., None] >> np.arange(32)) & 1
+        qw = np.concatenate([qs & 15, qs >> 4], -1) + 16 * bits - 16
+    x = rng.standard_normal((T, n_in)).astype(f32)
+    dx, qx = _q8_0_act(x)
+    lanes = (qw[None] * qx[:, None]).reshape(T, n_out, -1, 8, 4).sum(-1).astype(f32)  # (T, out, block, lane)
+    acc = np.zeros((T, n_out, 8), f32)
+    for i in range(n_in // 32):
+        acc = fma((dw[None, :, i] * dx[:, None, i]).astype(f32)[..., None], lanes[:, :, i], acc)
+    want = _hsum8(acc)
+    qwt = mm.QWeight(raw, int(GQ[wtype]), (n_out, n_in))
+    for rows in (x[:1], x[:4], x):  # one token (GEMV), a full tile, tiles + rest
+        got = _with_level(1, mm.matmul, None, qwt, np.ascontiguousarray(rows))
+        np.testing.assert_array_equal(got, want[: len(rows)], err_msg=f"{len(rows)} tokens")
+
+
+@needs_avx2
+def test_q4_K_dot_takes_ggml_repacked_gemv_order() -> None:
+    """llama.cpp's repacked Q4_K GEMV (AVX2, every Q4_K matrix of n_out % 8 == 0): per super-block the exact
+    integer sums, acc = fma(isum, d*dy, acc), accm = fma(imin, dmin*dy, accm); result acc - accm."""
+    from moe_gguf.ops import matmul as mm
+
+    rng = np.random.default_rng(12)
+    n_rows, nb, T = 8, 3, 5
+    raw = _random_blocks(rng, n_rows, nb, 144, [0, 2])
+    x = rng.standard_normal((T, nb * 256)).astype(f32)
+    dy, qy, bs = _q8_K_ref(x)
+    d, dmin, sc, m, codes = _q4_K_fields(raw)
+    isum = ((codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32).sum(-1) * sc[None]).sum(-1)
+    imin = (m[None] * bs.reshape(T, 1, nb, 8, 2).sum(-1)).sum(-1)
+    acc, accm = np.zeros((T, n_rows), f32), np.zeros((T, n_rows), f32)
+    for i in range(nb):
+        acc = fma(isum[..., i], (d[None, :, i] * dy[:, None, i]).astype(f32), acc)
+        accm = fma(imin[..., i], (dmin[None, :, i] * dy[:, None, i]).astype(f32), accm)
+    qwt = mm.QWeight(raw, 12, (n_rows, nb * 256))
+    np.testing.assert_array_equal(_with_level(1, mm.matmul, None, qwt, x), (acc - accm).astype(f32))
+
+
 # ------------------------------------------------------------------------------------------------ model level
 def test_f16_cache_close_to_f32_cache(tmp_path) -> None:
     import tiny_families as tf
