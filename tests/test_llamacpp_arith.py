@@ -245,9 +245,9 @@ def _random_blocks(rng, n_rows: int, nb: int, bsize: int, f16_offsets: list[int]
     return raw.reshape(n_rows, nb * bsize)
 
 
-def test_q4_K_batch_gemms_match_llamacpp_orders() -> None:
-    rng = np.random.default_rng(7)
-    n_rows, nb, T = 16, 3, 5
+def _q4_K_case(seed: int, n_rows: int, nb: int, T: int):
+    """Random Q4_K rows and activations; the exact integer scale and min sums per 64 elements (T, rows, nb, 4)."""
+    rng = np.random.default_rng(seed)
     raw = _random_blocks(rng, n_rows, nb, 144, [0, 2])
     x = rng.standard_normal((T, nb * 256)).astype(f32)
     dy, qy, bs = _q8_K_ref(x)
@@ -255,6 +255,12 @@ def test_q4_K_batch_gemms_match_llamacpp_orders() -> None:
     sub = (codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32).sum(-1)  # integer dots per sub-block
     isum = (sub * sc[None]).reshape(T, n_rows, nb, 4, 2).sum(-1)
     imin = (m[None] * bs.reshape(T, 1, nb, 8, 2).sum(-1)).reshape(T, n_rows, nb, 4, 2).sum(-1)
+    return raw, x, dy, d, dmin, isum, imin
+
+
+def test_q4_K_batch_gemms_match_llamacpp_orders() -> None:
+    n_rows, nb, T = 16, 3, 5
+    raw, x, dy, d, dmin, isum, imin = _q4_K_case(7, n_rows, nb, T)
     rep = np.zeros((T, n_rows), f32), np.zeros((T, n_rows), f32)
     til = np.zeros((T, n_rows), f32)
     for i in range(nb):
@@ -359,14 +365,9 @@ def test_q4_K_dot_takes_ggml_repacked_gemv_order() -> None:
     integer sums, acc = fma(isum, d*dy, acc), accm = fma(imin, dmin*dy, accm); result acc - accm."""
     from moe_gguf.ops import matmul as mm
 
-    rng = np.random.default_rng(12)
     n_rows, nb, T = 8, 3, 5
-    raw = _random_blocks(rng, n_rows, nb, 144, [0, 2])
-    x = rng.standard_normal((T, nb * 256)).astype(f32)
-    dy, qy, bs = _q8_K_ref(x)
-    d, dmin, sc, m, codes = _q4_K_fields(raw)
-    isum = ((codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32).sum(-1) * sc[None]).sum(-1)
-    imin = (m[None] * bs.reshape(T, 1, nb, 8, 2).sum(-1)).sum(-1)
+    raw, x, dy, d, dmin, isum, imin = _q4_K_case(12, n_rows, nb, T)
+    isum, imin = isum.sum(-1), imin.sum(-1)  # per super-block
     acc, accm = np.zeros((T, n_rows), f32), np.zeros((T, n_rows), f32)
     for i in range(nb):
         acc = fma(isum[..., i], (d[None, :, i] * dy[:, None, i]).astype(f32), acc)
