@@ -118,7 +118,10 @@ _Static_assert(sizeof(mg_block_iq4_xs) == 136, "iq4_xs");
 /* the IQ4_NL / IQ4_XS non-linear code book */
 static const int8_t mg_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
-/* Activation quantizers shared by matmul (defined in quants.c; the SIMD path is chosen inside). */
+/* Activation quantizers shared by matmul (defined in quants.c; the SIMD path is chosen inside), bit for bit
+ * what llama.cpp's x86 CPU backend gives its matmuls: Q8_0 with id = 127/amax and round half to even
+ * (ggml-cpu's AVX quantize_row_q8_0; NOT the file quantizer mg_quantize_row(MG_Q8_0), which keeps gguf-py's
+ * roundf(x/d)); Q8_K as ggml's quantize_row_q8_K_ref (iscale = -127/max, nearest_int, bsums). */
 void mg_quantize_row_q8_0(const float *x, void *y, int64_t n);
 void mg_quantize_row_q8_K(const float *x, void *y, int64_t n);
 

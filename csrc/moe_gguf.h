@@ -126,6 +126,32 @@ int mg_silu_mul(float *out, const float *g, const float *u, int64_t n);
  * Same result for any thread count. */
 int mg_latent_attention(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t d_k, int64_t d_v,
                         const void *kv, int kv_type, int64_t kv_stride, int64_t n_kv0, float scale);
+/* llama.cpp's CPU arithmetic (ggml-cpu, x86 AVX2, flash attention off), bit for bit:
+ * Grouped-query causal attention over an F16 cache.  kv: IEEE-half rows, row j (position j) at element
+ * j*row_stride holds n_head_kv blocks [value (d_v) | key (d_k)].  q: n_tok x n_head x d_k float32, already
+ * scaled; query t sits at position n_kv0 + t and sees keys max(0, p - window + 1)..p (window 0: all).  q and
+ * the softmax weights are rounded to f16; products accumulate in f32 FMA lanes laid out as llama.cpp's kernels
+ * do (one 8-lane accumulator when n_tok >= 2, llamafile's tinyBLAS; four for one token, ggml_vec_dot_f16);
+ * softmax uses ggml's polynomial expf.  d_k, d_v multiples of 32.  out: n_tok x n_head x d_v. */
+int mg_attention_f16_ggml(mg_pool *pool, float *out, const float *q, int64_t n_tok, int64_t n_head, int64_t n_head_kv,
+                          int64_t d_k, int64_t d_v, const void *kv, int64_t row_stride, int64_t n_kv0, int64_t window);
+/* In-place RoPE as ggml computes it: theta starts at pos[t] and is multiplied by freq_base^(-2/n_rot) per pair;
+ * angle = freq_scale * theta / freq_factors[i] (freq_factors may be NULL), cos/sin (libm) times mscale.  neox:
+ * pairs (i, i + n_rot/2), else (2i, 2i+1).  Layout as mg_rope_norm; n_rot <= 4096. */
+int mg_rope_ggml(float *x, int64_t n_tok, int64_t n_head, int64_t n_rot, int64_t tok_stride, int64_t head_stride,
+                 const int32_t *pos, float freq_base, float freq_scale, const float *freq_factors, float mscale, int neox);
+/* table[h] = f16(gelu_tanh(f16 value with bits h)) as float, for all 65536 h (ggml's GELU table). */
+int mg_gelu_table_f16(float *table);
+/* out = gelu(g) * u through that table: g <= -10 -> 0, g >= 10 -> g * u, else table[f16 bits of g] * u. */
+int mg_geglu_table(float *out, const float *g, const float *u, int64_t n, const float *table);
+/* out (n_tok x n_rows) = x (n_tok x n_in) times the K-quant matrix w (n_rows x n_in, raw blocks) with the
+ * arithmetic llama.cpp (x86 AVX2) uses for batches; activations are quantized to Q8_K.  mode 0 (Q4_K): the
+ * repacked 8x8 GEMM (Q4_K with n_rows % 8 == 0, first n - n % 4 tokens): per 64 elements one FMA into a scale
+ * sum and one into a min sum, result scale - min.  mode 1 (Q4_K, Q6_K): the tiled K-quant GEMM (batches of
+ * >= 8 tokens, weights not repacked): per super-block acc = fma(d*isum - dmin*imin, d_y, acc).
+ * MG_EUNSUPPORTED for other types/modes. */
+int mg_kquant_gemm_ggml(mg_pool *pool, float *out, int type, int mode, const void *w, int64_t n_rows, int64_t n_in,
+                        const float *x, int64_t n_tok);
 /* Top-k MoE routing of n_tok rows of n_exp router logits.  gating 1 softmax, 2 sigmoid -> probs;
  * selection = probs + bias (bias may be NULL).  n_group > 1: only the n_group_used best groups of
  * n_exp/n_group experts compete (group score: max for softmax, sum of top-2 for sigmoid).  ids[t] get the

@@ -571,7 +571,8 @@ int mg_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 /* ------------------------------------------------------ activation quantizers ----- */
 
-/* Q8_0: d = amax/127, q = roundf(x/d) (round half away from zero), as ggml's reference and gguf-py. */
+/* Q8_0 file quantizer: d = amax/127, q = roundf(x/d) (round half away from zero), as ggml's reference and
+ * gguf-py (mg_quantize_row).  The activation quantizer below uses llama.cpp's x86 convention instead. */
 static void quant_q8_0_scalar(const float *x, uint8_t *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += MG_QK, y += sizeof(mg_block_q8_0)) {
         float amax = 0.0f;
@@ -586,6 +587,31 @@ static void quant_q8_0_scalar(const float *x, uint8_t *y, int64_t nb) {
         for (int j = 0; j < MG_QK; j++) {
             float r = roundf(x[j] * id);
             qs[j] = fabsf(r) <= 127.0f ? (int8_t)r : 0; /* inf/NaN (only when 1/d overflows) -> 0, as numpy */
+        }
+    }
+}
+
+/* Q8_0 activation quantizer, the arithmetic of ggml-cpu's x86 (AVX/AVX2) quantize_row_q8_0, which llama.cpp
+ * uses for the activations of Q4_0/Q5_0/Q8_0/IQ4_NL matmuls: d = amax/127 (stored as f16), multiplier
+ * id = 127/amax (not 1/d), q = x*id rounded half to even (not roundf).  When 127/amax overflows (amax < ~4e-37,
+ * where d is 0 in f16 anyway) the quants are 0 (x86 would store the -128 of an "integer indefinite"). */
+static void act_q8_0_scalar(const float *x, uint8_t *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += MG_QK, y += sizeof(mg_block_q8_0)) {
+        float amax = 0.0f;
+        for (int j = 0; j < MG_QK; j++) {
+            float a = fabsf(x[j]);
+            if (a > amax) amax = a;
+        }
+        st_f16(y, amax / 127.0f);
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int8_t *qs = (int8_t *)(y + offsetof(mg_block_q8_0, qs));
+        if (!isfinite(id)) {
+            memset(qs, 0, MG_QK);
+            continue;
+        }
+        for (int j = 0; j < MG_QK; j++) {
+            int v = mg_nearest_int(x[j] * id);
+            qs[j] = (int8_t)(v > 127 ? 127 : (v < -128 ? -128 : v));
         }
     }
 }
@@ -646,16 +672,22 @@ MG_TARGET_AVX2 static inline __m256i pack_i8x32(__m256 a, __m256 b, __m256 c, __
     return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+/* 32 floats into v[4]; returns their largest magnitude */
+MG_TARGET_AVX2 static inline float load32_amax(const float *x, __m256 v[4]) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 am = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        am = _mm256_max_ps(am, _mm256_and_ps(v[k], absmask));
+    }
+    return hmax_ps(am);
+}
+
 MG_TARGET_AVX2 static void quant_q8_0_avx2(const float *x, uint8_t *y, int64_t nb) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t i = 0; i < nb; i++, x += MG_QK, y += sizeof(mg_block_q8_0)) {
         __m256 v[4];
-        __m256 am = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
-            v[k] = _mm256_loadu_ps(x + 8 * k);
-            am = _mm256_max_ps(am, _mm256_and_ps(v[k], absmask));
-        }
-        const float amax = hmax_ps(am);
+        const float amax = load32_amax(x, v);
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         st_f16(y, d);
@@ -667,6 +699,24 @@ MG_TARGET_AVX2 static void quant_q8_0_avx2(const float *x, uint8_t *y, int64_t n
             v[k] = _mm256_and_ps(r, _mm256_cmp_ps(_mm256_and_ps(r, absmask), lim, _CMP_LE_OQ));
         }
         __m256i q = pack_i8x32(v[0], v[1], v[2], v[3]);
+        _mm256_storeu_si256((__m256i *)(void *)(y + 2), q);
+    }
+}
+
+/* act_q8_0_scalar's arithmetic, 8 lanes at a time (bit-identical). */
+MG_TARGET_AVX2 static void act_q8_0_avx2(const float *x, uint8_t *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += MG_QK, y += sizeof(mg_block_q8_0)) {
+        __m256 v[4];
+        const float amax = load32_amax(x, v);
+        st_f16(y, amax / 127.0f);
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        if (!isfinite(id)) {
+            memset(y + 2, 0, MG_QK);
+            continue;
+        }
+        const __m256 vid = _mm256_set1_ps(id);
+        for (int k = 0; k < 4; k++) v[k] = _mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256i q = pack_i8x32(v[0], v[1], v[2], v[3]); /* saturating, as the scalar clamp */
         _mm256_storeu_si256((__m256i *)(void *)(y + 2), q);
     }
 }
@@ -715,11 +765,19 @@ MG_TARGET_AVX2 static void quant_q8_K_avx2(const float *x, uint8_t *y, int64_t n
 }
 #endif
 
+/* the Q8_0 file quantizer (gguf-py's bytes) */
+static void quant_q8_0(const float *x, uint8_t *y, int64_t nb) {
+#if MG_X86
+    if (mg_get_simd_level() >= 1) { quant_q8_0_avx2(x, y, nb); return; }
+#endif
+    quant_q8_0_scalar(x, y, nb);
+}
+
 void mg_quantize_row_q8_0(const float *x, void *y, int64_t n) {
 #if MG_X86
-    if (mg_get_simd_level() >= 1) { quant_q8_0_avx2(x, (uint8_t *)y, n / MG_QK); return; }
+    if (mg_get_simd_level() >= 1) { act_q8_0_avx2(x, (uint8_t *)y, n / MG_QK); return; }
 #endif
-    quant_q8_0_scalar(x, (uint8_t *)y, n / MG_QK);
+    act_q8_0_scalar(x, (uint8_t *)y, n / MG_QK);
 }
 
 void mg_quantize_row_q8_K(const float *x, void *y, int64_t n) {
@@ -841,7 +899,7 @@ int mg_quantize_row(int type, const float *src, void *dst, int64_t n, const floa
     if (!all_finite(src, n)) return MG_EOTHER;
     if (imatrix != NULL && !all_finite(imatrix, n)) return MG_EOTHER;
     switch (type) {
-    case MG_Q8_0: mg_quantize_row_q8_0(src, y, n); return MG_OK;
+    case MG_Q8_0: quant_q8_0(src, y, nb); return MG_OK;
     case MG_Q8_K: mg_quantize_row_q8_K(src, y, n); return MG_OK;
     case MG_Q4_0: quant_legacy(src, y, nb, 4, 0); return MG_OK;
     case MG_Q4_1: quant_legacy(src, y, nb, 4, 1); return MG_OK;

@@ -631,3 +631,63 @@ def test_fallback_type_as_llama_quantize():
         x = np.random.default_rng(0).standard_normal((2, 1408)).astype(np.float32)
         fb = Q.fallback_type(t, 1408)
         assert Q.quantize(x, fb).shape == (2, Q.row_bytes(fb, 1408))
+
+
+# ------------------------------------------------------------------------------------- Q8_0 activations
+
+
+def _q8_0_act_ref(x: np.ndarray) -> np.ndarray:
+    """numpy transcription of llama.cpp's x86 (AVX2) activation quantizer quantize_row_q8_0: d = amax/127 stored
+    as f16, multiplier 127/amax (not 1/d), round half to even (np.rint); written from the documented formula."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    out = np.zeros((blocks.shape[0], 34), dtype=np.uint8)
+    amax = np.max(np.abs(blocks), axis=1)
+    out[:, :2] = (amax / np.float32(127)).astype(np.float16).reshape(-1, 1).view(np.uint8)
+    with np.errstate(divide="ignore"):
+        mul = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    ok = np.isfinite(mul)
+    q = np.rint(blocks * np.where(ok, mul, 0)[:, None]).astype(np.int8)
+    out[:, 2:] = q.view(np.uint8)
+    return out.reshape(x.shape[0], -1)
+
+
+def _act_q8_0(x: np.ndarray) -> np.ndarray:
+    from moe_gguf._kernels import ffi
+
+    n = x.shape[1]
+    buf = np.zeros((x.shape[0], n // 32 * 34), np.uint8)
+    for r in range(x.shape[0]):
+        xr = np.ascontiguousarray(x[r], dtype=np.float32)
+        assert lib.mg_quantize_act(int(GGMLType.Q8_0), ffi.cast("float *", xr.ctypes.data), ffi.from_buffer(buf[r]), n) == 0
+    return buf
+
+
+@settings(max_examples=60)
+@given(rng=row_strategy)
+def test_q8_0_activation_quantizer_matches_llamacpp_x86(rng):
+    x = _test_rows(rng, 256)
+    expect = _q8_0_act_ref(x)
+    for level in LEVELS:
+        np.testing.assert_array_equal(_with_level(level, _act_q8_0, x), expect, err_msg=f"level {level}")
+
+
+def test_q8_0_activation_ties_zeros_extremes():
+    rows = np.stack([
+        np.r_[127.0, np.arange(-15, 16) + 0.5],  # 127/amax = 1: exact .5 ties -> half to even (0.5 -> 0, 1.5 -> 2)
+        np.r_[-127.0, np.arange(-15, 16) - 0.5],
+        np.zeros(32),
+        np.r_[np.full(16, 65504.0), -np.full(16, 3e38)],  # huge, finite
+        np.full(32, 1e-38),  # 127/amax overflows: quants 0 (d is 0 in f16 anyway)
+        np.r_[2.5, np.full(31, 1.0)] * 50.8,  # x*127/amax vs x/(amax/127) round differently for some x
+    ]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        expect = _q8_0_act_ref(rows)
+    for level in LEVELS:
+        got = _with_level(level, _act_q8_0, rows)
+        np.testing.assert_array_equal(got, expect, err_msg=f"level {level}")
+    q = got[0, 2:].view(np.int8)
+    np.testing.assert_array_equal(q[1:], np.rint(np.arange(-15, 16) + 0.5))  # half to even, unlike roundf
+    assert not got[2].any() and not got[4, 2:].any()
+    # the file quantizer (gguf-py's bytes) keeps roundf on the same row: the two conventions really are split
+    file_q = Q.quantize(rows[:1], GGMLType.Q8_0)[0, 2:34].view(np.int8)
+    np.testing.assert_array_equal(file_q[1:], np.trunc(rows[0, 1:] + np.copysign(0.5, rows[0, 1:])))

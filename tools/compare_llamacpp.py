@@ -9,6 +9,10 @@ libllama.so).  Both sides get the same prompt token ids (llama.cpp's tokenizatio
 Prints, per prompt, the number of leading greedy tokens that agree and the max |logit difference| over all
 prompt positions (absolute and relative to max |logit|); exits 1 if any prompt agrees on fewer than --n tokens.
 Default model: the Gemma 3 270M Q4_K_M demo file.  llama.cpp is never a dependency of moe-gguf.
+
+llama.cpp runs with llama-cpp-python's defaults (F16 K/V cache, flash attention off, n_batch 512, the prompt
+evaluated as one batch); nothing is changed on its side.  moe-gguf runs with its defaults too (cache_type "f16"),
+which reproduce llama.cpp's x86 AVX2 CPU arithmetic, so on an AVX2 machine the logits agree bit for bit.
 """
 from __future__ import annotations
 
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     notes: list[str] = []
     print(f"model: {model}")
+    print("llama.cpp: llama-cpp-python defaults (F16 K/V cache, flash attention off, prompt as one batch); "
+          f"moe-gguf: defaults (cache_type {getattr(m, 'cache_type', 'n/a')}, llama.cpp's CPU arithmetic)")
     for prompt, r in zip(PROMPTS, ref):
         ids = np.array(r["prompt_ids"], dtype=np.int32)
         ours_ids = list(tok.encode(prompt))
@@ -126,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{prompt!r}: step {agree}: margin of each side's choice over the other's: ours {mo:.3f}, llama.cpp {ml:.3f}")
         ok &= agree >= a.n
         print(f"\nprompt {prompt!r}: {len(ids)} tokens (tokenizers agree: {ours_ids == r['prompt_ids']})")
-        print(f"  max |logit diff| on the prompt: {diff:.4f} (max |logit| {scale:.2f}, relative {diff / scale:.2e})")
+        print(f"  max |logit diff| on the prompt: {diff:.4f} (max |logit| {scale:.2f}, relative {diff / scale:.2e};"
+              f" bit-identical: {bool(np.array_equal(logits, r['logits']))})")
         print(f"  greedy tokens agreeing: {agree}/{a.n}")
+        if agree:  # the decode steps both sides took on the same history
+            sd = max(float(np.max(np.abs(ours_steps[i] - r["steps"][i]))) for i in range(min(agree + 1, a.n)))
+            print(f"  max |logit diff| over those decode steps: {sd:.4f}")
         print(f"  moe-gguf : {tok.decode(gen)!r}")
         print(f"  llama.cpp: {tok.decode(r['greedy'])!r}")
     for note in notes:

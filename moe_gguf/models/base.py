@@ -135,6 +135,11 @@ class Weight:
 
         return _gq.dequantize(np.ascontiguousarray(raw), t).astype(np.float32, copy=False)
 
+    @property
+    def raw(self) -> np.ndarray:
+        """The tensor's bytes as stored in the file (rows of blocks), read-only."""
+        return self._view
+
     def dense(self) -> np.ndarray:
         """The whole tensor as float32 (copy for non-F32).  Test/reference use and small tensors only."""
         return self._dequant(self._view)

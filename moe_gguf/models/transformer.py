@@ -16,6 +16,11 @@ The cache row of one KV head is [v | k]; attention runs on the shared-KV kernel 
 reads value = row[:d_v] and key = row[:d_k]) with queries [0 | q], so value and key live in one row.
 The FFN is SwiGLU or GeGLU (tanh GELU), or top-k routed experts (softmax gating, optional renormalisation)
 plus an optional shared expert with a sigmoid gate (Qwen2-MoE).
+
+Arithmetic follows llama.cpp's CPU backend (x86 AVX2, llama-cpp-python's defaults) so that a quantized file gives
+the same logits bit for bit: an F16 KV cache (`cache_type="f16"`, the default; "f32" keeps float32 rows) with
+queries and softmax weights rounded to f16 and llama.cpp's accumulation order (nn.attention_f16_ggml), ggml's
+RoPE (nn.rope_ggml_) unless YaRN is on, ggml's f16 GELU table, sqrt(n_embd) rounded as sqrtf.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..ggml_types import GGMLType
 from ..gguf import GGUFFile
 from ..ops import nn
 from .base import (
@@ -39,6 +45,9 @@ from .base import (
     yarn_get_mscale,
     yarn_inv_freq,
 )
+
+
+_Q4_K, _Q6_K = GGMLType.Q4_K, GGMLType.Q6_K
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,10 @@ class TransformerModel(CausalLM):
 
     family: Family  # set by each family's subclass
 
-    def __init__(self, file: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None) -> None:
+    def __init__(self, file: GGUFFile, n_ctx: int | None = None, n_threads: int | None = None, cache_type: str = "f16") -> None:
+        if cache_type not in ("f16", "f32"):
+            raise ValueError(f"cache_type must be 'f16' or 'f32', got {cache_type!r}")
+        self.cache_type = cache_type
         self.file = file
         fam = self.family
         self.architecture = fam.arch
@@ -231,8 +243,12 @@ class TransformerModel(CausalLM):
         self.output_norm = b.vector("output_norm.weight", D)
         self.output = b.weight("output.weight", (cfg.n_vocab, D)) if b.has("output.weight") else self.tok_embd
         rope_factors = b.vector("rope_freqs.weight", cfg.n_rot // 2) if b.has("rope_freqs.weight") else None
+        if rope_factors is not None and np.any(rope_factors <= 0):
+            raise ModelLoadError(f"{self.file.path}: tensor 'rope_freqs.weight' must be positive")
+        self._rope_factors = rope_factors
         self._rope_global = self._rope_table(cfg.rope_freq_base, True, rope_factors)
         self._rope_local = self._rope_table(fam.rope_base_swa, False, None) if fam.swa_pattern else self._rope_global
+        self._gelu_table = nn.gelu_table_f16() if fam.gelu else None
         self.layers = [self._bind_layer(b, il) for il in range(cfg.n_layer)]
 
     def _rope_table(self, base: float, scaled: bool, factors: np.ndarray | None) -> tuple[np.ndarray, float]:
@@ -246,8 +262,6 @@ class TransformerModel(CausalLM):
             if scaled and cfg.rope_scaling == "linear" and cfg.rope_factor > 0:
                 inv = (inv / np.float32(cfg.rope_factor)).astype(np.float32)
         if factors is not None:  # Llama 3: per-dimension divisors of the frequency
-            if np.any(factors <= 0):
-                raise ModelLoadError(f"{self.file.path}: tensor 'rope_freqs.weight' must be positive")
             inv = (inv / factors).astype(np.float32)
         return np.ascontiguousarray(inv, dtype=np.float32), mag
 
@@ -311,8 +325,9 @@ class TransformerModel(CausalLM):
 
     # ------------------------------------------------------------------------------------ public API
     def new_cache(self) -> KVCache:
-        """One sequence's cache: per layer n_ctx rows of n_head_kv x [v | k] float32."""
-        return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width, "f32")
+        """One sequence's cache: per layer n_ctx rows of n_head_kv x [v | k], float16 (llama.cpp's default) or
+        float32 as the model's cache_type says."""
+        return KVCache(self.config.n_layer, self.n_ctx, self.config.cache_width, self.cache_type)
 
     def shift_cache(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
         """Context shift: drops cached positions [n_keep, n_keep + n_discard) and moves the later ones down,
@@ -326,9 +341,9 @@ class TransformerModel(CausalLM):
             pos = np.full(n_move, -n_discard, dtype=np.int32)
             for il, L in enumerate(self.layers):
                 rows = cache.data[il, n_keep : n_keep + n_move].reshape(n_move, cfg.n_head_kv, cfg.head_v + cfg.head_k)
-                k = np.ascontiguousarray(rows[:, :, cfg.head_v :])
+                k = rows[:, :, cfg.head_v :].astype(np.float32)
                 self._rope(k, pos, L, 1.0)
-                rows[:, :, cfg.head_v :] = k
+                rows[:, :, cfg.head_v :] = k  # (rounded to f16 again in an f16 cache, as llama.cpp's K-shift)
         cache.n_past = n_keep + n_move
 
     def _forward_chunk(self, toks: np.ndarray, cache: KVCache, want_logits: bool, all_rows: bool) -> np.ndarray | None:
@@ -337,7 +352,7 @@ class TransformerModel(CausalLM):
         pos = np.arange(p0, p0 + n, dtype=np.int32)
         x = self.tok_embd.rows(toks)
         if self.family.embd_scale:
-            x *= np.float32(math.sqrt(cfg.n_embd))
+            x *= np.sqrt(np.float32(cfg.n_embd))  # sqrtf, as llama.cpp
         for il, L in enumerate(self.layers):
             h = self._attention(L, nn.rms_norm(x, L.attn_norm, cfg.rms_eps), pos, cache.data[il], p0)
             if L.post_attn_norm is not None:
@@ -352,7 +367,7 @@ class TransformerModel(CausalLM):
             return None
         if not all_rows:
             x = x[-1:]
-        logits = self.output.mm(nn.rms_norm(np.ascontiguousarray(x), self.output_norm, cfg.rms_eps))
+        logits = self._mm(self.output, nn.rms_norm(np.ascontiguousarray(x), self.output_norm, cfg.rms_eps))
         if cfg.logit_softcap > 0:
             c = np.float32(cfg.logit_softcap)
             logits = (np.tanh(logits / c) * c).astype(np.float32)
@@ -360,9 +375,18 @@ class TransformerModel(CausalLM):
 
     # ------------------------------------------------------------------------------------ attention
     def _rope(self, x: np.ndarray, pos: np.ndarray, L: _Layer, magnitude: float | None = None) -> None:
-        """Rotates the first n_rot dims of x (n, heads, d) in place (cos/sin scaled by the layer's magnitude)."""
-        R = self.config.n_rot
+        """Rotates the first n_rot dims of x (n, heads, d) in place (cos/sin scaled by the layer's magnitude):
+        ggml's arithmetic without YaRN, the frequency table with it."""
+        cfg = self.config
+        R = cfg.n_rot
         mag = L.rope_mag if magnitude is None else magnitude
+        if cfg.rope_scaling != "yarn" or cfg.rope_factor <= 1.0:
+            scaled = not L.swa or not self.family.swa_pattern  # sliding-window layers: local base, no scaling
+            base = cfg.rope_freq_base if scaled else self.family.rope_base_swa
+            fs = 1.0 / cfg.rope_factor if scaled and cfg.rope_scaling == "linear" and cfg.rope_factor > 0 else 1.0
+            ff = self._rope_factors if scaled else None
+            nn.rope_ggml_(x[:, :, :R], pos, base, self.family.rope_neox, fs, ff, mag)
+            return
         if not self.family.rope_neox:
             nn.rope_(x[:, :, :R], pos, L.inv_freq, mag)
             return
@@ -385,7 +409,7 @@ class TransformerModel(CausalLM):
     def _attention(self, L: _Layer, h: np.ndarray, pos: np.ndarray, kv: np.ndarray, p0: int) -> np.ndarray:
         cfg = self.config
         n, H, Hkv, hk, hv = h.shape[0], cfg.n_head, cfg.n_head_kv, cfg.head_k, cfg.head_v
-        q, k, v = L.wq.mm(h), L.wk.mm(h), L.wv.mm(h)
+        q, k, v = self._mm(L.wq, h), self._mm(L.wk, h), self._mm(L.wv, h)
         if L.bq is not None:
             q += L.bq
         if L.bk is not None:
@@ -400,11 +424,15 @@ class TransformerModel(CausalLM):
         rows = kv[p0 : p0 + n].reshape(n, Hkv, w)
         rows[:, :, :hv] = v.reshape(n, Hkv, hv)
         rows[:, :, hv:] = k
+        window = cfg.sliding_window if L.swa else 0
+        if kv.dtype == np.float16 and hk % 32 == 0 and hv % 32 == 0:  # llama.cpp's arithmetic
+            q *= np.float32(cfg.attn_scale)
+            out = nn.attention_f16_ggml(q, kv, p0, Hkv, hv, window, self.pool)
+            return self._mm(L.wo, out.reshape(n, H * hv))
         qx = np.zeros((n, H, w), dtype=np.float32)  # [0 | q]: the zero half meets the value part of a row
         qx[:, :, hv:] = q
         rep = H // Hkv
         out = np.empty((n, H, hv), dtype=np.float32)
-        window = cfg.sliding_window if L.swa else 0
         for g in range(Hkv):
             kvg = kv[:, g * w : (g + 1) * w]
             qg = np.ascontiguousarray(qx[:, g * rep : (g + 1) * rep])
@@ -416,17 +444,35 @@ class TransformerModel(CausalLM):
                 out[i, g * rep : (g + 1) * rep] = nn.latent_attention(
                     qg[i : i + 1], kvg[start:], p0 + i - start, hv, cfg.attn_scale, self.pool
                 )[0]
-        return L.wo.mm(out.reshape(n, H * hv))
+        return self._mm(L.wo, out.reshape(n, H * hv))
+
+    def _mm(self, W: Weight, x: np.ndarray) -> np.ndarray:
+        """x @ W.T.  With llama.cpp's arithmetic on (cache_type f16), batches take the orders of llama.cpp's x86 batch
+        kernels, where they differ from its one-token dot (which the regular kernels match): a Q4_K matrix of
+        n_out % 8 == 0 rows is repacked there, its first n - n % 4 tokens (n >= 4) go through the 8x8 GEMM;
+        other Q4_K and Q6_K matrices take the tiled GEMM for batches of n >= 8 tokens."""
+        n, t = x.shape[0], W.ggml_type
+        if self.cache_type != "f16" or t not in (_Q4_K, _Q6_K) or W.shape[-1] % 256:
+            return W.mm(x)
+        if t == _Q4_K and W.shape[0] % 8 == 0:
+            m = n - n % 4 if n >= 4 else 0
+            if m == 0:
+                return W.mm(x)
+            y = nn.kquant_gemm_ggml(W.raw, int(t), W.shape[-1], np.ascontiguousarray(x[:m]), nn.KQ_GEMM_REPACK, self.pool)
+            return y if m == n else np.concatenate([y, W.mm(np.ascontiguousarray(x[m:]))])
+        if n < 8:
+            return W.mm(x)
+        return nn.kquant_gemm_ggml(W.raw, int(t), W.shape[-1], np.ascontiguousarray(x), nn.KQ_GEMM_TILED, self.pool)
 
     # ------------------------------------------------------------------------------------ FFN
     def _glu(self, g: np.ndarray, u: np.ndarray) -> np.ndarray:
-        if self.family.gelu:
-            return gelu_tanh_mul(g, u)
+        if self._gelu_table is not None:
+            return nn.geglu_table(g, u, self._gelu_table)  # ggml's f16 GELU table
         return nn.silu_mul(g, u)
 
     def _ffn(self, L: _Layer, h: np.ndarray) -> np.ndarray:
         if L.ffn_gate is not None:
-            return L.ffn_down.mm(self._glu(L.ffn_gate.mm(h), L.ffn_up.mm(h)))
+            return self._mm(L.ffn_down, self._glu(self._mm(L.ffn_gate, h), self._mm(L.ffn_up, h)))
         cfg = self.config
         ids, wts = nn.moe_route(L.gate_inp.mm(h), cfg.n_expert_used, nn.GATING_SOFTMAX, None, 1, 1, cfg.expert_weights_norm, 1.0)
         a = self._glu(L.gate_exps.mm_id(h, ids), L.up_exps.mm_id(h, ids))
@@ -437,13 +483,6 @@ class TransformerModel(CausalLM):
                 s *= (1.0 / (1.0 + np.exp(-(h @ L.gate_inp_sh)))).astype(np.float32)[:, None]
             y += s
         return y
-
-
-def gelu_tanh_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """gelu_tanh(g) * u (GELU's tanh approximation, as Gemma's gelu_pytorch_tanh), float32."""
-    g = g.astype(np.float32, copy=False)
-    c = np.float32(math.sqrt(2.0 / math.pi))
-    return (np.float32(0.5) * g * (np.float32(1.0) + np.tanh(c * (g + np.float32(0.044715) * g * g * g))) * u).astype(np.float32)
 
 
 def _make_pool(n_threads: int | None) -> Any:
@@ -478,7 +517,7 @@ def family_class(arch: str) -> type[TransformerModel] | None:
     return getattr(importlib.import_module(f"{__package__}.{entry[0]}"), entry[1])
 
 
-def load_family(path: Any, n_ctx: int | None = None, n_threads: int | None = None) -> TransformerModel:
+def load_family(path: Any, n_ctx: int | None = None, n_threads: int | None = None, cache_type: str = "f16") -> TransformerModel:
     """Opens a GGUF of one of the shared-block families (what moe_gguf.models.load_model does for them once
     they are in its registry); ModelLoadError naming the architecture and the supported ones otherwise."""
     f = GGUFFile(path)
@@ -488,7 +527,7 @@ def load_family(path: Any, n_ctx: int | None = None, n_threads: int | None = Non
             raise ModelLoadError(
                 f"{f.path}: architecture {f.architecture!r} is not supported (supported: {', '.join(sorted(FAMILY_MODELS))})"
             )
-        return cls(f, n_ctx=n_ctx, n_threads=n_threads)
+        return cls(f, n_ctx=n_ctx, n_threads=n_threads, cache_type=cache_type)
     except BaseException:
         f.close()
         raise
