@@ -394,8 +394,15 @@ MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return
  * output lane depends on its own input only, so a sum never depends on which other accumulators share the call:
  * every kernel below reduces through this, for any number of rows or tokens. */
 MG_TARGET_AVX2 static inline __m128 hsum8x4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    /* ggml's order for each: x_i = l_i + l_{i+4}, then (x0 + x2) + (x1 + x3) (llama.cpp's AVX2 hsum; the same
+     * bits as hsum8, so results stay bit-identical with llama.cpp's dots) */
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v0), _mm256_extractf128_ps(v0, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v1), _mm256_extractf128_ps(v1, 1));
+    __m128 c = _mm_add_ps(_mm256_castps256_ps128(v2), _mm256_extractf128_ps(v2, 1));
+    __m128 d = _mm_add_ps(_mm256_castps256_ps128(v3), _mm256_extractf128_ps(v3, 1));
+    __m128 u = _mm_add_ps(_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b)); /* a0+a2 b0+b2 a1+a3 b1+b3 */
+    __m128 v = _mm_add_ps(_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
+    return _mm_add_ps(_mm_movelh_ps(u, v), _mm_movehl_ps(v, u));
 }
 
 /* The sums of up to 4 accumulators into out[0..cnt) */
@@ -646,6 +653,28 @@ MG_TARGET_AVX2 static inline __m256i k4_scales_mins(const uint8_t *blk) {
     return _mm256_cvtepu8_epi16(_mm_or_si128(a, b));
 }
 
+/* Q4_K follows llama.cpp's AVX2 arithmetic (its repacked Q4_K GEMV, used for every Q4_K matrix there): per
+ * output, per super-block, the exact integer sums isum = sum_c sc_c (q . y)_c and imin = mins . bsum pairs feed two
+ * scalar FMA chains, acc = fma(isum, d_y d, acc) and accm = fma(imin, d_y dmin, accm); the result is acc - accm.
+ * k4q_step advances 4 outputs' chains at once (lane k: output k; the same bits as 4 scalar fmaf chains):
+ * is[k] the 8 int32 partial sums of isum, im[k] the 4 of imin, dd[k] = (d_y d, d_y dmin, ...). */
+MG_TARGET_AVX2 static inline void k4q_step(const __m256i *is, const __m128i *im, const __m128 *dd, __m128 *acc,
+                                           __m128 *accm) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(is[0], is[1]), _mm256_hadd_epi32(is[2], is[3]));
+    __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    __m128i imin = _mm_hadd_epi32(_mm_hadd_epi32(im[0], im[1]), _mm_hadd_epi32(im[2], im[3]));
+    __m128 lo = _mm_unpacklo_ps(dd[0], dd[1]), hi = _mm_unpacklo_ps(dd[2], dd[3]); /* d0 d1 m0 m1 | d2 d3 m2 m3 */
+    *acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_movelh_ps(lo, hi), *acc);
+    *accm = _mm_fmadd_ps(_mm_cvtepi32_ps(imin), _mm_movehl_ps(hi, lo), *accm);
+}
+
+/* out[0..cnt) = acc - accm (lanes) */
+MG_TARGET_AVX2 static inline void k4q_store(__m128 acc, __m128 accm, int cnt, float *out) {
+    float t[4];
+    _mm_storeu_ps(t, _mm_sub_ps(acc, accm));
+    for (int k = 0; k < cnt; k++) out[k] = t[k];
+}
+
 /* Q4_K / Q5_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
  * R * M <= 4; out[r * M + t] = dot(row r, activation t).  Per (row, activation) the arithmetic is the same for
  * every R and M (the decode GEMV uses R = 4, M = 1; the tiles R = 1, M <= 4), so results never depend on tiling.
@@ -660,6 +689,15 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[4];
     for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+    __m128 qacc = _mm_setzero_ps(), qaccm = _mm_setzero_ps(); /* Q4_K chains (see k4q_step) */
+    __m256i qis[4];
+    __m128i qim[4];
+    __m128 qdd[4];
+    for (int k = 0; k < 4; k++) {
+        qis[k] = _mm256_setzero_si256();
+        qim[k] = _mm_setzero_si128();
+        qdd[k] = _mm_setzero_ps();
+    }
     for (int64_t i = 0; i < nb; i++) {
         const mg_block_q8_K *y[4];
         __m128i pairs[4];
@@ -696,11 +734,22 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
             }
             float dx = f16c(dh[0]), dmx = f16c(dh[1]);
             for (int t = 0; t < M; t++) {
+                if (!off_qh) { /* Q4_K: gathered for k4q_step below */
+                    qis[r * M + t] = isum[t];
+                    qim[r * M + t] = _mm_madd_epi16(mins, pairs[t]);
+                    qdd[r * M + t] = _mm_setr_ps(y[t]->d * dx, y[t]->d * dmx, 0.0f, 0.0f);
+                    continue;
+                }
                 __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
                 __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(y[t]->d * dmx), pm, acc[r * M + t]);
                 acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), v);
             }
         }
+        if (!off_qh) k4q_step(qis, qim, qdd, &qacc, &qaccm);
+    }
+    if (!off_qh) {
+        k4q_store(qacc, qaccm, R * M, out);
+        return;
     }
     store_sums(acc, R * M, out);
 }
@@ -724,6 +773,15 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[4];
     for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+    __m128 qacc = _mm_setzero_ps(), qaccm = _mm_setzero_ps(); /* Q4_K chains (see k4q_step) */
+    __m256i qis[4];
+    __m128i qim[4];
+    __m128 qdd[4];
+    for (int k = 0; k < 4; k++) {
+        qis[k] = _mm256_setzero_si256();
+        qim[k] = _mm_setzero_si128();
+        qdd[k] = _mm_setzero_ps();
+    }
     /* software prefetch: the rows PF_GROUPS groups of R rows ahead, spread over the block loop (a hint: it never
      * faults, and the address is formed as an integer so it may point past the matrix) */
     uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;
@@ -742,8 +800,14 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
             __m128 ddm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh)), yd);
             __m256i v16 = k4_scales_mins(blk);
             __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-            __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs)));
-            acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
+            __m128i imin = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
+            if (!off_qh) {
+                qim[r] = imin;
+                qdd[r] = ddm;
+            } else {
+                __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(imin));
+                acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
+            }
             __m256i isum = _mm256_setzero_si256();
             for (int c = 0; c < 4; c++) {
                 __m256i q4 = load256(blk + off_qs + 32 * c);
@@ -757,8 +821,14 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
                 __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
                 isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
             }
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
+            if (!off_qh) qis[r] = isum;
+            else acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
         }
+        if (!off_qh) k4q_step(qis, qim, qdd, &qacc, &qaccm);
+    }
+    if (!off_qh) {
+        k4q_store(qacc, qaccm, R, out);
+        return;
     }
     store_sums(acc, R, out);
 }
