@@ -443,9 +443,9 @@ class Tokenizer:
                 self._control_like[i] = True
 
         self._pieces: list[bytes] = self._build_pieces()
-        self._skip_pieces: list[bytes] = [
-            b"" if c else p for p, c in zip(self._pieces, self._control_like.tolist())
-        ]
+        self._skip_pieces: list[bytes] = list(self._pieces)
+        for i in np.flatnonzero(self._control_like).tolist():
+            self._skip_pieces[i] = b""
         if is_spm:
             self._init_spm()
         else:
