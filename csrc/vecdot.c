@@ -298,8 +298,8 @@ MG_TARGET_AVX2 static inline __m256i dot_i8_quads(__m256i x, __m256i y) {
 
 /* 16 packed bytes -> 32 nibbles: low nibbles in the low lane (elements 0..15), high nibbles in the high lane */
 MG_TARGET_AVX2 static inline __m256i nibbles32(const uint8_t *p) {
-    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m256i v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p)); /* one load */
+    v = _mm256_srlv_epi32(v, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)); /* high lane: the high nibbles */
     return _mm256_and_si256(v, _mm256_set1_epi8(15));
 }
 
