@@ -1,6 +1,6 @@
 /* moe.c - the fused MoE FFN step: (routing ->) gate/up -> SwiGLU -> down -> weighted sum, routed + shared experts.
  *
- * One pool dispatch runs five phases; work items are handed out through atomic counters, so any subset of the
+ * One pool dispatch runs six phases; work items are handed out through atomic counters, so any subset of the
  * threads completes a phase, and a thread waits only for items of the previous phase that other threads are
  * still computing (no barrier over threads: a worker that wakes up late joins whatever phase is current).
  *   0. h quantized once per distinct activation format (router, gate, up, shared gate/up).
@@ -8,7 +8,9 @@
  *   2. gate and up rows of the same chunk of one chosen (or shared) expert together: a = silu(g) * u written
  *      straight away (mg_silu_mul on whole chunks, so the bits equal an unfused silu_mul over the rows).
  *   3. each a row quantized into its down weight's activation format.
- *   4. per output row chunk: out[r] = sum_k w_k * down_k[r].a_k (+ shared_down[r].a_sh), in slot order.
+ *   4. down rows per (chosen or shared expert, row chunk): each item streams one matrix's rows contiguously
+ *      (measured faster than items reading k+1 matrices' rows in short interleaved bursts).
+ *   5. per output row chunk: out[r] = sum_k w_k * d_k[r] (+ d_sh[r]), in slot order.
  * Every output element is computed by one fixed sequence of dot products and float adds, so results are
  * bit-identical for any thread count.  Scratch comes from the caller (mg_moe_ffn_work_bytes), nothing is
  * allocated per call.  Weights stream once per token (this is the decode kernel; prefill with many tokens is
@@ -37,7 +39,7 @@
 #define MAX_ROWS 256      /* rows per item at most (stack buffers) */
 #define SPIN_YIELD 4096   /* PAUSEs before a waiting thread starts yielding its core */
 
-enum { PH_QH, PH_ROUTER, PH_GATEUP, PH_QA, PH_DOWN, N_PH };
+enum { PH_QH, PH_ROUTER, PH_GATEUP, PH_QA, PH_DOWN, PH_RED, N_PH };
 enum { MAX_HFMT = 5 };
 
 typedef struct {
@@ -122,8 +124,10 @@ typedef struct {
     float *a, *a_sh;     /* n_tok*k x F, n_tok x Fs */
     char *aq, *aq_sh;    /* quantized a rows */
     size_t aq_rb, aq_sh_rb;
-    int64_t rows_r, cpe_r, rows_s, cpe_s, rows_d, cpe_d, rows_gu, cpe_gu; /* rows per item / items per unit */
+    int64_t rows_r, cpe_r, rows_s, cpe_s, rows_gu, cpe_gu; /* rows per item / items per unit */
     int route_rc;
+    float *dpart; /* down outputs: n_tok*k routed rows, then n_tok shared rows, of D */
+    int64_t rows_dd, cpe_dd, rows_dsh, cpe_dsh, rows_red, cpe_red;
 } moe_job;
 
 /* activation format of a weight type (mirrors mg_act_quantize_row): types with equal values share rows */
@@ -233,7 +237,7 @@ static int plan(moe_job *j, const mg_moe_weights *m, int64_t n_tok, int nth, siz
     j->aq_sh_rb = j->has_sh ? mg_act_row_bytes(j->sh_down.info, j->Fs) : 0;
     total += align64(sizeof(float) * (size_t)(n_tok * j->E)) + align64(sizeof(float) * (size_t)(n_pairs * j->F)) +
              align64(sizeof(float) * (size_t)(n_tok * j->Fs)) + align64(j->aq_rb * (size_t)n_pairs) +
-             align64(j->aq_sh_rb * (size_t)n_tok);
+             align64(j->aq_sh_rb * (size_t)n_tok) + align64(sizeof(float) * (size_t)(n_tok * (j->k + 1) * j->D));
     *work_bytes = total + 64; /* + slack for aligning the caller's pointer */
     /* work items */
     j->rows_r = item_rows(j->router.row_bytes, j->E * n_tok, nth);
@@ -243,14 +247,18 @@ static int plan(moe_job *j, const mg_moe_weights *m, int64_t n_tok, int nth, siz
     j->cpe_gu = cdiv(j->F, j->rows_gu);
     j->rows_s = j->rows_gu;
     j->cpe_s = j->has_sh ? cdiv(j->Fs, j->rows_s) : 0;
-    size_t down_row = j->down.row_bytes * (size_t)j->k + (j->has_sh ? j->sh_down.row_bytes : 0);
-    j->rows_d = item_rows(down_row, j->D * n_tok, nth);
-    j->cpe_d = cdiv(j->D, j->rows_d);
     j->ph[PH_QH].n = n_tok * j->n_hf;
     j->ph[PH_ROUTER].n = n_tok * j->cpe_r;
     j->ph[PH_GATEUP].n = n_pairs * j->cpe_gu + n_tok * j->cpe_s;
     j->ph[PH_QA].n = n_pairs + (j->has_sh ? n_tok : 0);
-    j->ph[PH_DOWN].n = n_tok * j->cpe_d;
+    j->rows_dd = item_rows(j->down.row_bytes, j->D * n_tok * j->k, nth);
+    j->cpe_dd = cdiv(j->D, j->rows_dd);
+    j->rows_dsh = j->has_sh ? item_rows(j->sh_down.row_bytes, j->D * n_tok, nth) : 16;
+    j->cpe_dsh = j->has_sh ? cdiv(j->D, j->rows_dsh) : 0;
+    j->rows_red = MAX_ROWS;
+    j->cpe_red = cdiv(j->D, j->rows_red);
+    j->ph[PH_DOWN].n = n_tok * j->k * j->cpe_dd + n_tok * j->cpe_dsh;
+    j->ph[PH_RED].n = n_tok * j->cpe_red;
     return MG_OK;
 }
 
@@ -321,27 +329,31 @@ static void do_item(moe_job *j, int ph, int64_t i) {
         }
         return;
     }
-    default: { /* PH_DOWN: g accumulates, u holds one matrix's rows */
-        int64_t t = i / j->cpe_d, r0 = (i % j->cpe_d) * j->rows_d, r1 = r0 + j->rows_d < j->D ? r0 + j->rows_d : j->D;
-        int64_t nr = r1 - r0;
-        const mat_t *md = &j->down;
-        for (int64_t s = 0; s < j->k; s++) {
-            int64_t p = t * j->k + s;
-            float wk = j->wts[p];
+    case PH_DOWN: {
+        int64_t n_routed = j->n_tok * j->k * j->cpe_dd;
+        if (i < n_routed) {
+            int64_t p = i / j->cpe_dd, r0 = (i % j->cpe_dd) * j->rows_dd, r1 = r0 + j->rows_dd < j->D ? r0 + j->rows_dd : j->D;
+            const mat_t *md = &j->down;
             mg_gemv_rows(md->info, j->F, md->base + (size_t)j->ids[p] * md->expert_bytes, md->row_bytes, r0, r1,
-                         j->aq + (size_t)p * j->aq_rb, u);
-            if (s == 0) {
-                for (int64_t r = 0; r < nr; r++) g[r] = wk * u[r];
-            } else {
-                for (int64_t r = 0; r < nr; r++) g[r] += wk * u[r];
-            }
+                         j->aq + (size_t)p * j->aq_rb, j->dpart + p * j->D + r0);
+        } else {
+            i -= n_routed;
+            int64_t t = i / j->cpe_dsh, r0 = (i % j->cpe_dsh) * j->rows_dsh, r1 = r0 + j->rows_dsh < j->D ? r0 + j->rows_dsh : j->D;
+            const mat_t *md = &j->sh_down;
+            mg_gemv_rows(md->info, j->Fs, md->base, md->row_bytes, r0, r1, j->aq_sh + (size_t)t * j->aq_sh_rb,
+                         j->dpart + (j->n_tok * j->k + t) * j->D + r0);
         }
-        if (j->has_sh) {
-            md = &j->sh_down;
-            mg_gemv_rows(md->info, j->Fs, md->base, md->row_bytes, r0, r1, j->aq_sh + (size_t)t * j->aq_sh_rb, u);
-            for (int64_t r = 0; r < nr; r++) g[r] += u[r];
+        return;
+    }
+    default: { /* PH_RED */
+        int64_t t = i / j->cpe_red, r0 = (i % j->cpe_red) * j->rows_red, r1 = r0 + j->rows_red < j->D ? r0 + j->rows_red : j->D;
+        float *o = j->out + t * j->D;
+        for (int64_t r = r0; r < r1; r++) {
+            float acc = j->wts[t * j->k] * j->dpart[(t * j->k) * j->D + r];
+            for (int64_t s = 1; s < j->k; s++) acc += j->wts[t * j->k + s] * j->dpart[(t * j->k + s) * j->D + r];
+            if (j->has_sh) acc += j->dpart[(j->n_tok * j->k + t) * j->D + r];
+            o[r] = acc;
         }
-        memcpy(j->out + t * j->D + r0, g, sizeof(float) * (size_t)nr);
         return;
     }
     }
@@ -385,6 +397,8 @@ static int setup_job(moe_job *j, mg_pool *pool, const mg_moe_weights *m, const f
     j->aq = w;
     w += align64(j->aq_rb * (size_t)n_pairs);
     j->aq_sh = w;
+    w += align64(j->aq_sh_rb * (size_t)n_tok);
+    j->dpart = (float *)(void *)w;
     phases_reset(j->ph, N_PH);
     j->run.ph = j->ph;
     j->run.n_ph = N_PH;

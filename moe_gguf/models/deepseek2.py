@@ -13,8 +13,8 @@ Decoding (one token per forward, absorbed MLA, matmul engine present) runs a lea
 allocated once: per layer two fused C calls for attention's projections (wq/wkv_a on one quantized h, then W_UK
 per head; W_UV per head, then W_O), the latent attention, and ONE fused MoE call (routing, gate/up + SwiGLU,
 down + weighted sum, shared experts; the dense layer as a one-expert MoE) -- four pool dispatches per layer,
-results equal to the general path's bit for bit.  Prefill and the `mla="naive"` reference keep the general path (expert-grouped
-matmul_id).
+results equal to the general path's bit for bit.  Prefill and the `mla="naive"` reference keep the general path
+(expert-grouped matmul_id).
 """
 from __future__ import annotations
 
@@ -470,7 +470,6 @@ class _DecodeBuffers:
         self.q = z(1, H, cfg.qk_head)
         self.q_a, self.q_an = z(1, max(q_lora, 1)), z(1, max(q_lora, 1))
         self.ckv = z(1, C + R)
-        self.kvn = z(1, C)
         self.qa = z(1, H, C + R)  # [W_UK^T q_nope | roped q_pe] per head
         self.olat = z(1, H, C)
         self.o = z(1, H, cfg.v_head)
@@ -534,7 +533,10 @@ class _Decoder:
                     moe = MoEFFN(dense[2], 1, gate=dense[0], up=dense[1], workspace=ws).bind(b.h, b.one_id, b.one_w, b.ffn)
                 else:
                     shared = (L.gate_sh._q, L.up_sh._q, L.down_sh._q) if L.gate_sh is not None else None
-                    gu = dict(gate_up=L.gate_up_exps._q) if L.gate_up_exps is not None else dict(gate=L.gate_exps._q, up=L.up_exps._q)
+                    if L.gate_up_exps is not None:
+                        gu = dict(gate_up=L.gate_up_exps._q)
+                    else:
+                        gu = dict(gate=L.gate_exps._q, up=L.up_exps._q)
                     ffn = MoEFFN(
                         L.down_exps._q, cfg.n_expert_used, **gu, shared=shared, router=L.gate_inp._q, gating=cfg.gating_func,
                         bias=L.probs_b, n_group=cfg.n_group, n_group_used=cfg.n_group_used, norm=cfg.expert_weights_norm,

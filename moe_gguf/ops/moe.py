@@ -140,7 +140,8 @@ class MoEFFN:
             if n_group <= 1:
                 n_group = n_group_used = 1
             c.router_type, c.router = router._type_id, router._cptr
-            c.gating, c.n_group, c.n_group_used, c.norm, c.scale = int(gating), int(n_group), int(n_group_used), int(bool(norm)), float(scale)
+            c.gating, c.n_group, c.n_group_used = int(gating), int(n_group), int(n_group_used)
+            c.norm, c.scale = int(bool(norm)), float(scale)
             c.bias = ffi.from_buffer("float[]", bias) if bias is not None else ffi.NULL
             keep.append(router)
         nb = ffi.new("size_t *")
@@ -401,7 +402,14 @@ class MlaDecodePrep:
     stored into cache row p0 (`run(kv, p0)`, kv (n_ctx, kv_lora + n_rot) float32 or float16)."""
 
     def __init__(
-        self, q: np.ndarray, qa: np.ndarray, ckv: np.ndarray, norm_w: np.ndarray, eps: float, inv_freq: np.ndarray, magnitude: float
+        self,
+        q: np.ndarray,
+        qa: np.ndarray,
+        ckv: np.ndarray,
+        norm_w: np.ndarray,
+        eps: float,
+        inv_freq: np.ndarray,
+        magnitude: float,
     ) -> None:
         _buf(q, "q")
         if q.ndim != 3 or q.shape[0] != 1:
