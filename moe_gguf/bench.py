@@ -130,25 +130,6 @@ def active_weight_bytes(f: GGUFFile) -> tuple[int, dict[str, int]]:
     return sum(parts.values()), parts
 
 
-def _c_probe(n_threads: int, buf: np.ndarray) -> Callable[[], float] | None:
-    """The matmul engine's probe (mg_read_sum: SIMD byte sum by its persistent thread pool), if built."""
-    try:
-        from ._kernels import ffi, lib
-        from .ops import matmul as mm
-
-        pool = mm.ThreadPool(n_threads)
-        ptr = mm._pool_ptr(pool)
-        read_sum = lib.mg_read_sum
-    except (ImportError, AttributeError):
-        return None
-    data = ffi.cast("const void *", buf.ctypes.data)
-
-    def run(_keep_alive: Any = pool) -> float:  # the pool must outlive ptr
-        return float(read_sum(ptr, n_threads, data, buf.nbytes))
-
-    return run
-
-
 def measure_read_bandwidth(n_threads: int = 1, nbytes: int = 1 << 30, repeats: int = 3) -> float:
     """Read bandwidth in bytes/s: the best of `repeats` passes of `n_threads` threads reading an `nbytes`
     buffer of ones and summing it (the matmul engine's C probe on its thread pool when the kernels provide
@@ -158,17 +139,24 @@ def measure_read_bandwidth(n_threads: int = 1, nbytes: int = 1 << 30, repeats: i
     if nbytes < 1 << 20:
         raise ValueError(f"nbytes must be >= 1 MiB, got {nbytes}")
     nbytes -= nbytes % 64
+    try:  # the matmul engine's probe (mg_read_sum: SIMD byte sum by its persistent thread pool), if built
+        from .ops import matmul as mm
+
+        with mm.ThreadPool(n_threads) as pool:
+            return mm.read_bandwidth(pool, n_threads, nbytes, max(1, repeats)) * 1e9
+    except ImportError:
+        return _numpy_read_bandwidth(n_threads, nbytes, repeats)
+
+
+def _numpy_read_bandwidth(n_threads: int, nbytes: int, repeats: int) -> float:
+    """measure_read_bandwidth without the C kernels: numpy reductions in a thread pool (they release the GIL)."""
     buf = np.ones(nbytes, dtype=np.uint8)
-    c_probe = _c_probe(n_threads, buf)
     words = buf.view(np.int64)
     parts = np.array_split(words, n_threads * 4)
-    ex = ThreadPoolExecutor(n_threads) if c_probe is None else None
+    ex = ThreadPoolExecutor(n_threads)
 
-    def probe() -> bool:  # one pass; True if the sum is right
-        if c_probe is not None:
-            return c_probe() == nbytes
-        # int64 sums wrap: compare modulo 2**64
-        total = sum(int(v) for v in ex.map(np.add.reduce, parts))  # type: ignore[union-attr]
+    def probe() -> bool:  # one pass; True if the sum is right (int64 sums wrap: compare modulo 2**64)
+        total = sum(int(v) for v in ex.map(np.add.reduce, parts))
         return total % 2**64 == words.size * 0x0101010101010101 % 2**64
 
     best = 0.0
@@ -181,8 +169,7 @@ def measure_read_bandwidth(n_threads: int = 1, nbytes: int = 1 << 30, repeats: i
                 raise RuntimeError("bandwidth probe: wrong sum")
             best = max(best, nbytes / dt)
     finally:
-        if ex is not None:
-            ex.shutdown()
+        ex.shutdown()
     return best
 
 

@@ -230,7 +230,7 @@ class BoundMoEFFN:
             if pool is None:
                 rc = lib.mg_moe_ffn(pp, *self._args, wp, wn)
             else:
-                with pool._lock:
+                with pool.lock:
                     rc = lib.mg_moe_ffn(_pool_ptr(pool), *self._args, wp, wn)
         if rc != 0:
             ids, E = self.ids, self.ffn.n_expert
@@ -317,7 +317,7 @@ class GemvBatch:
             if pool is None:
                 rc = lib.mg_gemv_batch(pp, self._d, self._n, self.n_tok, wp, wn)
             else:
-                with pool._lock:
+                with pool.lock:
                     rc = lib.mg_gemv_batch(_pool_ptr(pool), self._d, self._n, self.n_tok, wp, wn)
         if rc != 0:  # pragma: no cover - everything was checked at construction
             raise ValueError(f"gemv_batch: kernel rejected the arguments (code {rc})")
@@ -463,7 +463,7 @@ class BoundLatentAttention:
         if pool is None:
             rc = lib.mg_latent_attention(pp, *args)
         else:
-            with pool._lock:
+            with pool.lock:
                 rc = lib.mg_latent_attention(_pool_ptr(pool), *args)
         if rc != 0:
             raise ValueError(f"latent_attention: kernel rejected the arguments (code {rc})")
