@@ -658,20 +658,35 @@ MG_TARGET_AVX2 static inline __m256i k4_scales_mins(const uint8_t *blk) {
  * scalar FMA chains, acc = fma(isum, d_y d, acc) and accm = fma(imin, d_y dmin, accm); the result is acc - accm.
  * k4q_step advances 4 outputs' chains at once (lane k: output k; the same bits as 4 scalar fmaf chains):
  * is[k] the 8 int32 partial sums of isum, im[k] the 4 of imin, dd[k] = (d_y d, d_y dmin, ...). */
-MG_TARGET_AVX2 static inline void k4q_step(const __m256i *is, const __m128i *im, const __m128 *dd, __m128 *acc,
-                                           __m128 *accm) {
-    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(is[0], is[1]), _mm256_hadd_epi32(is[2], is[3]));
+typedef struct {
+    __m128 acc, accm; /* lane k: output k's two chains */
+    __m256i is[4];    /* this super-block's inputs per output */
+    __m128i im[4];
+    __m128 dd[4];
+} k4q_t;
+
+MG_TARGET_AVX2 static inline void k4q_init(k4q_t *q) {
+    q->acc = q->accm = _mm_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        q->is[k] = _mm256_setzero_si256();
+        q->im[k] = _mm_setzero_si128();
+        q->dd[k] = _mm_setzero_ps();
+    }
+}
+
+MG_TARGET_AVX2 static inline void k4q_step(k4q_t *q) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(q->is[0], q->is[1]), _mm256_hadd_epi32(q->is[2], q->is[3]));
     __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    __m128i imin = _mm_hadd_epi32(_mm_hadd_epi32(im[0], im[1]), _mm_hadd_epi32(im[2], im[3]));
-    __m128 lo = _mm_unpacklo_ps(dd[0], dd[1]), hi = _mm_unpacklo_ps(dd[2], dd[3]); /* d0 d1 m0 m1 | d2 d3 m2 m3 */
-    *acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_movelh_ps(lo, hi), *acc);
-    *accm = _mm_fmadd_ps(_mm_cvtepi32_ps(imin), _mm_movehl_ps(hi, lo), *accm);
+    __m128i imin = _mm_hadd_epi32(_mm_hadd_epi32(q->im[0], q->im[1]), _mm_hadd_epi32(q->im[2], q->im[3]));
+    __m128 lo = _mm_unpacklo_ps(q->dd[0], q->dd[1]), hi = _mm_unpacklo_ps(q->dd[2], q->dd[3]); /* d0 d1 m0 m1 | d2 d3 m2 m3 */
+    q->acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_movelh_ps(lo, hi), q->acc);
+    q->accm = _mm_fmadd_ps(_mm_cvtepi32_ps(imin), _mm_movehl_ps(hi, lo), q->accm);
 }
 
 /* out[0..cnt) = acc - accm (lanes) */
-MG_TARGET_AVX2 static inline void k4q_store(__m128 acc, __m128 accm, int cnt, float *out) {
+MG_TARGET_AVX2 static inline void k4q_store(const k4q_t *q, int cnt, float *out) {
     float t[4];
-    _mm_storeu_ps(t, _mm_sub_ps(acc, accm));
+    _mm_storeu_ps(t, _mm_sub_ps(q->acc, q->accm));
     for (int k = 0; k < cnt; k++) out[k] = t[k];
 }
 
@@ -689,15 +704,8 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[4];
     for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-    __m128 qacc = _mm_setzero_ps(), qaccm = _mm_setzero_ps(); /* Q4_K chains (see k4q_step) */
-    __m256i qis[4];
-    __m128i qim[4];
-    __m128 qdd[4];
-    for (int k = 0; k < 4; k++) {
-        qis[k] = _mm256_setzero_si256();
-        qim[k] = _mm_setzero_si128();
-        qdd[k] = _mm_setzero_ps();
-    }
+    k4q_t kq; /* Q4_K chains (see k4q_step) */
+    k4q_init(&kq);
     for (int64_t i = 0; i < nb; i++) {
         const mg_block_q8_K *y[4];
         __m128i pairs[4];
@@ -735,9 +743,9 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
             float dx = f16c(dh[0]), dmx = f16c(dh[1]);
             for (int t = 0; t < M; t++) {
                 if (!off_qh) { /* Q4_K: gathered for k4q_step below */
-                    qis[r * M + t] = isum[t];
-                    qim[r * M + t] = _mm_madd_epi16(mins, pairs[t]);
-                    qdd[r * M + t] = _mm_setr_ps(y[t]->d * dx, y[t]->d * dmx, 0.0f, 0.0f);
+                    kq.is[r * M + t] = isum[t];
+                    kq.im[r * M + t] = _mm_madd_epi16(mins, pairs[t]);
+                    kq.dd[r * M + t] = _mm_setr_ps(y[t]->d * dx, y[t]->d * dmx, 0.0f, 0.0f);
                     continue;
                 }
                 __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
@@ -745,10 +753,10 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
                 acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), v);
             }
         }
-        if (!off_qh) k4q_step(qis, qim, qdd, &qacc, &qaccm);
+        if (!off_qh) k4q_step(&kq);
     }
     if (!off_qh) {
-        k4q_store(qacc, qaccm, R * M, out);
+        k4q_store(&kq, R * M, out);
         return;
     }
     store_sums(acc, R * M, out);
@@ -773,15 +781,8 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[4];
     for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-    __m128 qacc = _mm_setzero_ps(), qaccm = _mm_setzero_ps(); /* Q4_K chains (see k4q_step) */
-    __m256i qis[4];
-    __m128i qim[4];
-    __m128 qdd[4];
-    for (int k = 0; k < 4; k++) {
-        qis[k] = _mm256_setzero_si256();
-        qim[k] = _mm_setzero_si128();
-        qdd[k] = _mm_setzero_ps();
-    }
+    k4q_t kq; /* Q4_K chains (see k4q_step) */
+    k4q_init(&kq);
     /* software prefetch: the rows PF_GROUPS groups of R rows ahead, spread over the block loop (a hint: it never
      * faults, and the address is formed as an integer so it may point past the matrix) */
     uintptr_t pf = (uintptr_t)w + (uintptr_t)(PF_GROUPS * R) * rb;
@@ -802,8 +803,8 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
             __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
             __m128i imin = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
             if (!off_qh) {
-                qim[r] = imin;
-                qdd[r] = ddm;
+                kq.im[r] = imin;
+                kq.dd[r] = ddm;
             } else {
                 __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(imin));
                 acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
@@ -821,13 +822,13 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t
                 __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
                 isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
             }
-            if (!off_qh) qis[r] = isum;
+            if (!off_qh) kq.is[r] = isum;
             else acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
         }
-        if (!off_qh) k4q_step(qis, qim, qdd, &qacc, &qaccm);
+        if (!off_qh) k4q_step(&kq);
     }
     if (!off_qh) {
-        k4q_store(qacc, qaccm, R, out);
+        k4q_store(&kq, R, out);
         return;
     }
     store_sums(acc, R, out);
