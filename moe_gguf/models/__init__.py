@@ -50,8 +50,13 @@ def model_class(arch: str | None) -> type:
         raise ModelLoadError(f"architecture {arch!r}: its implementation failed to import ({e})") from e
 
 
-def load_model(path: str | os.PathLike[str], n_ctx: int | None = None, n_threads: int | None = None, **kwargs: Any) -> Any:
+def load_model(
+    path: str | os.PathLike[str], n_ctx: int | None = None, n_threads: int | None = None, populate: bool = True, **kwargs: Any
+) -> Any:
     """Opens a GGUF file and builds the model its `general.architecture` names.
+
+    `populate` maps every page of the file up front (GGUFFile.populate, like llama.cpp's default mmap prefetch),
+    so the first tokens do not run at page-fault speed; pass False to page weights in lazily instead.
 
     Raises ModelLoadError (a ValueError) for an unknown architecture (listing the supported ones) or for
     missing/inconsistent metadata and tensors (naming the key or tensor); GGUFError for a malformed file.
@@ -63,11 +68,14 @@ def load_model(path: str | os.PathLike[str], n_ctx: int | None = None, n_threads
         except ModelLoadError as e:
             raise ModelLoadError(f"{f.path}: {e}") from None
         try:
-            return cls(f, n_ctx=n_ctx, n_threads=n_threads, **kwargs)
+            model = cls(f, n_ctx=n_ctx, n_threads=n_threads, **kwargs)
         except TypeError as e:
             if kwargs and "unexpected keyword" in str(e):
                 raise TypeError(f"architecture {f.architecture!r} does not take {sorted(kwargs)}: {e}") from None
             raise
+        if populate:
+            f.populate()
+        return model
     except BaseException:
         f.close()
         raise

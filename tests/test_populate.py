@@ -1,0 +1,80 @@
+"""GGUFFile.populate and load_model(populate=...): every page of the file mapped up front, so reading the weights
+afterwards takes no page faults (counted by the kernel: getrusage's minor faults), through madvise and through the
+page-touching fallback."""
+from __future__ import annotations
+
+import mmap
+import resource
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moe_gguf import synth
+from moe_gguf.gguf import GGUFError, GGUFFile
+from moe_gguf.gguf_writer import GGUFWriter
+
+N_BYTES = 64 << 20  # 64 MiB of tensor data: 16384 pages
+
+
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+@pytest.fixture()
+def big_file(tmp_path: Path) -> Path:
+    p = tmp_path / "big.gguf"
+    w = GGUFWriter(p)
+    w.add("general.architecture", "llama")
+    w.add_tensor("w", np.random.default_rng(0).standard_normal(N_BYTES // 4).astype(np.float32))
+    w.finish()
+    return p
+
+
+def _faults_reading(f: GGUFFile) -> tuple[int, float]:
+    """Minor page faults while reading every page of tensor w once (a strided sum through the map)."""
+    view = f.tensor("w").view(np.uint8)
+    before = _minflt()
+    s = float(view[:: mmap.PAGESIZE].sum(dtype=np.uint64))
+    return _minflt() - before, s
+
+
+def test_unpopulated_reads_fault(big_file: Path) -> None:
+    """The control: a fresh map faults while it is read (else the other tests would prove nothing)."""
+    with GGUFFile(big_file) as f:
+        faults, _ = _faults_reading(f)
+    assert faults >= 16  # (the kernel maps 16 pages or a whole large folio per fault)
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_populate_maps_every_page(big_file: Path, monkeypatch: pytest.MonkeyPatch, fallback: bool) -> None:
+    if fallback:  # an advice the kernel refuses (EINVAL), as an old kernel refuses MADV_POPULATE_READ
+        monkeypatch.setattr(mmap, "MADV_POPULATE_READ", 0x7FFF, raising=False)
+    with GGUFFile(big_file) as f:
+        f.populate()
+        faults, s = _faults_reading(f)
+        start = f.data_offset + f.tensors["w"].offset
+        ref = float(np.fromfile(big_file, dtype=np.uint8)[start : start + N_BYTES][:: mmap.PAGESIZE].sum(dtype=np.uint64))
+    assert faults <= 2
+    assert s == ref  # populating changes nothing that is read
+
+
+def test_populate_closed_file(big_file: Path) -> None:
+    f = GGUFFile(big_file)
+    f.close()
+    with pytest.raises(GGUFError, match="closed"):
+        f.populate()
+
+
+def test_load_model_populates_by_default(tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moe_gguf.models import load_model
+
+    path = tmp_path / "tiny.gguf"
+    synth.write_synth(path, preset="tiny", qtype="q8_0", seed=1, vocab=shared_dir / "vocab" / "ggml-vocab-deepseek-llm.gguf")
+    calls: list[str] = []
+    real = GGUFFile.populate
+    monkeypatch.setattr(GGUFFile, "populate", lambda self: (calls.append(self.path), real(self))[1])
+    load_model(path, n_ctx=16, n_threads=1)
+    assert calls == [str(path)]
+    load_model(path, n_ctx=16, n_threads=1, populate=False)
+    assert calls == [str(path)]
