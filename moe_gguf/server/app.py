@@ -419,8 +419,8 @@ def create_app(
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           ctx_size: int = 4096, threads: int = 0, parallel: int = 1, max_queue: int = 64,
-          log_level: str = "info") -> None:
-    """Load the model and run the server until interrupted."""
+          log_level: str = "info", populate: bool = True) -> None:
+    """Load the model (populate: map the whole file at load, see load_model) and run the server until interrupted."""
     import os
 
     import uvicorn
@@ -430,7 +430,7 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8080, api_key: s
 
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"model file not found: {model_path}")
-    model = load_model(model_path, n_ctx=ctx_size or None, n_threads=threads if threads > 0 else None)
+    model = load_model(model_path, n_ctx=ctx_size or None, n_threads=threads if threads > 0 else None, populate=populate)
     tok = Tokenizer.from_gguf(model.file)
     try:
         from ..chat import ChatTemplate
