@@ -23,7 +23,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> dict:
     nxt[17] = EOG
     model = FakeModel(nxt, n_ctx=64)
 
-    def fake_open(path: str, ctx_size: int, threads: int):
+    def fake_open(path: str, ctx_size: int, threads: int, populate: bool = True):
         seen.update(path=path, ctx_size=ctx_size, threads=threads)
         return model, TOK
 
