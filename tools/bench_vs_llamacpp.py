@@ -5,7 +5,8 @@
 
 Each round runs llama.cpp's `llama-bench -r 1 -o json` and then `moe-gguf bench -r 1 --json` (each with its
 own warm-up), so drifts in machine load hit both sides alike. Prints per test the mean ± sd t/s of each,
-and the ratio moe-gguf / llama.cpp, plus the decode roofline moe-gguf measured and both sides' share of it.
+the ratio moe-gguf / llama.cpp of the means and each round's ratio with their median (the robust figure on a
+shared machine), plus the decode roofline moe-gguf measured and both sides' share of it.
 `--check-load` also asks llama.cpp's `llama-simple` (next to llama-bench) to generate a few tokens from the
 file, to show llama.cpp accepts it. Nothing of llama.cpp is part of this repository: point at a build.
 """
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 "llama_cpp": llama[name],
                 "moe_gguf": ours.get(name, []),
                 "ratio": (statistics.fmean(ours[name]) / statistics.fmean(llama[name])) if ours.get(name) else None,
+                # each round runs both sides back to back: the median of the per-round ratios is robust to the
+                # machine's speed drifting between rounds (seen here: the same binary 30 % apart within minutes)
+                "round_ratios": [o / l for o, l in zip(ours.get(name, []), llama[name])],
             }
             for name in llama
         },
@@ -125,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"model {a.model}, {a.threads} threads, {a.rounds} alternating rounds ({env_note})")
-    print("| test | llama.cpp t/s | moe-gguf t/s | moe-gguf / llama.cpp |")
-    print("| ---- | ------------: | -----------: | -------------------: |")
+    print("| test | llama.cpp t/s | moe-gguf t/s | moe-gguf / llama.cpp | per round (median) |")
+    print("| ---- | ------------: | -----------: | -------------------: | ------------------ |")
     for name, d in result["tests"].items():
         ratio = f"{d['ratio']:.2f}x" if d["ratio"] is not None else "-"
-        print(f"| {name} | {_ms(d['llama_cpp'])} | {_ms(d['moe_gguf']) if d['moe_gguf'] else '-'} | {ratio} |")
+        rr = d["round_ratios"]
+        per_round = f"{' '.join(f'{x:.2f}' for x in rr)} ({statistics.median(rr):.2f}x)" if rr else "-"
+        print(f"| {name} | {_ms(d['llama_cpp'])} | {_ms(d['moe_gguf']) if d['moe_gguf'] else '-'} | {ratio} | {per_round} |")
     if max_ts:
         tg = next((n for n in result["tests"] if n.startswith("tg")), None)
         print(f"\ndecode roofline {max_ts:.2f} t/s ({result['roofline_bandwidth_gbs']:.1f} GB/s measured by moe-gguf bench)")
