@@ -418,6 +418,9 @@ MG_TARGET_AVX2 static inline void store_sums(const __m256 *acc, int cnt, float *
     }
 }
 
+#ifndef SHORT_ROW_BYTES
+#define SHORT_ROW_BYTES 512 /* rows up to this long go 4 per pass (e.g. MLA's per-head W_UK / W_UV rows) */
+#endif
 #ifndef PF_BYTES
 #define PF_BYTES 4096 /* decode kernels prefetch the weight stream this many bytes ahead of the rows they read */
 #endif
@@ -437,6 +440,8 @@ MG_TARGET_AVX2 static inline void prefetch_below(uintptr_t p, size_t n, uintptr_
         const char *wp = w;                                                                                  \
         uintptr_t end = UINTPTR_MAX; /* prefetch past the call's rows too: the next work item's (measured) */ \
         int64_t r = 0;                                                                                       \
+        if (rb <= SHORT_ROW_BYTES) /* short rows: 4 per pass amortize the per-pass setup and sums */          \
+            for (; r + 4 <= nrows; r += 4) kern(n / (blck), wp + (size_t)r * rb, rb, 4, act, y + r, end);    \
         for (; r + 2 <= nrows; r += 2) kern(n / (blck), wp + (size_t)r * rb, rb, 2, act, y + r, end);        \
         if (r < nrows) kern(n / (blck), wp + (size_t)r * rb, rb, 1, act, y + r, end);                        \
     }
