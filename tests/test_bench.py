@@ -143,3 +143,26 @@ def test_cli(tiny: Path, tmp_path: Path) -> None:
         assert f.metadata["deepseek2.block_count"] == 2 and "blk.1.ffn_gate_exps.weight" in f.tensors
     res = runner.invoke(app, ["synth", str(out), "--type", "q2_k"])
     assert res.exit_code == 1 and "q4_k_m" in res.output
+
+
+def test_decode_parts_tool(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tools/decode_parts.py times every part of the lean decode step; the weight bytes it attributes add up to
+    the file's per-token weights (active_weight_bytes, counted independently) minus the embedding rows."""
+    pytest.importorskip("moe_gguf.models.deepseek2")
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("decode_parts", Path(__file__).parents[1] / "tools" / "decode_parts.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tiny), "-t", "1", "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    parts = set(re.findall(r"^\s+(\w+)\s+[\d.]+ ms/token", out, re.M))
+    assert parts == {"q", "prep", "attn", "v_o", "norm", "moe", "moe0", "head"}, out
+    mb = {k: float(v) for k, v in re.findall(r"^\s+(\w+)\s.*%\s+([\d.]+) MB", out, re.M)}
+    with GGUFFile(tiny) as f:
+        active, _ = bench.active_weight_bytes(f)
+        norms = sum(t.nbytes for n, t in f.tensors.items() if n.endswith("norm.weight"))
+        embd_row = f.tensors["token_embd.weight"].nbytes // f.tensors["token_embd.weight"].shape[0]
+    assert sum(mb.values()) * 1e6 == pytest.approx(active - norms - embd_row, abs=0.1e6 * len(mb))
