@@ -20,6 +20,7 @@ Decisions where the spec leaves room:
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
@@ -805,8 +806,18 @@ class GGUFFile:
         try:
             m.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
             return
-        except (OSError, ValueError, AttributeError):
-            pass  # an older kernel or another OS: touch the pages instead
+        except (ValueError, AttributeError):
+            pass  # no madvise here: touch the pages instead
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EFAULT: pages past the end (the file shrank since it was opened), EIO...
+                raise GGUFError(f"cannot read {self.path}: {e.strerror or e} (was the file truncated?)") from None
+            # EINVAL: a kernel without MADV_POPULATE_READ: touch the pages instead
+        try:
+            now = os.stat(self.path).st_size
+        except OSError as e:
+            raise GGUFError(f"cannot read {self.path}: {e.strerror or e}") from None
+        if now < self.size:  # touching a page past the end would kill the process (SIGBUS)
+            raise GGUFError(f"cannot read {self.path}: it shrank from {self.size} to {now} bytes since it was opened")
         import numpy as np
 
         page = mmap.PAGESIZE

@@ -59,6 +59,18 @@ def test_populate_maps_every_page(big_file: Path, monkeypatch: pytest.MonkeyPatc
     assert s == ref  # populating changes nothing that is read
 
 
+@pytest.mark.parametrize("fallback", [False, True])
+def test_populate_truncated_after_open(big_file: Path, monkeypatch: pytest.MonkeyPatch, fallback: bool) -> None:
+    """A file cut short after it was opened: a clear GGUFError, not a crash (a read past the end is SIGBUS)."""
+    if fallback:
+        monkeypatch.setattr(mmap, "MADV_POPULATE_READ", 0x7FFF, raising=False)
+    with GGUFFile(big_file) as f:
+        with open(big_file, "r+b") as fh:
+            fh.truncate(f.size // 2)
+        with pytest.raises(GGUFError, match="truncated|shrank"):
+            f.populate()
+
+
 def test_populate_closed_file(big_file: Path) -> None:
     f = GGUFFile(big_file)
     f.close()
