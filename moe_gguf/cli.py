@@ -60,7 +60,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, TypeError, GGUFError)
 
 
-_NO_POPULATE_HELP = "Page the weights in lazily instead of mapping the whole file at load (for a model larger than RAM)."
+_NO_POPULATE_HELP = "Page the weights in lazily instead of mapping the whole file at load (automatic for a file larger than the available memory)."
 
 
 def _open(model: str, ctx_size: int, threads: int, populate: bool = True):  # -> (model, tokenizer)

@@ -102,6 +102,20 @@ def test_load_model_populates_by_default(tiny_model: Path, monkeypatch: pytest.M
     assert calls == [str(tiny_model)]
 
 
+def test_load_model_skips_populate_beyond_memory(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file larger than the available memory is paged in lazily (populating it would only evict itself)."""
+    import moe_gguf.models as models
+
+    assert 0 < models._available_memory() < float("inf")  # read from /proc/meminfo on Linux
+    calls = _count_populate(monkeypatch)
+    monkeypatch.setattr(models, "_available_memory", lambda: float(tiny_model.stat().st_size - 1))
+    models.load_model(tiny_model, n_ctx=16, n_threads=1)
+    assert calls == []
+    monkeypatch.setattr(models, "_available_memory", lambda: float(tiny_model.stat().st_size))
+    models.load_model(tiny_model, n_ctx=16, n_threads=1)
+    assert calls == [str(tiny_model)]
+
+
 @pytest.mark.parametrize("cmd", [["bench", "-p", "4", "-n", "2", "-r", "1", "--no-warmup"], ["run", "-p", "Hi", "-n", "2", "--temp", "0"]])
 def test_cli_no_populate(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, cmd: list[str]) -> None:
     from typer.testing import CliRunner

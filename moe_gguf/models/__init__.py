@@ -50,13 +50,26 @@ def model_class(arch: str | None) -> type:
         raise ModelLoadError(f"architecture {arch!r}: its implementation failed to import ({e})") from e
 
 
+def _available_memory() -> float:
+    """Bytes of memory the kernel reports available (MemAvailable: free + reclaimable cache), inf if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("inf")
+
+
 def load_model(
     path: str | os.PathLike[str], n_ctx: int | None = None, n_threads: int | None = None, populate: bool = True, **kwargs: Any
 ) -> Any:
     """Opens a GGUF file and builds the model its `general.architecture` names.
 
     `populate` maps every page of the file up front (GGUFFile.populate, like llama.cpp's default mmap prefetch),
-    so the first tokens do not run at page-fault speed; pass False to page weights in lazily instead.
+    so the first tokens do not run at page-fault speed, unless the file is larger than the memory the system
+    reports available (it would only evict itself); pass False to page weights in lazily instead.
 
     Raises ModelLoadError (a ValueError) for an unknown architecture (listing the supported ones) or for
     missing/inconsistent metadata and tensors (naming the key or tensor); GGUFError for a malformed file.
@@ -73,7 +86,7 @@ def load_model(
             if kwargs and "unexpected keyword" in str(e):
                 raise TypeError(f"architecture {f.architecture!r} does not take {sorted(kwargs)}: {e}") from None
             raise
-        if populate:
+        if populate and f.size <= _available_memory():
             f.populate()
         return model
     except BaseException:
