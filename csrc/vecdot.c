@@ -502,7 +502,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
             acc[k] = _mm256_setzero_ps();                                                                    \
             summ[k] = 0.0f;                                                                                  \
         }                                                                                                    \
-        uintptr_t pf = (uintptr_t)w + PF_BYTES;                                       \
+        uintptr_t pf = (uintptr_t)w + PF_BYTES;                                                              \
         const size_t pf_step = (size_t)R * sizeof(WT) * 8;                                                   \
         for (int64_t i = 0; i < nb; i++) {                                                                   \
             if (M == 1 && (i & 7) == 0) {                                                                    \
