@@ -299,12 +299,16 @@ def test_decode_row_chunks_vs_numpy(tname: str, pools) -> None:
 
 @pytest.mark.parametrize("tname", ALL_TYPES)
 @pytest.mark.parametrize("n_out", [1, 2, 3, 5, 7, 13, 38])
-def test_decode_gemv_odd_row_counts(tname: str, n_out: int, pools) -> None:
-    """The multi-row decode kernel (4 rows per pass) on row counts that leave 1..3 rows over: each row equals the
-    same token's row of a GEMM (tile kernels) bit for bit, stays within float rounding of the plain C reference,
-    and is right against numpy; also through matmul_id (one token, several experts)."""
-    rng = np.random.default_rng(100 + n_out)
-    n_in = 512 if tname not in FLOAT_TYPES else 80
+@pytest.mark.parametrize("long_rows", [False, True])
+def test_decode_gemv_odd_row_counts(tname: str, n_out: int, long_rows: bool, pools) -> None:
+    """The multi-row decode kernel (2 rows per pass; 4 for rows of at most 512 bytes: 512 inputs are short rows
+    for every quantized type but Q8_0, 2048 long ones for all) on row counts that leave rows over: each row equals
+    the same token's row of a GEMM (tile kernels) bit for bit, stays within float rounding of the plain C
+    reference, and is right against numpy; also through matmul_id (one token, several experts)."""
+    if long_rows and tname in FLOAT_TYPES:
+        pytest.skip("float weights have no multi-row kernel")
+    rng = np.random.default_rng(100 + n_out + 1000 * long_rows)
+    n_in = (2048 if long_rows else 512) if tname not in FLOAT_TYPES else 80
     raw, deq = make_weight(tname, (3, n_out, n_in), rng)
     w = QWeight(np.ascontiguousarray(raw[1]), GGMLType[tname], (n_out, n_in))
     x = (rng.standard_normal((3, n_in)) * rng.uniform(0.1, 10, size=(3, 1))).astype(np.float32)
