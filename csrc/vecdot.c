@@ -638,77 +638,154 @@ MG_TARGET_AVX2 static float avx_q3_K(int64_t n, const void *w, const void *a) {
     return hsum8(acc);
 }
 
+/* an empty asm statement that takes v in and out of a vector register: the compiler cannot move v's additions
+ * across it (integer sums are exact in any order, and GCC's reassociation would otherwise turn a chain of
+ * per-chunk sums into a tree that keeps every product alive at once and spills them to the stack) */
+#define MG_IN_REG(v) __asm__("" : "+x"(v))
+
 /* int16 lane j of v (the same in both 128-bit lanes) broadcast to all 16 lanes */
 MG_TARGET_AVX2 static inline __m256i pick16(__m256i v, int j) {
     return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)((2 * j) | ((2 * j + 1) << 8))));
 }
 
-/* Q4_K / Q5_K scales: the 16 bytes at blk + 4 (scales[12] and 4 bytes after them, ignored) -> 16 int16: the 8
+/* Q4_K / Q5_K scales: the 16 bytes at blk + 4 (scales[12] and 4 bytes after them, ignored) -> 16 bytes: the 8
  * six-bit scales (lanes 0..7) and the 8 six-bit mins (lanes 8..15) (ggml's get_scale_min_k4, in SIMD).  With u0,
  * u1, u2 the three little-endian words of scales[12]:  scales 0..3 = u0 & 0x3f, scales 4..7 = (u2 & 0x0f) |
  * ((u0 >> 2) & 0x30), mins 0..3 = u1 & 0x3f, mins 4..7 = ((u2 >> 4) & 0x0f) | ((u1 >> 2) & 0x30), per byte. */
-MG_TARGET_AVX2 static inline __m256i k4_scales_mins(const uint8_t *blk) {
+MG_TARGET_AVX2 static inline __m128i k4_scale_bytes(const uint8_t *blk) {
     __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(blk + 4));
     __m128i a = _mm_shuffle_epi32(raw, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
     __m128i b = _mm_shuffle_epi32(raw, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
     a = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)), _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
     b = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
-    return _mm256_cvtepu8_epi16(_mm_or_si128(a, b));
+    return _mm_or_si128(a, b);
 }
+
+/* the same as 16 int16 */
+MG_TARGET_AVX2 static inline __m256i k4_scales_mins(const uint8_t *blk) { return _mm256_cvtepu8_epi16(k4_scale_bytes(blk)); }
 
 /* Q4_K follows llama.cpp's AVX2 arithmetic (its repacked Q4_K GEMV, used for every Q4_K matrix there): per
- * output, per super-block, the exact integer sums isum = sum_c sc_c (q . y)_c and imin = mins . bsum pairs feed two
+ * output, per super-block, the exact integer sums isum = sum_c sc_c (q . y)_c and imin = mins . bsums feed two
  * scalar FMA chains, acc = fma(isum, d_y d, acc) and accm = fma(imin, d_y dmin, accm); the result is acc - accm.
- * k4q_step advances 4 outputs' chains at once (lane k: output k; the same bits as 4 scalar fmaf chains):
- * is[k] the 8 int32 partial sums of isum, im[k] the 4 of imin, dd[k] = (d_y d, d_y dmin, ...). */
-typedef struct {
-    __m128 acc, accm; /* lane k: output k's two chains */
-    __m256i is[4];    /* this super-block's inputs per output */
-    __m128i im[4];
-    __m128 dd[4];
-} k4q_t;
+ * q4k_kern keeps up to 4 outputs' chains in the lanes of one vector (lane k: acc of output k, lane k + n/2 or
+ * k + 4: its accm), each lane the same bits as a scalar fmaf chain. */
 
-MG_TARGET_AVX2 static inline void k4q_init(k4q_t *q) {
-    q->acc = q->accm = _mm_setzero_ps();
-    for (int k = 0; k < 4; k++) {
-        q->is[k] = _mm256_setzero_si256();
-        q->im[k] = _mm_setzero_si128();
-        q->dd[k] = _mm_setzero_ps();
+/* (a, b) -> (a0+a1, a2+a3, b0+b1, b2+b3 | the same of the high halves): hadd_epi32 through two float
+ * shuffles and an add, off the one port that both hadd and the integer multiplies use on AMD Zen */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i hpair32(__m256i a, __m256i b) {
+    __m256 x = _mm256_castsi256_ps(a), y = _mm256_castsi256_ps(b);
+    return _mm256_add_epi32(_mm256_castps_si256(_mm256_shuffle_ps(x, y, 0x88)),
+                            _mm256_castps_si256(_mm256_shuffle_ps(x, y, 0xDD)));
+}
+
+/* 4 vectors of 8 int32 -> their 4 sums (exact) */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) __m128i hsum32x4(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i z = hpair32(hpair32(a, b), hpair32(c, d)); /* lane k: half of sum k, lane 4 + k: the other half */
+    return _mm_add_epi32(_mm256_castsi256_si128(z), _mm256_extracti128_si256(z, 1));
+}
+
+/* 8 vectors of 8 int32 -> their 8 sums (exact) */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i hsum32x8(const __m256i *v) {
+    __m256i lo = hpair32(hpair32(v[0], v[1]), hpair32(v[2], v[3]));
+    __m256i hi = hpair32(hpair32(v[4], v[5]), hpair32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
+/* Q4_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride), R * M <= 4,
+ * and R == 1 or M == 1; out[r * M + t].  The decode GEMV uses M = 1 (prefetching the weight stream PF_BYTES
+ * ahead), the prefill tiles R = 1.  Per (row, activation) the arithmetic is the same for every R and M.  Per
+ * super-block and output: isum as 8 int32 lanes (chunk by chunk: sc_c * maddubs(q, y) pairs), imin as 8 int32
+ * lanes (mins, each twice, times the 16 bsums), then all outputs' sums reduced together and one FMA advances every
+ * chain (lanes: see above). */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4k_kern(int64_t nb, const uint8_t *w, size_t rb,
+                                                                        int R, const char *a, size_t stride, int M,
+                                                                        float *out, uintptr_t pf_end) {
+    const int n = R * M;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m128i mins_twice = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    const __m128i d_then_dmin = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    const __m128i dx4_dmx4 = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
+    __m128 c4 = _mm_setzero_ps(); /* n <= 2: (acc_0, acc_1, accm_0, accm_1) */
+    __m256 c8 = _mm256_setzero_ps(); /* n > 2: (acc_0..3, accm_0..3) */
+    uintptr_t pf = (uintptr_t)w + PF_BYTES;
+    const size_t pf_step = (size_t)R * sizeof(mg_block_q4_K);
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        if (M == 1) prefetch_below(pf, pf_step, pf_end);
+        __m256i v[8]; /* v[k]: isum lanes of output k; v[4 + k]: its imin lanes */
+        for (int k = 0; k < 8; k++) v[k] = _mm256_setzero_si256();
+        const mg_block_q8_K *y[4];
+        for (int t = 0; t < M; t++) y[t] = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
+        uint32_t dh[4] = {0, 0, 0, 0}; /* per row: d | dmin << 16 (f16) */
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * sizeof(mg_block_q4_K);
+            memcpy(&dh[r], blk, 4);
+            __m128i sb = k4_scale_bytes(blk);
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sb));
+            __m256i mins2 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sb, mins_twice));
+            __m256i isum[4];
+            for (int t = 0; t < M; t++) isum[t] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) { /* each unpacked chunk and its two scales meet every activation row */
+                __m256i q4 = load256(blk + offsetof(mg_block_q4_K, qs) + 32 * c);
+                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
+                for (int t = 0; t < M; t++) {
+                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
+                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
+                    MG_IN_REG(isum[t]);
+                }
+            }
+            for (int t = 0; t < M; t++) {
+                v[r * M + t] = isum[t];
+                v[4 + r * M + t] = _mm256_madd_epi16(load256(y[t]->bsums), mins2);
+            }
+        }
+        /* the chains' multipliers d_y d and d_y dmin (float products, as the scalar chains form them) */
+        if (n <= 2) {
+            __m128 h = _mm_cvtepi32_ps(hsum32x4(v[0], v[1], v[4], v[5]));
+            __m128 dd;
+            if (M == 1) { /* rows: (d_0, d_1, dmin_0, dmin_1) * d_y */
+                __m128i hw = _mm_shufflelo_epi16(_mm_setr_epi32((int)dh[0], (int)dh[1], 0, 0), _MM_SHUFFLE(3, 1, 2, 0));
+                dd = _mm_mul_ps(_mm_cvtph_ps(hw), _mm_set1_ps(y[0]->d));
+            } else { /* one row, two activations: (d, d, dmin, dmin) * (d_y0, d_y1, d_y0, d_y1) */
+                __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dh[0]));
+                dd = _mm_mul_ps(_mm_unpacklo_ps(dw, dw), _mm_setr_ps(y[0]->d, y[1]->d, y[0]->d, y[1]->d));
+            }
+            c4 = _mm_fmadd_ps(h, dd, c4);
+        } else {
+            __m256 dd;
+            if (M == 1) { /* rows: (d_0..3, dmin_0..3) * d_y */
+                __m128i hw = _mm_shuffle_epi8(_mm_setr_epi32((int)dh[0], (int)dh[1], (int)dh[2], (int)dh[3]), d_then_dmin);
+                dd = _mm256_mul_ps(_mm256_cvtph_ps(hw), _mm256_set1_ps(y[0]->d));
+            } else { /* one row: (d x4, dmin x4) * (d_y0..3, d_y0..3) */
+                __m128 dy = _mm_setr_ps(y[0]->d, y[1]->d, y[2]->d, M > 3 ? y[3]->d : 0.0f);
+                __m256 dw = _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_cvtsi32_si128((int)dh[0]), dx4_dmx4));
+                dd = _mm256_mul_ps(dw, _mm256_set_m128(dy, dy));
+            }
+            c8 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum32x8(v)), dd, c8);
+        }
     }
+    float t8[8];
+    if (n <= 2) {
+        _mm_storeu_ps(t8, _mm_sub_ps(c4, _mm_movehl_ps(c4, c4)));
+    } else {
+        _mm_storeu_ps(t8, _mm_sub_ps(_mm256_castps256_ps128(c8), _mm256_extractf128_ps(c8, 1)));
+    }
+    for (int k = 0; k < n; k++) out[k] = t8[k];
 }
 
-MG_TARGET_AVX2 static inline void k4q_step(k4q_t *q) {
-    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(q->is[0], q->is[1]), _mm256_hadd_epi32(q->is[2], q->is[3]));
-    __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    __m128i imin = _mm_hadd_epi32(_mm_hadd_epi32(q->im[0], q->im[1]), _mm_hadd_epi32(q->im[2], q->im[3]));
-    __m128 lo = _mm_unpacklo_ps(q->dd[0], q->dd[1]), hi = _mm_unpacklo_ps(q->dd[2], q->dd[3]); /* d0 d1 m0 m1 | d2 d3 m2 m3 */
-    q->acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_movelh_ps(lo, hi), q->acc);
-    q->accm = _mm_fmadd_ps(_mm_cvtepi32_ps(imin), _mm_movehl_ps(hi, lo), q->accm);
-}
-
-/* out[0..cnt) = acc - accm (lanes) */
-MG_TARGET_AVX2 static inline void k4q_store(const k4q_t *q, int cnt, float *out) {
-    float t[4];
-    _mm_storeu_ps(t, _mm_sub_ps(q->acc, q->accm));
-    for (int k = 0; k < cnt; k++) out[k] = t[k];
-}
-
-/* Q4_K / Q5_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
+/* Q5_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
  * R * M <= 4; out[r * M + t] = dot(row r, activation t).  Per (row, activation) the arithmetic is the same for
- * every R and M (the decode GEMV uses R <= 2, M = 1; the tiles R = 1, M <= 4), so results never depend on tiling.
+ * every R and M (the tiles use R = 1, M <= 4), so results never depend on tiling.
  * Per super-block: sumi = sum_c sc_c * (q . y)_c exactly in int32, then
  *   acc -= (d_y dmin) * (mins . pair sums of bsums)  (low 4 lanes)  and  acc += (d_y d) * sumi,
- * both as FMAs, in this order, on one 8-lane accumulator.  Q4_K and Q5_K start with d, dmin, scales[12]; Q5_K then has
- * qh[32] (off_qh != 0) before qs[128]. */
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t nb, const uint8_t *w, size_t rb,
-                                                                       int R, size_t bbytes, size_t off_qh,
-                                                                       size_t off_qs, const char *a, size_t stride,
-                                                                       int M, float *out) {
+ * both as FMAs, in this order, on one 8-lane accumulator.  The block: d, dmin, scales[12] (as Q4_K), qh[32], qs[128]. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5k_kern(int64_t nb, const uint8_t *w, size_t rb,
+                                                                        int R, const char *a, size_t stride, int M,
+                                                                        float *out) {
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
     __m256 acc[4];
     for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-    k4q_t kq; /* Q4_K chains (see k4q_step) */
-    k4q_init(&kq);
     for (int64_t i = 0; i < nb; i++) {
         const mg_block_q8_K *y[4];
         __m128i pairs[4];
@@ -718,133 +795,97 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_kern(int64_t
             pairs[t] = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
         }
         for (int r = 0; r < R; r++) {
-            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bbytes;
-            uint16_t dh[2];
-            memcpy(dh, blk, 4);
-            __m256i v16 = k4_scales_mins(blk);
+            const mg_block_q5_K *x = (const mg_block_q5_K *)(const void *)(w + (size_t)r * rb) + i;
+            __m256i v16 = k4_scales_mins((const uint8_t *)x);
             __m128i mins = _mm256_extracti128_si256(v16, 1);
             __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
             /* chunk-outer: each unpacked chunk and its two scale broadcasts meet every activation row, then die */
             __m256i isum[4];
             for (int t = 0; t < M; t++) isum[t] = _mm256_setzero_si256();
-            __m256i hb = off_qh ? load256(blk + off_qh) : _mm256_setzero_si256();
+            __m256i hb = load256(x->qh);
             for (int c = 0; c < 4; c++) {
-                __m256i q4 = load256(blk + off_qs + 32 * c);
+                __m256i q4 = load256(x->qs + 32 * c);
                 __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                if (off_qh) { /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
-                    hb = _mm256_srli_epi16(hb, 2);
-                }
+                /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+                hb = _mm256_srli_epi16(hb, 2);
                 __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
                 for (int t = 0; t < M; t++) {
                     __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
                     __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
                     isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
+                    MG_IN_REG(isum[t]);
                 }
             }
-            float dx = f16c(dh[0]), dmx = f16c(dh[1]);
+            float dx = f16c(x->d), dmx = f16c(x->dmin);
             for (int t = 0; t < M; t++) {
-                if (!off_qh) { /* Q4_K: gathered for k4q_step below */
-                    kq.is[r * M + t] = isum[t];
-                    kq.im[r * M + t] = _mm_madd_epi16(mins, pairs[t]);
-                    kq.dd[r * M + t] = _mm_setr_ps(y[t]->d * dx, y[t]->d * dmx, 0.0f, 0.0f);
-                    continue;
-                }
                 __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
                 __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(y[t]->d * dmx), pm, acc[r * M + t]);
                 acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), v);
             }
         }
-        if (!off_qh) k4q_step(&kq);
-    }
-    if (!off_qh) {
-        k4q_store(&kq, R * M, out);
-        return;
     }
     store_sums(acc, R * M, out);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
                                                                          size_t stride, int M, float *s) {
-    k4_kern(nb, w, 0, 1, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), a, stride, M, s);
+    q4k_kern(nb, w, 0, 1, a, stride, M, s, 0);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_tile(int64_t nb, const void *w, const char *a,
                                                                          size_t stride, int M, float *s) {
-    k4_kern(nb, w, 0, 1, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), a, stride, M, s);
-}
-
-/* The decode form of k4_kern (M = 1): the same arithmetic per row (integer sums are exact in any order), laid
- * out for R <= 4 rows against one activation row: the activation's chunks are loaded once for all rows and the
- * rows' integer sums kept in registers. */
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_rows(int64_t nb, const uint8_t *w, size_t rb, int R,
-                                                                       size_t bbytes, size_t off_qh, size_t off_qs,
-                                                                       const void *act, float *out, uintptr_t pf_end) {
-    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-    __m256 acc[4];
-    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-    k4q_t kq; /* Q4_K chains (see k4q_step) */
-    k4q_init(&kq);
-    /* software prefetch: the weight stream PF_BYTES ahead, spread over the block loop (a hint: it never
-     * faults, and the address is formed as an integer so it may point past the matrix) */
-    uintptr_t pf = (uintptr_t)w + PF_BYTES;
-    size_t pf_step = (size_t)R * bbytes;
-    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
-        prefetch_below(pf, pf_step, pf_end);
-        const mg_block_q8_K *y = (const mg_block_q8_K *)act + i;
-        __m256i bs = load256(y->bsums);
-        __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        const __m128 yd = _mm_set1_ps(y->d);
-        for (int r = 0; r < R; r++) {
-            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bbytes;
-            uint32_t dh;
-            memcpy(&dh, blk, 4);
-            /* (d_y d, d_y dmin) in one vector: the same floats as the scalar products of k4_kern */
-            __m128 ddm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh)), yd);
-            __m256i v16 = k4_scales_mins(blk);
-            __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-            __m128i imin = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
-            if (!off_qh) {
-                kq.im[r] = imin;
-                kq.dd[r] = ddm;
-            } else {
-                __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(imin));
-                acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
-            }
-            __m256i isum = _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                __m256i q4 = load256(blk + off_qs + 32 * c);
-                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                if (off_qh) {
-                    __m256i hb = _mm256_srli_epi16(load256(blk + off_qh), 2 * c);
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
-                }
-                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y->qs + 64 * c)), pick16(sc, 2 * c));
-                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
-                isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
-            }
-            if (!off_qh) kq.is[r] = isum;
-            else acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
-        }
-        if (!off_qh) k4q_step(&kq);
-    }
-    if (!off_qh) {
-        k4q_store(&kq, R, out);
-        return;
-    }
-    store_sums(acc, R, out);
+    q5k_kern(nb, w, 0, 1, a, stride, M, s);
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_rows(int64_t nb, const void *w, size_t rb, int R,
                                                                          const void *act, float *y, uintptr_t pf_end) {
-    k4_rows(nb, w, rb, R, sizeof(mg_block_q4_K), 0, offsetof(mg_block_q4_K, qs), act, y, pf_end);
+    q4k_kern(nb, w, rb, R, act, 0, 1, y, pf_end);
 }
 
+/* Q5_K decode: R <= 4 rows against one activation row, as q5k_kern; the weight stream prefetched PF_BYTES ahead */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_rows(int64_t nb, const void *w, size_t rb, int R,
                                                                          const void *act, float *y, uintptr_t pf_end) {
-    k4_rows(nb, w, rb, R, sizeof(mg_block_q5_K), offsetof(mg_block_q5_K, qh), offsetof(mg_block_q5_K, qs), act, y, pf_end);
+    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
+    __m256 acc[4];
+    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
+    /* software prefetch: a hint, it never faults, and the address is formed as an integer so it may point past
+     * the matrix */
+    uintptr_t pf = (uintptr_t)w + PF_BYTES;
+    size_t pf_step = (size_t)R * sizeof(mg_block_q5_K);
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        prefetch_below(pf, pf_step, pf_end);
+        const mg_block_q8_K *yb = (const mg_block_q8_K *)act + i;
+        __m256i bs = load256(yb->bsums);
+        __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128 yd = _mm_set1_ps(yb->d);
+        for (int r = 0; r < R; r++) {
+            const mg_block_q5_K *x = (const mg_block_q5_K *)(const void *)((const char *)w + (size_t)r * rb) + i;
+            uint32_t dh;
+            memcpy(&dh, x, 4);
+            /* (d_y d, d_y dmin) in one vector: the same floats as the scalar products of q5k_kern */
+            __m128 ddm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh)), yd);
+            __m256i v16 = k4_scales_mins((const uint8_t *)x);
+            __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
+            __m128i imin = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
+            __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(imin));
+            acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
+            __m256i isum = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i q4 = load256(x->qs + 32 * c);
+                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                __m256i hb = _mm256_srli_epi16(load256(x->qh), 2 * c);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(yb->qs + 64 * c)), pick16(sc, 2 * c));
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(yb->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
+                isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+            }
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
+        }
+    }
+    store_sums(acc, R, y);
 }
 
 ROWS_KERNEL(rows_avx_q4_K, q4_K_rows, MG_QK_K)
@@ -895,8 +936,10 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q6_kern(int64_t
                     }
                     int c = 4 * h + j;
                     __m256i sp = pick16(scv, c);
-                    for (int t = 0; t < M; t++)
+                    for (int t = 0; t < M; t++) {
                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(y[t]->qs + 32 * c)), sp));
+                        MG_IN_REG(isum[t]);
+                    }
                 }
             }
             float dx = f16c(x->d);
