@@ -964,7 +964,9 @@ ROWS_KERNEL(rows_avx_q6_K, q6_K_rows, MG_QK_K)
 
 MULTI_TILES(multi_avx_q6_K, q6_K_tile, MG_QK_K)
 
-/* IQ4_XS tile (see Q8_0_TILE): code book values and scales unpacked once per super-block for all M rows. */
+/* IQ4_XS tile: per super-block, each pair of 32-element sub-blocks is unpacked through the code book once and
+ * meets all M <= 4 activation rows (chunk-outer, as the Q4_K tile); per row sumi = sum_ib ls_ib (q . y)_ib exactly
+ * in int32, then acc = fma(d_y d, sumi, acc) on one 8-lane accumulator. */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4_xs_tile(int64_t nb, const void *w, const char *a,
                                                                            size_t stride, int M, float *s) {
     const mg_block_iq4_xs *x = w;
@@ -977,28 +979,34 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4_xs_tile(int
         uint32_t sl;
         memcpy(&sh, &x[i].scales_h, 2);
         memcpy(&sl, x[i].scales_l, 4);
-        __m256i q[8], sc[8];
+        const mg_block_q8_K *y[MT_MAX];
+        __m256i sumi[MT_MAX];
+        for (int j = 0; j < M; j++) {
+            y[j] = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
+            sumi[j] = _mm256_setzero_si256();
+        }
         for (int ib = 0; ib < 8; ib += 2) { /* 32 bytes = sub-blocks ib (low lane) and ib+1 (high lane) */
             __m256i b = load256(x[i].qs + 16 * ib);
             __m256i lo = _mm256_shuffle_epi8(kv, _mm256_and_si256(b, m4));                        /* elements 0..15 */
             __m256i hi = _mm256_shuffle_epi8(kv, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4)); /* 16..31 */
-            q[ib] = _mm256_permute2x128_si256(lo, hi, 0x20);     /* sub-block ib in element order */
-            q[ib + 1] = _mm256_permute2x128_si256(lo, hi, 0x31); /* sub-block ib+1 */
-        }
-        for (int ib = 0; ib < 8; ib++) {
-            int ls = (int)(((sl >> (4 * ib)) & 15) | (((sh >> (2 * ib)) & 3) << 4)) - 32;
-            sc[ib] = _mm256_set1_epi16((short)ls);
+            __m256i q0 = _mm256_permute2x128_si256(lo, hi, 0x20); /* sub-block ib in element order */
+            __m256i q1 = _mm256_permute2x128_si256(lo, hi, 0x31); /* sub-block ib+1 */
+            int ls0 = (int)(((sl >> (4 * ib)) & 15) | (((sh >> (2 * ib)) & 3) << 4)) - 32;
+            int ls1 = (int)(((sl >> (4 * ib + 4)) & 15) | (((sh >> (2 * ib + 2)) & 3) << 4)) - 32;
+            __m256i sc0 = _mm256_set1_epi16((short)ls0), sc1 = _mm256_set1_epi16((short)ls1);
+            /* q . y as |q| . (y * sign q): |q| once for all rows (code book values and Q8_K activations are
+             * within +-127, so neither sign flip overflows and the pair sums stay below 2^15) */
+            __m256i a0 = _mm256_sign_epi8(q0, q0), a1 = _mm256_sign_epi8(q1, q1);
+            for (int j = 0; j < M; j++) {
+                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(load256(y[j]->qs + 32 * ib), q0)), sc0);
+                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(load256(y[j]->qs + 32 * ib + 32), q1)), sc1);
+                sumi[j] = _mm256_add_epi32(sumi[j], _mm256_add_epi32(p0, p1));
+                MG_IN_REG(sumi[j]);
+            }
         }
         float dx = f16c(x[i].d);
-        for (int j = 0; j < M; j++) {
-            const mg_block_q8_K *y = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
-            __m256i sumi = _mm256_setzero_si256();
-            for (int ib = 0; ib < 8; ib++) {
-                __m256i p = _mm256_madd_epi16(dot_i8_pairs16(q[ib], load256(y->qs + 32 * ib)), sc[ib]);
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi), acc[j]);
-        }
+        for (int j = 0; j < M; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y[j]->d * dx), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
     }
     for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]);
 }
