@@ -691,6 +691,20 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i hsum32x8(con
     return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
 }
 
+/* Q4_K / Q5_K chunk c (elements 64c..64c+63: lo = sub-block 2c, hi = 2c+1, as unsigned codes) against M activation
+ * rows: isum[t] += sc_2c (lo . y_t) + sc_2c+1 (hi . y_t), exact in int32 (sc: the 8 scales as int16, both lanes) */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void k4_chunk_sums(__m256i lo, __m256i hi, __m256i sc, int c,
+                                                                             const mg_block_q8_K *const *y, int M,
+                                                                             __m256i *isum) {
+    __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
+    for (int t = 0; t < M; t++) {
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
+        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
+        isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
+        MG_IN_REG(isum[t]);
+    }
+}
+
 /* Q4_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride), R * M <= 4,
  * and R == 1 or M == 1; out[r * M + t].  The decode GEMV uses M = 1 (prefetching the weight stream PF_BYTES
  * ahead), the prefill tiles R = 1.  Per (row, activation) the arithmetic is the same for every R and M.  Per
@@ -727,13 +741,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4k_kern(int64_
             for (int c = 0; c < 4; c++) { /* each unpacked chunk and its two scales meet every activation row */
                 __m256i q4 = load256(blk + offsetof(mg_block_q4_K, qs) + 32 * c);
                 __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
-                for (int t = 0; t < M; t++) {
-                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
-                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
-                    MG_IN_REG(isum[t]);
-                }
+                k4_chunk_sums(lo, hi, sc, c, y, M, isum);
             }
             for (int t = 0; t < M; t++) {
                 v[r * M + t] = isum[t];
@@ -810,13 +818,7 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5k_kern(int64_
                 lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
                 hb = _mm256_srli_epi16(hb, 2);
-                __m256i sp0 = pick16(sc, 2 * c), sp1 = pick16(sc, 2 * c + 1);
-                for (int t = 0; t < M; t++) {
-                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(y[t]->qs + 64 * c)), sp0);
-                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(y[t]->qs + 64 * c + 32)), sp1);
-                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
-                    MG_IN_REG(isum[t]);
-                }
+                k4_chunk_sums(lo, hi, sc, c, y, M, isum);
             }
             float dx = f16c(x->d), dmx = f16c(x->dmin);
             for (int t = 0; t < M; t++) {
