@@ -34,6 +34,7 @@
 typedef struct {
     const mg_dot_info *info;
     mg_dot_fn dot;
+    mg_rowtile_fn rowtile; /* or NULL: dot per row */
     int wtype;
     const char *w;          /* expert 0, row 0 */
     size_t w_row_bytes;     /* bytes of one weight row */
@@ -94,10 +95,21 @@ static void run_block(const mm_job *j, const char *w, int64_t r0, int64_t r1, in
                      j->y + yr * j->n_out + r0);
         return;
     }
-    float s[TOK_TILE];
+    float s[8 * TOK_TILE];
     for (int64_t t0 = a0; t0 < a1; t0 += TOK_TILE) {
         int nt = (int)(a1 - t0 < TOK_TILE ? a1 - t0 : TOK_TILE);
         const char *a = j->act + (size_t)t0 * j->act_row_bytes;
+        if (j->rowtile) { /* kernels whose lanes are weight rows: 8 rows x the tile's tokens per call */
+            for (int64_t r = r0; r < r1; r += 8) {
+                int R = (int)(r1 - r < 8 ? r1 - r : 8);
+                j->rowtile(j->n_in, w + (size_t)r * j->w_row_bytes, j->w_row_bytes, R, a, j->act_row_bytes, nt, s);
+                for (int t = 0; t < nt; t++) {
+                    int64_t yr = j->out_row ? j->out_row[t0 + t] : t0 + t;
+                    for (int k = 0; k < R; k++) j->y[yr * j->n_out + r + k] = s[k * nt + t];
+                }
+            }
+            continue;
+        }
         for (int64_t r = r0; r < r1; r++) {
             j->dot(j->n_in, w + (size_t)r * j->w_row_bytes, a, j->act_row_bytes, nt, s);
             for (int t = 0; t < nt; t++) {
@@ -155,6 +167,7 @@ static int setup(mm_job *j, int type, const void *w, int64_t n_out, int64_t n_in
     if (!j->info) return MG_EUNSUPPORTED;
     if (n_out <= 0 || n_in <= 0 || n_in % j->info->blck || !w || !x || !y) return MG_ESIZE;
     j->dot = mg_dot_kernel(j->info);
+    j->rowtile = mg_rowtile_kernel(j->info);
     j->wtype = type;
     j->w = w;
     j->w_row_bytes = (size_t)(n_in / j->info->blck) * j->info->wbytes;

@@ -5,6 +5,7 @@
  * float as  d_w * d_a * sum_i(q_w * q_a)  (minus the min terms), so SIMD and reference differ only by float
  * rounding.  Every kernel processes blocks in index order, so a result never depends on threads or tiling.
  */
+#include <math.h>
 #include <stddef.h>
 
 #include "moe_gguf.h"
@@ -134,7 +135,19 @@ static inline float ref_blocks32(int64_t n, const void *w, size_t wbytes, const 
     return s;
 }
 
-static float ref_q4_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 18, a, dec_q4_0, 0); }
+/* Q4_0 in llama.cpp's order for it (its repacked 8-row kernels, used for every Q4_0 matrix of n_out % 8 == 0 on
+ * AVX2): per block the exact integer dot, one chain acc = fma(isum, d_w d_a, acc); activations mg_block_q8_0s */
+static float ref_q4_0(int64_t n, const void *w, const void *a) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        const uint8_t *b = (const uint8_t *)w + (size_t)i * 18;
+        const mg_block_q8_0s *y = (const mg_block_q8_0s *)a + i;
+        int8_t q[MG_QK];
+        dec_q4_0(b, q);
+        acc = fmaf((float)idot(q, y->qs, MG_QK), f16(rd16(b)) * y->d, acc);
+    }
+    return acc;
+}
 static float ref_q4_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 20, a, dec_q4_1, 1); }
 static float ref_q5_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 22, a, dec_q5_0, 0); }
 static float ref_q5_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 24, a, dec_q5_1, 1); }
@@ -345,10 +358,6 @@ MG_TARGET_AVX2 static inline __m256 scaled_dot(__m256i qx, const int8_t *qy, flo
 }
 
 /* weight block -> 32 signed values (element order of the activation block) */
-MG_TARGET_AVX2 static inline __m256i unpack_q4_0(const mg_block_q4_0 *x) {
-    return _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
-}
-
 MG_TARGET_AVX2 static inline __m256i unpack_q4_1(const mg_block_q4_1 *x) { return nibbles32(x->qs); }
 
 MG_TARGET_AVX2 static inline __m256i unpack_q5_0(const mg_block_q5_0 *x) {
@@ -562,24 +571,115 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
 
 #define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
 #define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN, mode)
-Q80(k_q4_0, mg_block_q4_0, unpack_q4_0, S)
 Q81(k_q4_1, mg_block_q4_1, unpack_q4_1, U)
 Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
 Q81(k_q5_1, mg_block_q5_1, unpack_q5_1, U)
 Q80(k_q8_0, mg_block_q8_0, unpack_q8_0, W)
 Q80(k_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl, S)
-MULTI_TILES8(multi_avx_q4_0, k_q4_0_tile, MG_QK)
 MULTI_TILES8(multi_avx_q4_1, k_q4_1_tile, MG_QK)
 MULTI_TILES8(multi_avx_q5_0, k_q5_0_tile, MG_QK)
 MULTI_TILES8(multi_avx_q5_1, k_q5_1_tile, MG_QK)
 MULTI_TILES8(multi_avx_q8_0, k_q8_0_tile, MG_QK)
 MULTI_TILES8(multi_avx_iq4_nl, k_iq4_nl_tile, MG_QK)
-ROWS_KERNEL(rows_avx_q4_0, k_q4_0_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q4_1, k_q4_1_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q5_0, k_q5_0_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q5_1, k_q5_1_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q8_0, k_q8_0_rows, MG_QK)
 ROWS_KERNEL(rows_avx_iq4_nl, k_iq4_nl_rows, MG_QK)
+
+/* the 4 bytes at p in every 32-bit lane (one load, no ALU work) */
+MG_TARGET_AVX2 static inline __m256i bcast32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* Q4_0 kernel over R <= 8 weight rows (row r at w + r * rb) x M <= 4 activation rows (row t at a + t * stride, in
+ * mg_block_q8_0s blocks); out[r * ors + t].  llama.cpp's repacked-Q4_0 arithmetic (see ref_q4_0): per output a
+ * chain acc = fma(isum, d_w d_a, acc) over blocks, isum the exact block dot.  The lanes are the weight rows: per
+ * block the 16 packed bytes of the 8 rows are transposed in registers (T[k], lane r = dword k of row r: low
+ * nibbles elements 4k..4k+3, high nibbles 16+4k..), so one maddubs multiplies 4 elements of all 8 rows with 4
+ * broadcast activations, and the integer sums need no horizontal adds.  Unsigned nibbles times q: the pair sums
+ * (<= 2 * 15 * 127) of all 8 maddubs add up exactly in int16 (<= 30480); minus s8 = 8 sum(q) gives isum.  Rows
+ * past R repeat row R - 1 (their lanes are dropped).  Decode (M == 1) prefetches the next 8 rows as it goes. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q40_kern(int64_t nb, const uint8_t *w, size_t rb, int R,
+                                                                        const char *a, size_t stride, int M,
+                                                                        float *out, size_t ors, uintptr_t pf_end) {
+    const uint8_t *p[8];
+    for (int r = 0; r < 8; r++) p[r] = w + (size_t)(r < R ? r : R - 1) * rb + offsetof(mg_block_q4_0, qs);
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
+    const size_t pf_step = 8 * sizeof(mg_block_q4_0);
+    uintptr_t pf = (uintptr_t)w + 8 * rb;
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        if (M == 1) prefetch_below(pf, pf_step, pf_end);
+        const size_t off = (size_t)i * sizeof(mg_block_q4_0);
+        __m256i y0 = _mm256_loadu2_m128i((const __m128i *)(const void *)(p[4] + off), (const __m128i *)(const void *)(p[0] + off));
+        __m256i y1 = _mm256_loadu2_m128i((const __m128i *)(const void *)(p[5] + off), (const __m128i *)(const void *)(p[1] + off));
+        __m256i y2 = _mm256_loadu2_m128i((const __m128i *)(const void *)(p[6] + off), (const __m128i *)(const void *)(p[2] + off));
+        __m256i y3 = _mm256_loadu2_m128i((const __m128i *)(const void *)(p[7] + off), (const __m128i *)(const void *)(p[3] + off));
+        __m256i lo01 = _mm256_unpacklo_epi32(y0, y1), hi01 = _mm256_unpackhi_epi32(y0, y1);
+        __m256i lo23 = _mm256_unpacklo_epi32(y2, y3), hi23 = _mm256_unpackhi_epi32(y2, y3);
+        __m256i T[4] = {_mm256_unpacklo_epi64(lo01, lo23), _mm256_unpackhi_epi64(lo01, lo23),
+                        _mm256_unpacklo_epi64(hi01, hi23), _mm256_unpackhi_epi64(hi01, hi23)};
+        __m256i L[4], H[4];
+        for (int k = 0; k < 4; k++) {
+            L[k] = _mm256_and_si256(T[k], m4);
+            H[k] = _mm256_and_si256(_mm256_srli_epi16(T[k], 4), m4);
+        }
+        /* the 8 rows' scales (f16 at 2 bytes before qs) */
+        uint64_t d03 = 0, d47 = 0;
+        for (int r = 0; r < 4; r++) { /* in integer registers (the empty asm keeps GCC from vectorizing this) */
+            d03 |= (uint64_t)rd16(p[r] + off - 2) << (16 * r);
+            d47 |= (uint64_t)rd16(p[r + 4] + off - 2) << (16 * r);
+            __asm__("" : "+r"(d03), "+r"(d47));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)d47, (long long)d03));
+        for (int t = 0; t < M; t++) {
+            const mg_block_q8_0s *y = (const mg_block_q8_0s *)(const void *)(a + (size_t)t * stride) + i;
+            __m256i s16 = _mm256_maddubs_epi16(L[0], bcast32(y->qs));
+            for (int k = 1; k < 4; k++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(L[k], bcast32(y->qs + 4 * k)));
+            for (int k = 0; k < 4; k++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(H[k], bcast32(y->qs + 16 + 4 * k)));
+            __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(y->s8));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(y->d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < M; t++) {
+        float l8[8];
+        _mm256_storeu_ps(l8, acc[t]);
+        for (int r = 0; r < R; r++) out[(size_t)r * ors + t] = l8[r];
+    }
+}
+
+/* rows_avx_q4_0: decode, 8 rows per pass */
+MG_TARGET_AVX2 static void rows_avx_q4_0(int64_t n, const void *w, size_t rb, int64_t nrows, const void *act, float *y) {
+    const uint8_t *wp = w;
+    for (int64_t r = 0; r < nrows; r += 8) {
+        int R = nrows - r < 8 ? (int)(nrows - r) : 8;
+        q40_kern(n / MG_QK, wp + (size_t)r * rb, rb, R, act, 0, 1, y + r, 1, UINTPTR_MAX);
+    }
+}
+
+/* rowtile_avx_q4_0: nrows <= 8 rows x nt <= 8 tokens, s[r * nt + t], 4 tokens per pass */
+MG_TARGET_AVX2 static void rowtile_avx_q4_0(int64_t n, const void *w, size_t rb, int nrows, const void *a, size_t stride,
+                                            int nt, float *s) {
+    const char *ap = a;
+    for (int t = 0; t < nt; t += 4) {
+        const char *at = ap + (size_t)t * stride;
+        switch (nt - t < 4 ? nt - t : 4) {
+        case 4: q40_kern(n / MG_QK, w, rb, nrows, at, stride, 4, s + t, (size_t)nt, 0); break;
+        case 3: q40_kern(n / MG_QK, w, rb, nrows, at, stride, 3, s + t, (size_t)nt, 0); break;
+        case 2: q40_kern(n / MG_QK, w, rb, nrows, at, stride, 2, s + t, (size_t)nt, 0); break;
+        default: q40_kern(n / MG_QK, w, rb, nrows, at, stride, 1, s + t, (size_t)nt, 0); break;
+        }
+    }
+}
+
+/* multi_avx_q4_0: one row x nt tokens (the single dot, as a one-row tile) */
+MG_TARGET_AVX2 static void multi_avx_q4_0(int64_t n, const void *w, const void *a, size_t a_stride, int nt, float *s) {
+    for (int t = 0; t < nt; t += 8) rowtile_avx_q4_0(n, w, 0, 1, (const char *)a + (size_t)t * a_stride, a_stride, nt - t < 8 ? nt - t : 8, s + t);
+}
 
 /* int16 scale pair for a 32-element chunk: lanes 0..7 (elements 0..15) get s0, lanes 8..15 get s1 */
 MG_TARGET_AVX2 static inline __m256i scale_pair(int s0, int s1) {
@@ -1053,31 +1153,34 @@ MG_AVX(q2_K)
 MG_AVX(q3_K)
 #define SIMD(t) multi_avx_##t
 #define ROWS(t) rows_avx_##t
+#define RTILE(t) rowtile_avx_##t
 #else
 #define SIMD(t) NULL
 #define ROWS(t) NULL
+#define RTILE(t) NULL
 #endif
 
 #define Q8_0B sizeof(mg_block_q8_0)
 #define Q8_1B sizeof(mg_block_q8_1x)
+#define Q8_0SB sizeof(mg_block_q8_0s)
 #define Q8_KB sizeof(mg_block_q8_K)
 
 static const struct { int type; mg_dot_info info; } k_table[] = {
-    {MG_F32, {1, 4, 1, 4, multi_ref_f32, SIMD(f32), NULL}},
-    {MG_F16, {1, 2, 1, 4, multi_ref_f16, SIMD(f16), NULL}},
-    {MG_BF16, {1, 2, 1, 4, multi_ref_bf16, SIMD(bf16), NULL}},
-    {MG_Q4_0, {MG_QK, sizeof(mg_block_q4_0), MG_QK, Q8_0B, multi_ref_q4_0, SIMD(q4_0), ROWS(q4_0)}},
-    {MG_Q4_1, {MG_QK, sizeof(mg_block_q4_1), MG_QK, Q8_1B, multi_ref_q4_1, SIMD(q4_1), ROWS(q4_1)}},
-    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0B, multi_ref_q5_0, SIMD(q5_0), ROWS(q5_0)}},
-    {MG_Q5_1, {MG_QK, sizeof(mg_block_q5_1), MG_QK, Q8_1B, multi_ref_q5_1, SIMD(q5_1), ROWS(q5_1)}},
-    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0B, multi_ref_q8_0, SIMD(q8_0), ROWS(q8_0)}},
-    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0B, multi_ref_iq4_nl, SIMD(iq4_nl), ROWS(iq4_nl)}},
-    {MG_Q2_K, {MG_QK_K, sizeof(mg_block_q2_K), MG_QK_K, Q8_KB, multi_ref_q2_K, SIMD(q2_K), NULL}},
-    {MG_Q3_K, {MG_QK_K, sizeof(mg_block_q3_K), MG_QK_K, Q8_KB, multi_ref_q3_K, SIMD(q3_K), NULL}},
-    {MG_Q4_K, {MG_QK_K, sizeof(mg_block_q4_K), MG_QK_K, Q8_KB, multi_ref_q4_K, SIMD(q4_K), ROWS(q4_K)}},
-    {MG_Q5_K, {MG_QK_K, sizeof(mg_block_q5_K), MG_QK_K, Q8_KB, multi_ref_q5_K, SIMD(q5_K), ROWS(q5_K)}},
-    {MG_Q6_K, {MG_QK_K, sizeof(mg_block_q6_K), MG_QK_K, Q8_KB, multi_ref_q6_K, SIMD(q6_K), ROWS(q6_K)}},
-    {MG_IQ4_XS, {MG_QK_K, sizeof(mg_block_iq4_xs), MG_QK_K, Q8_KB, multi_ref_iq4_xs, SIMD(iq4_xs), NULL}},
+    {MG_F32, {1, 4, 1, 4, multi_ref_f32, SIMD(f32), NULL, NULL}},
+    {MG_F16, {1, 2, 1, 4, multi_ref_f16, SIMD(f16), NULL, NULL}},
+    {MG_BF16, {1, 2, 1, 4, multi_ref_bf16, SIMD(bf16), NULL, NULL}},
+    {MG_Q4_0, {MG_QK, sizeof(mg_block_q4_0), MG_QK, Q8_0SB, multi_ref_q4_0, SIMD(q4_0), ROWS(q4_0), RTILE(q4_0)}},
+    {MG_Q4_1, {MG_QK, sizeof(mg_block_q4_1), MG_QK, Q8_1B, multi_ref_q4_1, SIMD(q4_1), ROWS(q4_1), NULL}},
+    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0B, multi_ref_q5_0, SIMD(q5_0), ROWS(q5_0), NULL}},
+    {MG_Q5_1, {MG_QK, sizeof(mg_block_q5_1), MG_QK, Q8_1B, multi_ref_q5_1, SIMD(q5_1), ROWS(q5_1), NULL}},
+    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0B, multi_ref_q8_0, SIMD(q8_0), ROWS(q8_0), NULL}},
+    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0B, multi_ref_iq4_nl, SIMD(iq4_nl), ROWS(iq4_nl), NULL}},
+    {MG_Q2_K, {MG_QK_K, sizeof(mg_block_q2_K), MG_QK_K, Q8_KB, multi_ref_q2_K, SIMD(q2_K), NULL, NULL}},
+    {MG_Q3_K, {MG_QK_K, sizeof(mg_block_q3_K), MG_QK_K, Q8_KB, multi_ref_q3_K, SIMD(q3_K), NULL, NULL}},
+    {MG_Q4_K, {MG_QK_K, sizeof(mg_block_q4_K), MG_QK_K, Q8_KB, multi_ref_q4_K, SIMD(q4_K), ROWS(q4_K), NULL}},
+    {MG_Q5_K, {MG_QK_K, sizeof(mg_block_q5_K), MG_QK_K, Q8_KB, multi_ref_q5_K, SIMD(q5_K), ROWS(q5_K), NULL}},
+    {MG_Q6_K, {MG_QK_K, sizeof(mg_block_q6_K), MG_QK_K, Q8_KB, multi_ref_q6_K, SIMD(q6_K), ROWS(q6_K), NULL}},
+    {MG_IQ4_XS, {MG_QK_K, sizeof(mg_block_iq4_xs), MG_QK_K, Q8_KB, multi_ref_iq4_xs, SIMD(iq4_xs), NULL, NULL}},
 };
 
 const mg_dot_info *mg_dot_lookup(int wtype) {
@@ -1085,6 +1188,10 @@ const mg_dot_info *mg_dot_lookup(int wtype) {
         if (k_table[i].type == wtype) return &k_table[i].info;
     }
     return NULL;
+}
+
+mg_rowtile_fn mg_rowtile_kernel(const mg_dot_info *info) {
+    return info->rowtile && mg_get_simd_level() >= 1 ? info->rowtile : NULL;
 }
 
 mg_dot_fn mg_dot_kernel(const mg_dot_info *info) {
@@ -1126,7 +1233,20 @@ void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n) {
         }
         return;
     }
-    case MG_Q4_0: case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL:
+    case MG_Q4_0: {
+        mg_block_q8_0s *y = dst;
+        for (int64_t i = 0; i < n / MG_QK; i++) {
+            mg_block_q8_0 b;
+            mg_quantize_row_q8_0(x + i * MG_QK, &b, MG_QK);
+            int sum = 0;
+            for (int j = 0; j < MG_QK; j++) sum += b.qs[j];
+            y[i].d = f16(b.d);
+            y[i].s8 = 8 * sum;
+            memcpy(y[i].qs, b.qs, MG_QK);
+        }
+        return;
+    }
+    case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL:
         mg_quantize_row_q8_0(x, dst, n);
         return;
     default: /* K-quants and IQ4_XS */

@@ -3,7 +3,8 @@
  * A weight row of type `wtype` is multiplied with an activation row prepared by mg_act_quantize_row in the
  * weight type's activation format:
  *   F32/F16/BF16 weights        -> float32 activations (a plain copy),
- *   Q4_0/Q5_0/Q8_0/IQ4_NL       -> Q8_0 blocks (mg_quantize_row_q8_0),
+ *   Q5_0/Q8_0/IQ4_NL            -> Q8_0 blocks (mg_quantize_row_q8_0),
+ *   Q4_0                        -> mg_block_q8_0s: Q8_0 values with the scale as f32 and 8 * the block sum,
  *   Q4_1/Q5_1                   -> mg_block_q8_1x: Q8_0 values with the scale as f32 and the block sum d*sum(q),
  *   Q2_K..Q6_K, IQ4_XS          -> Q8_K blocks (mg_quantize_row_q8_K).
  */
@@ -17,6 +18,9 @@
 
 /* the activation block for Q4_1/Q5_1 weights (40 bytes, 4-byte aligned) */
 typedef struct { float d; float s; int8_t qs[MG_QK]; } mg_block_q8_1x;
+/* the activation block for Q4_0 weights (40 bytes): the Q8_0 block's values, d as f32 (the exact f16 value) and
+ * s8 = 8 * sum(qs) (exact), so that sum((nibble - 8) * q) = sum(nibble * q) - s8 takes unsigned nibbles */
+typedef struct { float d; int32_t s8; int8_t qs[MG_QK]; } mg_block_q8_0s;
 
 /* s[t] = dot(weight row w, activation row a + t*a_stride) for t < nt; n elements.
  * Each s[t] is computed with exactly the arithmetic of the single dot (nt == 1), so tiling never changes results. */
@@ -26,6 +30,11 @@ typedef void (*mg_dot_fn)(int64_t n, const void *w, const void *a, size_t a_stri
  * row: the decode (GEMV) kernel.  Each y[r] has the same bits as the single dot of that row. */
 typedef void (*mg_rows_fn)(int64_t n, const void *w, size_t row_bytes, int64_t nrows, const void *act, float *y);
 
+/* s[r * nt + t] = dot(weight row r, activation row a + t*a_stride) for r < nrows <= 8, t < nt <= 8: a tile of
+ * weight rows x tokens, for kernels whose lanes are weight rows.  Each s has the bits of the single dot. */
+typedef void (*mg_rowtile_fn)(int64_t n, const void *w, size_t row_bytes, int nrows, const void *a, size_t a_stride,
+                              int nt, float *s);
+
 typedef struct {
     int blck;             /* elements per weight block */
     size_t wbytes;        /* bytes per weight block */
@@ -34,12 +43,15 @@ typedef struct {
     mg_dot_fn ref;        /* plain C reference */
     mg_dot_fn simd;       /* AVX2+FMA path, or NULL */
     mg_rows_fn rows;      /* AVX2+FMA multi-row GEMV (same bits as simd per row), or NULL (mg_gemv_rows loops) */
+    mg_rowtile_fn rowtile; /* AVX2+FMA rows x tokens tile (same bits as simd), or NULL (GEMM calls simd per row) */
 } mg_dot_info;
 
 /* The table entry of a weight type, or NULL if the type has no dot product. */
 const mg_dot_info *mg_dot_lookup(int wtype);
 /* The kernel to use now (the SIMD one when mg_get_simd_level() >= 1 and it exists). */
 mg_dot_fn mg_dot_kernel(const mg_dot_info *info);
+/* The type's rows x tokens tile to use now, or NULL (no tile, or the scalar level). */
+mg_rowtile_fn mg_rowtile_kernel(const mg_dot_info *info);
 /* y[i] = dot(weight row r0 + i, act) for rows [r0, r1) of the matrix whose row 0 is at w (rows of row_bytes
  * bytes, n elements each) against ONE activation row act (mg_act_quantize_row format): the decode kernel,
  * multi-row where the type has one.  Each y[i] has the same bits as the single-row dot of that row.
