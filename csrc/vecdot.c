@@ -278,7 +278,28 @@ static inline float ref_superblocks(int64_t n, const void *w, size_t wbytes, con
 static float ref_q2_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 84, a, dec_q2_K); }
 static float ref_q3_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 110, a, dec_q3_K); }
 static float ref_q4_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 144, a, dec_q4_K); }
-static float ref_q5_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 176, a, dec_q5_K); }
+/* ggml's 8-lane sum order: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) */
+static float hsum8_ref(const float l[8]) { return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])); }
+
+/* Q5_K in llama.cpp's AVX2 order (ggml_vec_dot_q5_K_q8_K as compiled): per super-block lane j (j < 8) gets the
+ * exact sum over the 8 sub-blocks of sc * (the 4 products at elements 4j..4j+3), acc_j = fma(lane_j, d_y d,
+ * acc_j); the exact min sum goes to summs = fma(imin, -(d_y dmin), summs); result hsum8(acc) + summs. */
+static float ref_q5_K(int64_t n, const void *w, const void *a) {
+    const mg_block_q8_K *y = a;
+    float acc[8] = {0}, summs = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK_K; i++) {
+        kdec k;
+        dec_q5_K((const uint8_t *)w + (size_t)i * 176, &k);
+        int lane[8] = {0}, imin = 0;
+        for (int sb = 0; sb < 8; sb++)
+            for (int j = 0; j < 8; j++) lane[j] += k.sc[2 * sb] * idot(k.q + 32 * sb + 4 * j, y[i].qs + 32 * sb + 4 * j, 4);
+        for (int g = 0; g < 16; g++) imin += k.m[g] * y[i].bsums[g];
+        float dd = y[i].d * k.d, dm = -(y[i].d * k.dmin);
+        for (int j = 0; j < 8; j++) acc[j] = fmaf((float)lane[j], dd, acc[j]);
+        summs = fmaf((float)imin, dm, summs);
+    }
+    return hsum8_ref(acc) + summs;
+}
 static float ref_q6_K(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 210, a, dec_q6_K); }
 static float ref_iq4_xs(int64_t n, const void *w, const void *a) { return ref_superblocks(n, w, 136, a, dec_iq4_xs); }
 
@@ -882,36 +903,50 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4k_kern(int64_
     for (int k = 0; k < n; k++) out[k] = t8[k];
 }
 
-/* Q5_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride),
- * R * M <= 4; out[r * M + t] = dot(row r, activation t).  Per (row, activation) the arithmetic is the same for
- * every R and M (the tiles use R = 1, M <= 4), so results never depend on tiling.
- * Per super-block: sumi = sum_c sc_c * (q . y)_c exactly in int32, then
- *   acc -= (d_y dmin) * (mins . pair sums of bsums)  (low 4 lanes)  and  acc += (d_y d) * sumi,
- * both as FMAs, in this order, on one 8-lane accumulator.  The block: d, dmin, scales[12] (as Q4_K), qh[32], qs[128]. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
+                                                                         size_t stride, int M, float *s) {
+    q4k_kern(nb, w, 0, 1, a, stride, M, s, 0);
+}
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_rows(int64_t nb, const void *w, size_t rb, int R,
+                                                                         const void *act, float *y, uintptr_t pf_end) {
+    q4k_kern(nb, w, rb, R, act, 0, 1, y, pf_end);
+}
+
+/* Q5_K kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride), R * M <= 8
+ * (decode: R <= 4, M = 1, prefetching the weight stream PF_BYTES ahead; prefill tiles: R = 1, M <= 8);
+ * out[r * M + t].  llama.cpp's AVX2 order (see ref_q5_K): per output an 8-lane chain acc = fma(lanes, d_y d, acc)
+ * of the exact integer sums, and a min chain summs = fma(imin, -(d_y dmin), summs) kept in lane k of one vector for
+ * all outputs (the imin of all outputs reduced together, off the multiply ports); result hsum8(acc) + summs.  Per
+ * (row, activation) the arithmetic is the same for every R and M.  The block: d, dmin, scales[12] (as Q4_K),
+ * qh[32], qs[128]. */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5k_kern(int64_t nb, const uint8_t *w, size_t rb,
                                                                         int R, const char *a, size_t stride, int M,
-                                                                        float *out) {
+                                                                        float *out, uintptr_t pf_end) {
+    const int n = R * M;
     const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-    __m256 acc[4];
-    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        const mg_block_q8_K *y[4];
-        __m128i pairs[4];
-        for (int t = 0; t < M; t++) {
-            y[t] = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
-            __m256i bs = load256(y[t]->bsums);
-            pairs[t] = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        }
+    const __m128i mins_twice = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    __m256 summs = _mm256_setzero_ps();
+    uintptr_t pf = (uintptr_t)w + PF_BYTES;
+    const size_t pf_step = (size_t)R * sizeof(mg_block_q5_K);
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        if (M == 1) prefetch_below(pf, pf_step, pf_end);
+        const mg_block_q8_K *y[8];
+        for (int t = 0; t < M; t++) y[t] = (const mg_block_q8_K *)(const void *)(a + (size_t)t * stride) + i;
+        __m256i vmin[8]; /* per output: mins (each twice) x the 16 bsums, 8 int32 lanes */
+        for (int k = n; k < 8; k++) vmin[k] = _mm256_setzero_si256();
+        uint64_t dmh = 0; /* decode: the rows' dmin (f16) */
         for (int r = 0; r < R; r++) {
             const mg_block_q5_K *x = (const mg_block_q5_K *)(const void *)(w + (size_t)r * rb) + i;
-            __m256i v16 = k4_scales_mins((const uint8_t *)x);
-            __m128i mins = _mm256_extracti128_si256(v16, 1);
-            __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-            /* chunk-outer: each unpacked chunk and its two scale broadcasts meet every activation row, then die */
-            __m256i isum[4];
+            __m128i sb = k4_scale_bytes((const uint8_t *)x);
+            __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sb));
+            __m256i mins2 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sb, mins_twice));
+            __m256i isum[8];
             for (int t = 0; t < M; t++) isum[t] = _mm256_setzero_si256();
             __m256i hb = load256(x->qh);
-            for (int c = 0; c < 4; c++) {
+            for (int c = 0; c < 4; c++) { /* each unpacked chunk and its two scales meet every activation row */
                 __m256i q4 = load256(x->qs + 32 * c);
                 __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
                 /* bit 2c of qh[l] -> +16 on element l of the low half, bit 2c+1 -> the high half */
@@ -920,81 +955,53 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5k_kern(int64_
                 hb = _mm256_srli_epi16(hb, 2);
                 k4_chunk_sums(lo, hi, sc, c, y, M, isum);
             }
-            float dx = f16c(x->d), dmx = f16c(x->dmin);
+            const float dx = f16c(x->d);
+            dmh |= (uint64_t)x->dmin << (16 * r);
             for (int t = 0; t < M; t++) {
-                __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs[t])));
-                __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(y[t]->d * dmx), pm, acc[r * M + t]);
-                acc[r * M + t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t]->d * dx), _mm256_cvtepi32_ps(isum[t]), v);
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(y[t]->d * dx), acc[r * M + t]);
+                vmin[r * M + t] = _mm256_madd_epi16(load256(y[t]->bsums), mins2);
             }
         }
+        /* -(d_y dmin) per output lane: (-d_y) times the rows' dmin (decode), or -dmin times the d_y (tiles) */
+        if (n <= 4) {
+            __m128 dm;
+            if (M == 1) {
+                dm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)dmh)), _mm_set1_ps(-y[0]->d));
+            } else {
+                dm = _mm_mul_ps(_mm_setr_ps(y[0]->d, M > 1 ? y[1]->d : 0.0f, M > 2 ? y[2]->d : 0.0f, M > 3 ? y[3]->d : 0.0f),
+                                _mm_set1_ps(-f16c((uint16_t)dmh)));
+            }
+            __m128 s4 = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum32x4(vmin[0], vmin[1], vmin[2], vmin[3])), dm, _mm256_castps256_ps128(summs));
+            summs = _mm256_castps128_ps256(s4);
+        } else { /* tiles of 5..8 activation rows (R = 1) */
+            float dy[8];
+            for (int t = 0; t < 8; t++) dy[t] = t < M ? y[t]->d : 0.0f;
+            __m256 dm = _mm256_mul_ps(_mm256_loadu_ps(dy), _mm256_set1_ps(-f16c((uint16_t)dmh)));
+            summs = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum32x8(vmin)), dm, summs);
+        }
     }
-    store_sums(acc, R * M, out);
-}
-
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_tile(int64_t nb, const void *w, const char *a,
-                                                                         size_t stride, int M, float *s) {
-    q4k_kern(nb, w, 0, 1, a, stride, M, s, 0);
+    float sm[8];
+    _mm256_storeu_ps(sm, summs);
+    store_sums(acc, n < 4 ? n : 4, out);
+    if (n > 4) store_sums(acc + 4, n - 4, out + 4);
+    for (int k = 0; k < n; k++) out[k] += sm[k];
 }
 
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_tile(int64_t nb, const void *w, const char *a,
                                                                          size_t stride, int M, float *s) {
-    q5k_kern(nb, w, 0, 1, a, stride, M, s);
+    q5k_kern(nb, w, 0, 1, a, stride, M, s, 0);
 }
 
-MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q4_K_rows(int64_t nb, const void *w, size_t rb, int R,
-                                                                         const void *act, float *y, uintptr_t pf_end) {
-    q4k_kern(nb, w, rb, R, act, 0, 1, y, pf_end);
-}
-
-/* Q5_K decode: R <= 4 rows against one activation row, as q5k_kern; the weight stream prefetched PF_BYTES ahead */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void q5_K_rows(int64_t nb, const void *w, size_t rb, int R,
                                                                          const void *act, float *y, uintptr_t pf_end) {
-    const __m256i m4 = _mm256_set1_epi8(15), b16 = _mm256_set1_epi8(16);
-    __m256 acc[4];
-    for (int k = 0; k < 4; k++) acc[k] = _mm256_setzero_ps();
-    /* software prefetch: a hint, it never faults, and the address is formed as an integer so it may point past
-     * the matrix */
-    uintptr_t pf = (uintptr_t)w + PF_BYTES;
-    size_t pf_step = (size_t)R * sizeof(mg_block_q5_K);
-    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
-        prefetch_below(pf, pf_step, pf_end);
-        const mg_block_q8_K *yb = (const mg_block_q8_K *)act + i;
-        __m256i bs = load256(yb->bsums);
-        __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        const __m128 yd = _mm_set1_ps(yb->d);
-        for (int r = 0; r < R; r++) {
-            const mg_block_q5_K *x = (const mg_block_q5_K *)(const void *)((const char *)w + (size_t)r * rb) + i;
-            uint32_t dh;
-            memcpy(&dh, x, 4);
-            /* (d_y d, d_y dmin) in one vector: the same floats as the scalar products of q5k_kern */
-            __m128 ddm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh)), yd);
-            __m256i v16 = k4_scales_mins((const uint8_t *)x);
-            __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(v16));
-            __m128i imin = _mm_madd_epi16(_mm256_extracti128_si256(v16, 1), pairs);
-            __m256 pm = _mm256_zextps128_ps256(_mm_cvtepi32_ps(imin));
-            acc[r] = _mm256_fnmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ddm)), pm, acc[r]);
-            __m256i isum = _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                __m256i q4 = load256(x->qs + 32 * c);
-                __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                __m256i hb = _mm256_srli_epi16(load256(x->qh), 2 * c);
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b16));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b16));
-                __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256(yb->qs + 64 * c)), pick16(sc, 2 * c));
-                __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256(yb->qs + 64 * c + 32)), pick16(sc, 2 * c + 1));
-                isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
-            }
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ddm), _mm256_cvtepi32_ps(isum), acc[r]);
-        }
-    }
-    store_sums(acc, R, y);
+    q5k_kern(nb, w, rb, R, act, 0, 1, y, pf_end);
 }
 
 ROWS_KERNEL(rows_avx_q4_K, q4_K_rows, MG_QK_K)
 ROWS_KERNEL(rows_avx_q5_K, q5_K_rows, MG_QK_K)
 
 MULTI_TILES(multi_avx_q4_K, q4_K_tile, MG_QK_K)
-MULTI_TILES(multi_avx_q5_K, q5_K_tile, MG_QK_K)
+MULTI_TILES8(multi_avx_q5_K, q5_K_tile, MG_QK_K)
 
 /* Q6_K kernel over R weight rows x M activation rows, R * M <= 4 (see k4_kern); out[r * M + t].  q - 32 is
  * handled as sum(sc * q * y) - 32 * sum_g(sc_g * bsums_g), exact in int32; per super-block

@@ -390,6 +390,42 @@ def test_q4_0_dots_take_ggml_repacked_order() -> None:
 
 
 @needs_avx2
+def test_q5_K_dots_take_ggml_avx2_order() -> None:
+    """ggml_vec_dot_q5_K_q8_K as llama.cpp compiles it for AVX2 (Q5_K is not repacked there, so its GEMM is this dot
+    per output): per super-block 8 lanes of exact integer sums sc * (q . y) into acc = fma(lanes, d_y d, acc), the
+    exact min sum into a scalar chain summs = fma(imin, -(d_y dmin), summs); result hsum8(acc) + summs.  4 rows
+    (decode passes of 1, 2 and 4 rows), 1, 4 and 11 tokens (tiles of 8 and the rest)."""
+    from moe_gguf.ops import matmul as mm
+
+    rng = np.random.default_rng(9)
+    n_rows, nb, T = 7, 3, 11
+    raw = _random_blocks(rng, n_rows, nb, 176, [0, 2])
+    blk = raw.reshape(n_rows, nb, 176)
+    d, dmin, sc, m, _ = _q4_K_fields(np.concatenate([blk[..., :16], blk[..., 48:]], -1).reshape(n_rows, -1))
+    qh = blk[..., 16:48].astype(np.int64)  # documented Q5_K: bit 2c (2c+1) of qh[l] is the 5th bit of element l
+    qs = blk[..., 48:].astype(np.int64).reshape(n_rows, nb, 4, 32)  # of sub-block 2c (2c+1) in chunk c
+    hb = (qh[:, :, None, None, :] >> (2 * np.arange(4)[:, None, None] + np.arange(2)[None, :, None])) & 1
+    codes = (np.stack([qs & 15, qs >> 4], axis=3) + 16 * hb).reshape(n_rows, nb, 256)
+    x = rng.standard_normal((T, nb * 256)).astype(f32)
+    dy, qy, bs = _q8_K_ref(x)
+    sub = (codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32)  # (T, rows, nb, sub-block, element)
+    lanes = (sub.reshape(T, n_rows, nb, 8, 8, 4).sum(-1) * sc[None, ..., None]).reshape(T, n_rows, nb, 4, 2, 8)
+    lanes = lanes.sum(-2).sum(-2)  # per 32-byte chunk pair: lane j = sum over chunks of sc * 4-product sums
+    imin = (m[None] * bs.reshape(T, 1, nb, 8, 2).sum(-1)).sum(-1)  # (T, rows, nb)
+    acc = np.zeros((T, n_rows, 8), f32)
+    summs = np.zeros((T, n_rows), f32)
+    for i in range(nb):
+        acc = fma(lanes[:, :, i].astype(f32), (dy[:, None, i] * d[None, :, i]).astype(f32)[..., None], acc)
+        summs = fma(imin[..., i].astype(f32), -(dy[:, None, i] * dmin[None, :, i]).astype(f32), summs)
+    want = (_hsum8(acc) + summs).astype(f32)
+    qwt = mm.QWeight(raw, 13, (n_rows, nb * 256))
+    for level in LEVELS:  # the plain C reference keeps this order too
+        for rows in (x[:1], x[:4], x):
+            got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
+            np.testing.assert_array_equal(got, want[: len(rows)], err_msg=f"level {level}, {len(rows)} tokens")
+
+
+@needs_avx2
 def test_q4_K_dot_takes_ggml_repacked_gemv_order() -> None:
     """llama.cpp's repacked Q4_K GEMV (AVX2, every Q4_K matrix of n_out % 8 == 0): per super-block the exact
     integer sums, acc = fma(isum, d*dy, acc), accm = fma(imin, dmin*dy, accm); result acc - accm."""
