@@ -1074,22 +1074,22 @@ ROWS_KERNEL(rows_avx_q6_K, q6_K_rows, MG_QK_K)
 MULTI_TILES(multi_avx_q6_K, q6_K_tile, MG_QK_K)
 
 /* IQ4_XS tile: per super-block, each pair of 32-element sub-blocks is unpacked through the code book once and
- * meets all M <= 4 activation rows (chunk-outer, as the Q4_K tile); per row sumi = sum_ib ls_ib (q . y)_ib exactly
+ * meets all M <= 8 activation rows (chunk-outer, as the Q4_K tile); per row sumi = sum_ib ls_ib (q . y)_ib exactly
  * in int32, then acc = fma(d_y d, sumi, acc) on one 8-lane accumulator. */
 MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4_xs_tile(int64_t nb, const void *w, const char *a,
                                                                            size_t stride, int M, float *s) {
     const mg_block_iq4_xs *x = w;
     const __m256i kv = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)mg_kvalues_iq4nl));
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc[MT_MAX];
+    __m256 acc[8];
     for (int j = 0; j < M; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         uint16_t sh;
         uint32_t sl;
         memcpy(&sh, &x[i].scales_h, 2);
         memcpy(&sl, x[i].scales_l, 4);
-        const mg_block_q8_K *y[MT_MAX];
-        __m256i sumi[MT_MAX];
+        const mg_block_q8_K *y[8];
+        __m256i sumi[8];
         for (int j = 0; j < M; j++) {
             y[j] = (const mg_block_q8_K *)(const void *)(a + (size_t)j * stride) + i;
             sumi[j] = _mm256_setzero_si256();
@@ -1117,10 +1117,11 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4_xs_tile(int
         for (int j = 0; j < M; j++)
             acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(y[j]->d * dx), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
     }
-    for (int j = 0; j < M; j++) s[j] = hsum8(acc[j]);
+    store_sums(acc, M < 4 ? M : 4, s);
+    if (M > 4) store_sums(acc + 4, M - 4, s + 4);
 }
 
-MULTI_TILES(multi_avx_iq4_xs, iq4_xs_tile, MG_QK_K)
+MULTI_TILES8(multi_avx_iq4_xs, iq4_xs_tile, MG_QK_K)
 
 #endif /* MG_X86 */
 
