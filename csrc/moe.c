@@ -134,8 +134,7 @@ typedef struct {
 static int act_fmt(int type) {
     switch (type) {
     case MG_F32: case MG_F16: case MG_BF16: return 0;
-    case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL: return 1;
-    case MG_Q4_0: return 4; /* Q8_0 values + block sums */
+    case MG_Q4_0: case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL: return 1;
     case MG_Q4_1: case MG_Q5_1: return 2;
     default: return 3;
     }

@@ -128,8 +128,8 @@ static inline float ref_blocks32(int64_t n, const void *w, size_t wbytes, const 
             const mg_block_q8_1x *y = (const mg_block_q8_1x *)a + i;
             s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * y->d) + f16(rd16(b + 2)) * y->s;
         } else {
-            const mg_block_q8_0 *y = (const mg_block_q8_0 *)a + i;
-            s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * f16(y->d));
+            const mg_block_q8_0s *y = (const mg_block_q8_0s *)a + i;
+            s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * y->d);
         }
     }
     return s;
@@ -413,8 +413,8 @@ MG_TARGET_AVX2 static inline __m256i unpack_iq4_nl(const mg_block_iq4_nl *x) { r
  * is M = 1. */
 #define MT_MAX 4
 /* scale, min and block sum accessors of the weight and activation blocks */
-MG_TARGET_AVX2 static inline float act_d_q8_0(const mg_block_q8_0 *y) { return f16c(y->d); }
-MG_TARGET_AVX2 static inline float act_s_q8_0(const mg_block_q8_0 *y) { (void)y; return 0.0f; }
+MG_TARGET_AVX2 static inline float act_d_q8_0(const mg_block_q8_0s *y) { return y->d; }
+MG_TARGET_AVX2 static inline float act_s_q8_0(const mg_block_q8_0s *y) { (void)y; return 0.0f; }
 MG_TARGET_AVX2 static inline float act_d_q8_1x(const mg_block_q8_1x *y) { return y->d; }
 MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return y->s; }
 #define W_MIN_NONE(x) 0.0f
@@ -476,6 +476,14 @@ MG_TARGET_AVX2 static inline void prefetch_below(uintptr_t p, size_t n, uintptr_
         if (r < nrows) kern(n / (blck), wp + (size_t)r * rb, rb, 1, act, y + r, end);                        \
     }
 
+/* *p in all 8 lanes as a vector broadcast from memory (a load, no ALU uop), kept a vector: GCC would otherwise turn
+ * the product of two such splats into a scalar multiply and a register broadcast, one more uop on a busy port */
+MG_TARGET_AVX2 static inline __m256 bcast_ps(const float *p) {
+    __m256 v = _mm256_broadcast_ss(p);
+    __asm__("" : "+x"(v));
+    return v;
+}
+
 /* 8 int32 sums of 4 products q . y of a weight block q and an activation block y (|y| = yabs), exact.
  * W: any signed weights (Q8_0 may hold -128: |q| goes first); S: signed weights that never hold -128 (|y| is
  * shared by every weight row); U: unsigned weights (Q4_1/Q5_1 nibbles, 0..31). */
@@ -500,13 +508,11 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_step(                              \
         const uint8_t *w, size_t rb, int R, const char *a, size_t stride, int M, int64_t i, __m256 *acc, float *summ) { \
         __m256i ya[8], yabs[8];                                                                              \
-        __m256 ad[8];                                                                                        \
         float as[8];                                                                                         \
         for (int t = 0; t < M; t++) {                                                                        \
             const AT *y = (const AT *)(const void *)(a + (size_t)t * stride) + i;                            \
             ya[t] = load256(y->qs);                                                                          \
             yabs[t] = _mm256_sign_epi8(ya[t], ya[t]);                                                        \
-            ad[t] = _mm256_set1_ps(ACT_D(y));                                                                \
             as[t] = ACT_S(y);                                                                                \
             (void)as[t];                                                                                     \
         }                                                                                                    \
@@ -517,7 +523,8 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
             float m = WMIN(x);                                                                               \
             (void)m;                                                                                         \
             for (int t = 0; t < M; t++) {                                                                    \
-                acc[r * M + t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad[t]),                                    \
+                const AT *yt = (const AT *)(const void *)(a + (size_t)t * stride) + i; /* ACT_D(yt), loaded */ \
+                acc[r * M + t] = _mm256_fmadd_ps(_mm256_mul_ps(d, bcast_ps(&yt->d)),                          \
                                                  _mm256_cvtepi32_ps(idot32_##MODE(q, ya[t], yabs[t])), acc[r * M + t]); \
                 summ[r * M + t] += m * as[t];                                                                \
             }                                                                                                \
@@ -590,7 +597,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
         }                                                                                                    \
     }
 
-#define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
+#define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0s, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
 #define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN, mode)
 Q81(k_q4_1, mg_block_q4_1, unpack_q4_1, U)
 Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
@@ -1168,7 +1175,6 @@ MG_AVX(q3_K)
 #define RTILE(t) NULL
 #endif
 
-#define Q8_0B sizeof(mg_block_q8_0)
 #define Q8_1B sizeof(mg_block_q8_1x)
 #define Q8_0SB sizeof(mg_block_q8_0s)
 #define Q8_KB sizeof(mg_block_q8_K)
@@ -1179,10 +1185,10 @@ static const struct { int type; mg_dot_info info; } k_table[] = {
     {MG_BF16, {1, 2, 1, 4, multi_ref_bf16, SIMD(bf16), NULL, NULL}},
     {MG_Q4_0, {MG_QK, sizeof(mg_block_q4_0), MG_QK, Q8_0SB, multi_ref_q4_0, SIMD(q4_0), ROWS(q4_0), RTILE(q4_0)}},
     {MG_Q4_1, {MG_QK, sizeof(mg_block_q4_1), MG_QK, Q8_1B, multi_ref_q4_1, SIMD(q4_1), ROWS(q4_1), NULL}},
-    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0B, multi_ref_q5_0, SIMD(q5_0), ROWS(q5_0), NULL}},
+    {MG_Q5_0, {MG_QK, sizeof(mg_block_q5_0), MG_QK, Q8_0SB, multi_ref_q5_0, SIMD(q5_0), ROWS(q5_0), NULL}},
     {MG_Q5_1, {MG_QK, sizeof(mg_block_q5_1), MG_QK, Q8_1B, multi_ref_q5_1, SIMD(q5_1), ROWS(q5_1), NULL}},
-    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0B, multi_ref_q8_0, SIMD(q8_0), ROWS(q8_0), NULL}},
-    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0B, multi_ref_iq4_nl, SIMD(iq4_nl), ROWS(iq4_nl), NULL}},
+    {MG_Q8_0, {MG_QK, sizeof(mg_block_q8_0), MG_QK, Q8_0SB, multi_ref_q8_0, SIMD(q8_0), ROWS(q8_0), NULL}},
+    {MG_IQ4_NL, {MG_QK, sizeof(mg_block_iq4_nl), MG_QK, Q8_0SB, multi_ref_iq4_nl, SIMD(iq4_nl), ROWS(iq4_nl), NULL}},
     {MG_Q2_K, {MG_QK_K, sizeof(mg_block_q2_K), MG_QK_K, Q8_KB, multi_ref_q2_K, SIMD(q2_K), NULL, NULL}},
     {MG_Q3_K, {MG_QK_K, sizeof(mg_block_q3_K), MG_QK_K, Q8_KB, multi_ref_q3_K, SIMD(q3_K), NULL, NULL}},
     {MG_Q4_K, {MG_QK_K, sizeof(mg_block_q4_K), MG_QK_K, Q8_KB, multi_ref_q4_K, SIMD(q4_K), ROWS(q4_K), NULL}},
@@ -1241,7 +1247,7 @@ void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n) {
         }
         return;
     }
-    case MG_Q4_0: {
+    case MG_Q4_0: case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL: {
         mg_block_q8_0s *y = dst;
         for (int64_t i = 0; i < n / MG_QK; i++) {
             mg_block_q8_0 b;
@@ -1254,9 +1260,6 @@ void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n) {
         }
         return;
     }
-    case MG_Q5_0: case MG_Q8_0: case MG_IQ4_NL:
-        mg_quantize_row_q8_0(x, dst, n);
-        return;
     default: /* K-quants and IQ4_XS */
         mg_quantize_row_q8_K(x, dst, n);
         return;

@@ -3,8 +3,8 @@
  * A weight row of type `wtype` is multiplied with an activation row prepared by mg_act_quantize_row in the
  * weight type's activation format:
  *   F32/F16/BF16 weights        -> float32 activations (a plain copy),
- *   Q5_0/Q8_0/IQ4_NL            -> Q8_0 blocks (mg_quantize_row_q8_0),
- *   Q4_0                        -> mg_block_q8_0s: Q8_0 values with the scale as f32 and 8 * the block sum,
+ *   Q4_0/Q5_0/Q8_0/IQ4_NL       -> mg_block_q8_0s: the Q8_0 block (mg_quantize_row_q8_0) with its f16 scale as
+ *                                  f32 (a broadcast straight from memory) and 8 * the block sum,
  *   Q4_1/Q5_1                   -> mg_block_q8_1x: Q8_0 values with the scale as f32 and the block sum d*sum(q),
  *   Q2_K..Q6_K, IQ4_XS          -> Q8_K blocks (mg_quantize_row_q8_K).
  */
@@ -18,8 +18,8 @@
 
 /* the activation block for Q4_1/Q5_1 weights (40 bytes, 4-byte aligned) */
 typedef struct { float d; float s; int8_t qs[MG_QK]; } mg_block_q8_1x;
-/* the activation block for Q4_0 weights (40 bytes): the Q8_0 block's values, d as f32 (the exact f16 value) and
- * s8 = 8 * sum(qs) (exact), so that sum((nibble - 8) * q) = sum(nibble * q) - s8 takes unsigned nibbles */
+/* the activation block for Q4_0/Q5_0/Q8_0/IQ4_NL weights (40 bytes): the Q8_0 block's values, d as f32 (the exact
+ * f16 value) and s8 = 8 * sum(qs) (exact; Q4_0: sum((nibble - 8) * q) = sum(nibble * q) - s8) */
 typedef struct { float d; int32_t s8; int8_t qs[MG_QK]; } mg_block_q8_0s;
 
 /* s[t] = dot(weight row w, activation row a + t*a_stride) for t < nt; n elements.

@@ -75,7 +75,7 @@ def make_weight(tname: str, shape: tuple[int, ...], rng: np.random.Generator) ->
 
 def kernel_activations(tname: str, x: np.ndarray) -> np.ndarray:
     """The activation rows the kernels multiply with: x converted by the C activation quantizer, decoded here in
-    numpy from the documented block layouts (Q8_0: f16 d + 32 int8; Q4_0: f32 d, int32 8 * sum, 32 int8;
+    numpy from the documented block layouts (for Q4_0/Q5_0/Q8_0/IQ4_NL: f32 d, int32 8 * sum, 32 int8;
     Q4_1/Q5_1: f32 d, f32 sum, 32 int8;
     Q8_K: f32 d, 256 int8, 16 int16 sums)."""
     if tname in FLOAT_TYPES:
@@ -94,7 +94,7 @@ def kernel_activations(tname: str, x: np.ndarray) -> np.ndarray:
         qs = blk[..., 8:].view(np.int8)
         s = blk[..., 4:8].copy().view(np.float32)[..., 0]
         np.testing.assert_allclose(s, d[..., 0] * qs.sum(axis=-1), rtol=1e-6)  # the block sums are right
-    elif tname == "Q4_0":  # f32 d, int32 8 * sum(qs), 32 int8
+    elif tname in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"):  # f32 d, int32 8 * sum(qs), 32 int8
         blk = buf.reshape(len(rows), -1, 40)
         d = blk[..., :4].copy().view(np.float32)
         qs = blk[..., 8:].view(np.int8)

@@ -655,11 +655,19 @@ def _act_q8_0(x: np.ndarray) -> np.ndarray:
     from moe_gguf._kernels import ffi
 
     n = x.shape[1]
-    buf = np.zeros((x.shape[0], n // 32 * 34), np.uint8)
+    buf = np.zeros((x.shape[0], n // 32 * 40), np.uint8)
     for r in range(x.shape[0]):
         xr = np.ascontiguousarray(x[r], dtype=np.float32)
         assert lib.mg_quantize_act(int(GGMLType.Q8_0), ffi.cast("float *", xr.ctypes.data), ffi.from_buffer(buf[r]), n) == 0
-    return buf
+    # the kernels' block (f32 d, int32 8 * sum, 32 int8) -> the Q8_0 block it carries (f16 d, 32 int8)
+    blk = buf.reshape(x.shape[0], -1, 40)
+    d = blk[..., :4].copy().view(np.float32)
+    qs = blk[..., 8:]
+    assert np.array_equal(blk[..., 4:8].copy().view(np.int32)[..., 0], 8 * qs.view(np.int8).astype(np.int64).sum(-1))
+    with np.errstate(over="ignore"):
+        d16 = d.astype(np.float16)
+    assert np.array_equal(d16.astype(np.float32), d)  # an f16 value, exactly
+    return np.concatenate([d16.view(np.uint8), qs], -1).reshape(x.shape[0], -1)
 
 
 @settings(max_examples=60)
