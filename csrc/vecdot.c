@@ -1213,6 +1213,10 @@ mg_dot_fn mg_dot_kernel(const mg_dot_info *info) {
     return info->ref;
 }
 
+#ifndef PF_BYTES
+#define PF_BYTES 4096 /* (non-x86 builds: the distance the x86 kernels use) */
+#endif
+
 void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_bytes, int64_t r0, int64_t r1,
                   const void *act, float *y) {
     if (r1 <= r0) return;
@@ -1222,7 +1226,13 @@ void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_
         return;
     }
     mg_dot_fn dot = mg_dot_kernel(info);
-    for (int64_t r = r0; r < r1; r++) dot(n, w0 + (size_t)(r - r0) * row_bytes, act, 0, 1, y + (r - r0));
+    for (int64_t r = r0; r < r1; r++) {
+        /* no multi-row kernel: prefetch the row PF_BYTES ahead before each dot (a hint, never faults; the address
+         * is formed as an integer, it may lie past the matrix) */
+        uintptr_t ahead = (uintptr_t)w0 + (size_t)(r - r0) * row_bytes + PF_BYTES;
+        for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch((const void *)(ahead + o), 0, 3);
+        dot(n, w0 + (size_t)(r - r0) * row_bytes, act, 0, 1, y + (r - r0));
+    }
 }
 
 size_t mg_act_row_bytes(const mg_dot_info *info, int64_t n) {
