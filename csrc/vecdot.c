@@ -119,19 +119,22 @@ static inline int idot(const int8_t *q, const int8_t *y, int n) {
 /* sum over blocks of d_w * d_a * sum(q_w * q_a), plus m_w * s_a for the affine types (Q8_1-style activations) */
 static inline float ref_blocks32(int64_t n, const void *w, size_t wbytes, const void *a,
                                  void (*dec)(const uint8_t *, int8_t *), int affine) {
-    float s = 0.0f;
+    float s = 0.0f, lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, summ = 0.0f;
     for (int64_t i = 0; i < n / MG_QK; i++) {
         const uint8_t *b = (const uint8_t *)w + (size_t)i * wbytes;
         int8_t q[MG_QK];
         dec(b, q);
-        if (affine) {
+        if (affine) { /* llama.cpp's order (ggml_vec_dot_q4_1/q5_1_q8_1, AVX2): 8 lanes + a min chain */
             const mg_block_q8_1x *y = (const mg_block_q8_1x *)a + i;
-            s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * y->d) + f16(rd16(b + 2)) * y->s;
+            const float dd = f16(rd16(b)) * y->d;
+            for (int j = 0; j < 8; j++) lane[j] = fmaf((float)idot(q + 4 * j, y->qs + 4 * j, 4), dd, lane[j]);
+            summ = fmaf(f16(rd16(b + 2)), y->s, summ);
         } else {
             const mg_block_q8_0s *y = (const mg_block_q8_0s *)a + i;
             s += (float)idot(q, y->qs, MG_QK) * (f16(rd16(b)) * y->d);
         }
     }
+    if (affine) return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7])) + summ;
     return s;
 }
 
@@ -526,7 +529,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
                 const AT *yt = (const AT *)(const void *)(a + (size_t)t * stride) + i; /* ACT_D(yt), loaded */ \
                 acc[r * M + t] = _mm256_fmadd_ps(_mm256_mul_ps(d, bcast_ps(&yt->d)),                          \
                                                  _mm256_cvtepi32_ps(idot32_##MODE(q, ya[t], yabs[t])), acc[r * M + t]); \
-                summ[r * M + t] += m * as[t];                                                                \
+                summ[r * M + t] = fmaf(m, as[t], summ[r * M + t]); /* llama.cpp's compiled min chain */    \
             }                                                                                                \
         }                                                                                                    \
     }                                                                                                        \
@@ -1244,15 +1247,19 @@ void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n) {
     case MG_F32: case MG_F16: case MG_BF16:
         memcpy(dst, x, (size_t)n * sizeof(float));
         return;
-    case MG_Q4_1: case MG_Q5_1: {
+    case MG_Q4_1: case MG_Q5_1: { /* llama.cpp's x86 Q8_1: s = f16(amax/127 * sum(q)), the unrounded scale */
         mg_block_q8_1x *y = dst;
         for (int64_t i = 0; i < n / MG_QK; i++) {
             mg_block_q8_0 b;
             mg_quantize_row_q8_0(x + i * MG_QK, &b, MG_QK);
             int sum = 0;
-            for (int j = 0; j < MG_QK; j++) sum += b.qs[j];
+            float amax = 0.0f;
+            for (int j = 0; j < MG_QK; j++) {
+                sum += b.qs[j];
+                amax = fabsf(x[i * MG_QK + j]) > amax ? fabsf(x[i * MG_QK + j]) : amax;
+            }
             y[i].d = f16(b.d);
-            y[i].s = y[i].d * (float)sum;
+            y[i].s = f16(mg_f32_to_f16(amax / 127.0f * (float)sum));
             memcpy(y[i].qs, b.qs, MG_QK);
         }
         return;

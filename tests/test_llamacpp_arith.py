@@ -360,6 +360,43 @@ def test_32_block_dots_take_ggml_avx2_order(wtype: str) -> None:
 
 
 @needs_avx2
+def test_q5_1_dot_takes_ggml_avx2_order() -> None:
+    """ggml_vec_dot_q5_1_q8_1 as llama.cpp compiles it for AVX2: 8 lanes of 4-product integer sums into
+    acc = fma(f16(d_w) * f16(d_x), lanes, acc); the min term in a scalar chain summs = fma(m, s, summs) with the
+    x86 Q8_1 block sum s = f16(amax/127 * sum(q)) (the unrounded scale); result hsum8(acc) + summs."""
+    from gguf import GGMLQuantizationType as GQ
+    from gguf.quants import quantize as gq
+
+    from moe_gguf.ops import matmul as mm
+
+    rng = np.random.default_rng(13)
+    n_out, n_in, T = 6, 320, 9
+    raw = gq(rng.standard_normal((n_out, n_in)).astype(f32) + 0.5, GQ.Q5_1)
+    blk = raw.reshape(n_out, -1, 24)
+    dw = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(f32)
+    mw = blk[..., 2:4].copy().view(np.float16)[..., 0].astype(f32)
+    qh = blk[..., 4:8].copy().view(np.uint32)[..., 0].astype(np.int64)
+    qs = blk[..., 8:].astype(np.int64)  # documented Q5_1: low nibble j, high nibble j + 16, 5th bit from qh
+    qw = np.concatenate([qs & 15, qs >> 4], -1) + 16 * ((qh[..., None] >> np.arange(32)) & 1)
+    x = rng.standard_normal((T, n_in)).astype(f32)
+    dx, qx = _q8_0_act(x)
+    amax = np.abs(x.reshape(T, -1, 32)).max(-1).astype(f32)
+    sx = ((amax / f32(127)) * qx.sum(-1).astype(f32)).astype(np.float16).astype(f32)
+    lanes = (qw[None] * qx[:, None]).reshape(T, n_out, -1, 8, 4).sum(-1).astype(f32)
+    acc = np.zeros((T, n_out, 8), f32)
+    summs = np.zeros((T, n_out), f32)
+    for i in range(n_in // 32):
+        acc = fma((dw[None, :, i] * dx[:, None, i]).astype(f32)[..., None], lanes[:, :, i], acc)
+        summs = fma(mw[None, :, i], sx[:, None, i], summs)
+    want = (_hsum8(acc) + summs).astype(f32)
+    qwt = mm.QWeight(raw, int(GQ.Q5_1), (n_out, n_in))
+    for level in LEVELS:  # the plain C reference keeps this order too
+        for rows in (x[:1], x[:4], x):
+            got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
+            np.testing.assert_array_equal(got, want[: len(rows)], err_msg=f"level {level}, {len(rows)} tokens")
+
+
+@needs_avx2
 def test_q4_0_dots_take_ggml_repacked_order() -> None:
     """llama.cpp's repacked Q4_0 GEMV / GEMM (AVX2, every Q4_0 matrix of n_out % 8 == 0; gemv/gemm_q4_b32_8x8):
     per block the exact integer dot, ONE chain acc = fma(isum, f16(d_w) * f16(d_x), acc) per output, no

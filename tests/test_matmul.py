@@ -76,7 +76,7 @@ def make_weight(tname: str, shape: tuple[int, ...], rng: np.random.Generator) ->
 def kernel_activations(tname: str, x: np.ndarray) -> np.ndarray:
     """The activation rows the kernels multiply with: x converted by the C activation quantizer, decoded here in
     numpy from the documented block layouts (for Q4_0/Q5_0/Q8_0/IQ4_NL: f32 d, int32 8 * sum, 32 int8;
-    Q4_1/Q5_1: f32 d, f32 sum, 32 int8;
+    Q4_1/Q5_1: f32 d, f32 scaled sum (an f16 value), 32 int8;
     Q8_K: f32 d, 256 int8, 16 int16 sums)."""
     if tname in FLOAT_TYPES:
         return x.astype(np.float64)
@@ -93,7 +93,9 @@ def kernel_activations(tname: str, x: np.ndarray) -> np.ndarray:
         d = blk[..., :4].copy().view(np.float32)
         qs = blk[..., 8:].view(np.int8)
         s = blk[..., 4:8].copy().view(np.float32)[..., 0]
-        np.testing.assert_allclose(s, d[..., 0] * qs.sum(axis=-1), rtol=1e-6)  # the block sums are right
+        amax = np.abs(rows.reshape(len(rows), -1, 32)).max(-1).astype(np.float32)  # llama.cpp's x86 Q8_1 sum:
+        want_s = ((amax / np.float32(127)) * qs.astype(np.int64).sum(-1).astype(np.float32)).astype(np.float16)
+        np.testing.assert_array_equal(s, want_s.astype(np.float32))  # f16(amax/127 * sum(q)), unrounded scale
     elif tname in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"):  # f32 d, int32 8 * sum(qs), 32 int8
         blk = buf.reshape(len(rows), -1, 40)
         d = blk[..., :4].copy().view(np.float32)
@@ -112,6 +114,18 @@ def kernel_activations(tname: str, x: np.ndarray) -> np.ndarray:
         bsums = blk[..., 260:].copy().view(np.int16)
         assert np.array_equal(bsums, qs.reshape(*qs.shape[:2], 16, 16).astype(np.int64).sum(-1))
     return (d.astype(np.float64) * qs).reshape(x.shape)
+
+
+def _q8_1_sum_slack(x: np.ndarray) -> np.ndarray:
+    """Per (token, block): |s - d * sum(q)| of the Q4_1/Q5_1 activation blocks (f32 d, f32 s, 32 int8)."""
+    n = x.shape[-1]
+    buf = np.zeros((len(x), lib.mg_act_bytes(int(GGMLType.Q4_1), n)), np.uint8)
+    for r in range(len(x)):
+        xr = np.ascontiguousarray(x[r], dtype=np.float32)
+        assert lib.mg_quantize_act(int(GGMLType.Q4_1), ffi.cast("float *", xr.ctypes.data), ffi.from_buffer(buf[r]), n) == 0
+    blk = buf.reshape(len(x), -1, 40)
+    d, s = blk[..., :4].copy().view(np.float32)[..., 0], blk[..., 4:8].copy().view(np.float32)[..., 0]
+    return np.abs(s.astype(np.float64) - d.astype(np.float64) * blk[..., 8:].view(np.int8).sum(-1))
 
 
 def act_reference(tname: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +150,8 @@ def check_against_numpy(tname: str, y: np.ndarray, deq: np.ndarray, x: np.ndarra
     absw = np.abs(deq)
     # float32 accumulation of n products (plus per-block float scale products)
     fl = 4e-6 * np.sqrt(x.shape[-1]) * (np.abs(xq) @ absw.T) + 1e-30
+    if tname in ("Q4_1", "Q5_1"):  # the min term uses the block sum s = f16(amax/127 * sum(q)), not d * sum(q):
+        fl = fl + _q8_1_sum_slack(x) @ np.abs(deq).reshape(deq.shape[0], -1, 32).max(-1).T  # |m| <= max |w|
     ref_q = xq @ deq.T
     err_q = np.abs(y - ref_q)
     assert np.all(err_q <= fl), f"{tname}: max err vs quantized-activation product {err_q.max()} (tol {fl.max()})"
