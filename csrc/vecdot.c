@@ -155,7 +155,19 @@ static float ref_q4_1(int64_t n, const void *w, const void *a) { return ref_bloc
 static float ref_q5_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 22, a, dec_q5_0, 0); }
 static float ref_q5_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 24, a, dec_q5_1, 1); }
 static float ref_q8_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 34, a, dec_q8_0, 0); }
-static float ref_iq4_nl(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 18, a, dec_iq4_nl, 0); }
+/* IQ4_NL in llama.cpp's order for it (repacked like Q4_0 on AVX2): per block the exact integer dot, one chain
+ * acc = fma(isum, d_w d_a, acc) */
+static float ref_iq4_nl(int64_t n, const void *w, const void *a) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n / MG_QK; i++) {
+        const uint8_t *b = (const uint8_t *)w + (size_t)i * 18;
+        const mg_block_q8_0s *y = (const mg_block_q8_0s *)a + i;
+        int8_t q[MG_QK];
+        dec_iq4_nl(b, q);
+        acc = fmaf((float)idot(q, y->qs, MG_QK), f16(rd16(b)) * y->d, acc);
+    }
+    return acc;
+}
 
 /* ---- 256-element super-blocks: q[256] values, per 16-element group g an integer scale sc[g] and min m[g];
  *      x = d * sc[g] * q - dmin * m[g]  ---- */
@@ -606,17 +618,14 @@ Q81(k_q4_1, mg_block_q4_1, unpack_q4_1, U)
 Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
 Q81(k_q5_1, mg_block_q5_1, unpack_q5_1, U)
 Q80(k_q8_0, mg_block_q8_0, unpack_q8_0, W)
-Q80(k_iq4_nl, mg_block_iq4_nl, unpack_iq4_nl, S)
 MULTI_TILES8(multi_avx_q4_1, k_q4_1_tile, MG_QK)
 MULTI_TILES8(multi_avx_q5_0, k_q5_0_tile, MG_QK)
 MULTI_TILES8(multi_avx_q5_1, k_q5_1_tile, MG_QK)
 MULTI_TILES8(multi_avx_q8_0, k_q8_0_tile, MG_QK)
-MULTI_TILES8(multi_avx_iq4_nl, k_iq4_nl_tile, MG_QK)
 ROWS_KERNEL(rows_avx_q4_1, k_q4_1_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q5_0, k_q5_0_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q5_1, k_q5_1_rows, MG_QK)
 ROWS_KERNEL(rows_avx_q8_0, k_q8_0_rows, MG_QK)
-ROWS_KERNEL(rows_avx_iq4_nl, k_iq4_nl_rows, MG_QK)
 
 /* the 4 bytes at p in every 32-bit lane (one load, no ALU work) */
 MG_TARGET_AVX2 static inline __m256i bcast32(const int8_t *p) {
@@ -821,6 +830,65 @@ MG_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i hsum32x8(con
     __m256i hi = hpair32(hpair32(v[4], v[5]), hpair32(v[6], v[7]));
     return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
 }
+
+/* IQ4_NL kernel over R weight rows (row r at w + r * rb) x M activation rows (row t at a + t * stride), R * M <= 8;
+ * out[r * M + t].  llama.cpp's repacked-IQ4_NL order (see ref_iq4_nl): per output a chain acc = fma(isum, d_w d_a,
+ * acc).  Per block every output's 8 lanes of exact 4-product sums are reduced together (hsum32x8: lane k = output
+ * k's isum), so one FMA advances all chains.  Decode (M == 1, 8 rows per pass) prefetches the next 8 rows. */
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4nl_kern(int64_t nb, const uint8_t *w, size_t rb,
+                                                                          int R, const char *a, size_t stride, int M,
+                                                                          float *out, uintptr_t pf_end) {
+    const int n = R * M;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    uintptr_t pf = (uintptr_t)w + 8 * rb; /* decode passes read 8 rows at once: prefetch the next 8 as they go */
+    const size_t pf_step = 8 * sizeof(mg_block_iq4_nl);
+    for (int64_t i = 0; i < nb; i++, pf += pf_step) {
+        if (M == 1) prefetch_below(pf, pf_step, pf_end);
+        const mg_block_q8_0s *y[8];
+        __m256i ya[8], yabs[8], v[8];
+        for (int t = 0; t < M; t++) {
+            y[t] = (const mg_block_q8_0s *)(const void *)(a + (size_t)t * stride) + i;
+            ya[t] = load256(y[t]->qs);
+            yabs[t] = _mm256_sign_epi8(ya[t], ya[t]);
+        }
+        for (int k = n; k < 8; k++) v[k] = _mm256_setzero_si256();
+        uint64_t d03 = 0, d47 = 0; /* the rows' scales (f16), lane r */
+        for (int r = 0; r < R; r++) {
+            const mg_block_iq4_nl *x = (const mg_block_iq4_nl *)(const void *)(w + (size_t)r * rb) + i;
+            __m256i q = unpack_iq4_nl(x);
+            if (r < 4) d03 |= (uint64_t)x->d << (16 * r); else d47 |= (uint64_t)x->d << (16 * (r - 4));
+            for (int t = 0; t < M; t++)
+                v[r * M + t] = _mm256_madd_epi16(_mm256_maddubs_epi16(yabs[t], _mm256_sign_epi8(q, ya[t])), ones);
+        }
+        __m256 dd; /* lane k = r * M + t: d_w(r) * d_a(t) */
+        if (M == 1) {
+            dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)d47, (long long)d03)), _mm256_broadcast_ss(&y[0]->d));
+        } else {
+            float da[8];
+            for (int t = 0; t < 8; t++) da[t] = t < M ? y[t]->d : 0.0f;
+            dd = _mm256_mul_ps(_mm256_set1_ps(f16c((uint16_t)d03)), _mm256_loadu_ps(da));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum32x8(v)), dd, acc);
+    }
+    float l8[8];
+    _mm256_storeu_ps(l8, acc);
+    for (int k = 0; k < n; k++) out[k] = l8[k];
+}
+
+MG_TARGET_AVX2 static void rows_avx_iq4_nl(int64_t n, const void *w, size_t rb, int64_t nrows, const void *act, float *y) {
+    const uint8_t *wp = w;
+    for (int64_t r = 0; r < nrows; r += 8) {
+        int R = nrows - r < 8 ? (int)(nrows - r) : 8;
+        iq4nl_kern(n / MG_QK, wp + (size_t)r * rb, rb, R, act, 0, 1, y + r, UINTPTR_MAX);
+    }
+}
+
+MG_TARGET_AVX2 static inline __attribute__((always_inline)) void iq4_nl_tile(int64_t nb, const void *w, const char *a,
+                                                                           size_t stride, int M, float *s) {
+    iq4nl_kern(nb, w, 0, 1, a, stride, M, s, 0);
+}
+MULTI_TILES8(multi_avx_iq4_nl, iq4_nl_tile, MG_QK)
 
 /* Q4_K / Q5_K chunk c (elements 64c..64c+63: lo = sub-block 2c, hi = 2c+1, as unsigned codes) against M activation
  * rows: isum[t] += sc_2c (lo . y_t) + sc_2c+1 (hi . y_t), exact in int32 (sc: the 8 scales as int16, both lanes) */

@@ -397,29 +397,36 @@ def test_q5_1_dot_takes_ggml_avx2_order() -> None:
 
 
 @needs_avx2
-def test_q4_0_dots_take_ggml_repacked_order() -> None:
-    """llama.cpp's repacked Q4_0 GEMV / GEMM (AVX2, every Q4_0 matrix of n_out % 8 == 0; gemv/gemm_q4_b32_8x8):
+@pytest.mark.parametrize("wtype", ["Q4_0", "IQ4_NL"])
+def test_q4_0_dots_take_ggml_repacked_order(wtype: str) -> None:
+    """llama.cpp's repacked Q4_0 / IQ4_NL GEMV / GEMM (AVX2, every matrix of n_out % 8 == 0; gemv/gemm_q4_b32_8x8):
     per block the exact integer dot, ONE chain acc = fma(isum, f16(d_w) * f16(d_x), acc) per output, no
     horizontal sum.  13 rows: one full group of 8 and a partial one; 1, 4 and 11 tokens."""
     from gguf import GGMLQuantizationType as GQ
+    from gguf.quants import IQ4_NL
     from gguf.quants import quantize as gq
 
     from moe_gguf.ops import matmul as mm
 
     rng = np.random.default_rng(5)
     n_out, n_in, T = 13, 384, 11
-    raw = gq(rng.standard_normal((n_out, n_in)).astype(f32), GQ.Q4_0)
+    if wtype == "Q4_0":
+        raw = gq(rng.standard_normal((n_out, n_in)).astype(f32), GQ.Q4_0)
+    else:  # (gguf-py has no IQ4_NL quantizer: random blocks)
+        raw = _random_blocks(rng, n_out, n_in // 32, 18, [0])
     blk = raw.reshape(n_out, -1, 18)
     dw = blk[..., :2].copy().view(np.float16)[..., 0].astype(f32)
-    qs = blk[..., 2:].astype(np.int64)  # documented Q4_0: element j low nibble, j + 16 high nibble, minus 8
-    qw = np.concatenate([qs & 15, qs >> 4], -1) - 8
+    qs = blk[..., 2:].astype(np.int64)  # documented: element j low nibble, j + 16 high nibble
+    codes = np.concatenate([qs & 15, qs >> 4], -1)
+    # Q4_0: minus 8; IQ4_NL: through gguf-py's code book
+    qw = codes - 8 if wtype == "Q4_0" else np.asarray(IQ4_NL.kvalues, np.int64).reshape(-1)[codes]
     x = rng.standard_normal((T, n_in)).astype(f32)
     dx, qx = _q8_0_act(x)
     isum = (qw[None] * qx[:, None]).sum(-1)  # (T, out, block), exact
     acc = np.zeros((T, n_out), f32)
     for i in range(n_in // 32):
         acc = fma(isum[..., i].astype(f32), (dw[None, :, i] * dx[:, None, i]).astype(f32), acc)
-    qwt = mm.QWeight(raw, int(GQ.Q4_0), (n_out, n_in))
+    qwt = mm.QWeight(raw, int(GQ[wtype]), (n_out, n_in))
     for level in LEVELS:  # the plain C reference keeps this order too
         for rows in (x[:1], x[:4], x):
             got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
