@@ -147,8 +147,9 @@ int mg_geglu_table(float *out, const float *g, const float *u, int64_t n, const 
 /* out (n_tok x n_rows) = x (n_tok x n_in) times the K-quant matrix w (n_rows x n_in, raw blocks) with the
  * arithmetic llama.cpp (x86 AVX2) uses for batches; activations are quantized to Q8_K.  mode 0 (Q4_K): the
  * repacked 8x8 GEMM (Q4_K with n_rows % 8 == 0, first n - n % 4 tokens): per 64 elements one FMA into a scale
- * sum and one into a min sum, result scale - min.  mode 1 (Q4_K, Q6_K): the tiled K-quant GEMM (batches of
- * >= 8 tokens, weights not repacked): per super-block acc = fma(d*isum - dmin*imin, d_y, acc).
+ * sum and one into a min sum, result scale - min.  mode 1 (Q4_K, Q5_K, Q6_K, IQ4_XS): the tiled K-quant GEMM
+ * (batches of >= 8 tokens, weights not repacked): per super-block acc = fma(d*isum - dmin*imin, d_y, acc) (the
+ * difference fused: fma(-dmin, imin, d*isum); Q6_K and IQ4_XS: acc = fma(d*isum, d_y, acc)).
  * MG_EUNSUPPORTED for other types/modes. */
 int mg_kquant_gemm_ggml(mg_pool *pool, float *out, int type, int mode, const void *w, int64_t n_rows, int64_t n_in,
                         const float *x, int64_t n_tok);

@@ -8,6 +8,7 @@
 
 #include "moe_gguf.h"
 #include "internal.h"
+#include "vecdot.h"
 
 #if MG_X86
 #include <immintrin.h>
@@ -905,7 +906,10 @@ MG_TARGET_AVX2 static void ll_q6k_fma_avx2(LL_Q6K_FMA_ARGS) { LL_Q6K_FMA_BODY }
 
 static void ll_kq_task(void *arg, int ith, int nth) {
     ll_kq_args *a = arg;
-    const size_t bbytes = a->type == MG_Q4_K ? sizeof(mg_block_q4_K) : sizeof(mg_block_q6_K);
+    const size_t bbytes = a->type == MG_Q4_K   ? sizeof(mg_block_q4_K)
+                          : a->type == MG_Q6_K ? sizeof(mg_block_q6_K)
+                          : a->type == MG_Q5_K ? sizeof(mg_block_q5_K)
+                                               : sizeof(mg_block_iq4_xs);
     const int64_t r0 = a->n_rows * ith / nth, r1 = a->n_rows * (ith + 1) / nth, T = a->n_tok;
     /* per token: acc, accm, and the integer sums of the current super-block */
     float *acc = malloc(sizeof(float) * (size_t)(2 * T) + sizeof(int32_t) * (size_t)(8 * T));
@@ -921,6 +925,22 @@ static void ll_kq_task(void *arg, int ith, int nth) {
         for (int64_t t = 0; t < T; t++) acc[t] = accm[t] = 0.0f;
         for (int64_t i = 0; i < a->nb; i++) {
             const mg_block_q8_K *y = a->act + i; /* token t's block: y[t * nb] */
+            if (a->type == MG_Q5_K || a->type == MG_IQ4_XS) { /* tiled, as Q4_K (Q5_K) / as Q6_K (IQ4_XS) */
+                const uint8_t *blk = row + (size_t)i * bbytes;
+                int32_t *s1 = isum6, *s2 = (int32_t *)imin;
+                mg_kq_block_sums(a->type, blk, y, a->nb, T, s1, s2);
+                uint16_t dh[2];
+                memcpy(dh, blk, 4); /* d (and dmin for Q5_K) */
+                const float d = mg_f16_to_f32(dh[0]);
+                if (a->type == MG_Q5_K) {
+                    const float dmin = mg_f16_to_f32(dh[1]);
+                    for (int64_t t = 0; t < T; t++)
+                        acc[t] = fmaf(fmaf(-dmin, (float)s2[t], d * (float)s1[t]), y[t * a->nb].d, acc[t]);
+                } else {
+                    for (int64_t t = 0; t < T; t++) acc[t] = fmaf(d * (float)s1[t], y[t * a->nb].d, acc[t]);
+                }
+                continue;
+            }
             if (a->type == MG_Q6_K) { /* tiled: acc = fma(d * isum, dy, acc) per super-block */
                 mg_block_q6_K b;
                 uint8_t q[MG_QK_K];
@@ -977,7 +997,9 @@ static void ll_kq_task(void *arg, int ith, int nth) {
 
 int mg_kquant_gemm_ggml(mg_pool *pool, float *out, int type, int mode, const void *w, int64_t n_rows, int64_t n_in,
                         const float *x, int64_t n_tok) {
-    if (!(type == MG_Q4_K && (mode == 0 || mode == 1)) && !(type == MG_Q6_K && mode == 1)) return MG_EUNSUPPORTED;
+    if (!(type == MG_Q4_K && (mode == 0 || mode == 1)) &&
+        !((type == MG_Q6_K || type == MG_Q5_K || type == MG_IQ4_XS) && mode == 1))
+        return MG_EUNSUPPORTED;
     if (!out || !w || !x || n_rows <= 0 || n_in <= 0 || n_in % MG_QK_K || n_tok < 0) return MG_ESIZE;
     if (n_tok == 0) return MG_OK;
     const int64_t nb = n_in / MG_QK_K;

@@ -1351,6 +1351,55 @@ void mg_act_quantize_row(int wtype, const float *x, void *dst, int64_t n) {
     }
 }
 
+/* Exact integer sums of one Q5_K / IQ4_XS super-block against T Q8_K activation blocks y[t * ystride] (see vecdot.h) */
+#if MG_X86
+MG_TARGET_AVX2 static void kq_block_sums_avx2(const kdec *k, const mg_block_q8_K *y, int64_t ystride, int64_t T,
+                                              int32_t *s1) {
+    __m256i q[8], qa[8], sp[8];
+    for (int c = 0; c < 8; c++) {
+        q[c] = load256(k->q + 32 * c);
+        qa[c] = _mm256_sign_epi8(q[c], q[c]);
+        sp[c] = scale_pair(k->sc[2 * c], k->sc[2 * c + 1]);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const mg_block_q8_K *yt = y + t * ystride;
+        __m256i acc = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c++) /* |q| . (y * sign q): |q|, |y| <= 127, pair sums < 2^15 */
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(qa[c], _mm256_sign_epi8(load256(yt->qs + 32 * c), q[c])), sp[c]));
+        __m128i v = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+        v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 1));
+        s1[t] = _mm_cvtsi128_si32(v);
+    }
+}
+#endif
+
+int mg_kq_block_sums(int type, const void *blk, const mg_block_q8_K *y, int64_t ystride, int64_t T, int32_t *s1,
+                     int32_t *s2) {
+    kdec k;
+    if (type == MG_Q5_K) dec_q5_K(blk, &k);
+    else if (type == MG_IQ4_XS) dec_iq4_xs(blk, &k);
+    else return MG_EUNSUPPORTED;
+#if MG_X86
+    if (mg_get_simd_level() >= 1) {
+        kq_block_sums_avx2(&k, y, ystride, T, s1);
+    } else
+#endif
+    {
+        for (int64_t t = 0; t < T; t++) {
+            int32_t sum = 0;
+            for (int g = 0; g < 16; g++) sum += k.sc[g] * idot(k.q + 16 * g, y[t * ystride].qs + 16 * g, 16);
+            s1[t] = sum;
+        }
+    }
+    for (int64_t t = 0; t < T; t++) {
+        int32_t m = 0;
+        for (int g = 0; g < 16; g++) m += k.m[g] * y[t * ystride].bsums[g];
+        s2[t] = m;
+    }
+    return MG_OK;
+}
+
 /* ---- exported ---- */
 
 int mg_vec_dot(int type, int64_t n, const void *w, const void *act, float *out) {

@@ -59,6 +59,11 @@ mg_rowtile_fn mg_rowtile_kernel(const mg_dot_info *info);
  * prefetch hints (never loads) touch addresses past row r1. */
 void mg_gemv_rows(const mg_dot_info *info, int64_t n, const void *w, size_t row_bytes, int64_t r0, int64_t r1,
                   const void *act, float *y);
+/* Exact integer sums of one Q5_K or IQ4_XS super-block `blk` against the T Q8_K activation blocks y[t * ystride]:
+ * s1[t] = sum over 16-element groups of scale * (q . y) (IQ4_XS: its signed scales), s2[t] = sum of mins * bsums
+ * (0 for IQ4_XS).  For llama.cpp's tiled batch GEMM order (mg_kquant_gemm_ggml).  MG_EUNSUPPORTED otherwise. */
+int mg_kq_block_sums(int type, const void *blk, const mg_block_q8_K *y, int64_t ystride, int64_t T, int32_t *s1,
+                     int32_t *s2);
 /* Bytes of one activation row of n elements for weight type wtype (n a multiple of the block size). */
 size_t mg_act_row_bytes(const mg_dot_info *info, int64_t n);
 /* Converts one float32 row of n elements into the activation format of weight type wtype. */

@@ -282,6 +282,53 @@ def test_q4_K_batch_gemms_match_llamacpp_orders() -> None:
     np.testing.assert_allclose(got, x @ dense.T, rtol=0.05, atol=0.05 * np.abs(x @ dense.T).max())
 
 
+@pytest.mark.parametrize("wtype", ["Q5_K", "IQ4_XS"])
+def test_q5_K_iq4_xs_tiled_gemm_match_llamacpp_order(wtype: str) -> None:
+    """ggml-cpu/tiled (llama.cpp's batch GEMM for non-repacked K-quants, >= 8 tokens): per super-block the exact
+    integer sums, Q5_K (as Q4_K) acc = fma(fma(-dmin, imin, d*isum), dy, acc); IQ4_XS (as Q6_K) acc = fma(d*isum,
+    dy, acc)."""
+    from gguf.quants import IQ4_NL
+
+    rng = np.random.default_rng(21)
+    n_rows, nb, T = 5, 2, 9
+    x = rng.standard_normal((T, nb * 256)).astype(f32)
+    dy, qy, bs = _q8_K_ref(x)
+    if wtype == "Q5_K":
+        raw = _random_blocks(rng, n_rows, nb, 176, [0, 2])
+        blk = raw.reshape(n_rows, nb, 176)
+        d, dmin, sc, m, _ = _q4_K_fields(np.concatenate([blk[..., :16], blk[..., 48:]], -1).reshape(n_rows, -1))
+        qh = blk[..., 16:48].astype(np.int64)
+        qs = blk[..., 48:].astype(np.int64).reshape(n_rows, nb, 4, 32)
+        hb = (qh[:, :, None, None, :] >> (2 * np.arange(4)[:, None, None] + np.arange(2)[None, :, None])) & 1
+        codes = (np.stack([qs & 15, qs >> 4], axis=3) + 16 * hb).reshape(n_rows, nb, 256)
+        isum = ((codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32).sum(-1) * sc[None]).sum(-1)
+        imin = (m[None] * bs.reshape(T, 1, nb, 8, 2).sum(-1)).sum(-1)
+    else:  # documented IQ4_XS: d, scales_h (2 bits per sub-block), scales_l (4 bits), 8 x 16 packed code bytes
+        raw = _random_blocks(rng, n_rows, nb, 136, [0])
+        blk = raw.reshape(n_rows, nb, 136)
+        d = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(f32)
+        dmin = np.zeros_like(d)
+        sh = blk[..., 2:4].copy().view(np.uint16)[..., 0].astype(np.int64)
+        sl = blk[..., 4:8].astype(np.int64)
+        ib = np.arange(8)
+        ls = (((sl[..., ib // 2] >> (4 * (ib % 2))) & 15) | (((sh[..., None] >> (2 * ib)) & 3) << 4)) - 32
+        q = blk[..., 8:].astype(np.int64).reshape(n_rows, nb, 8, 16)
+        kv = np.asarray(IQ4_NL.kvalues, np.int64).reshape(-1)
+        codes = kv[np.concatenate([q & 15, q >> 4], -1)].reshape(n_rows, nb, 256)
+        isum = ((codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32).sum(-1) * ls[None]).sum(-1)
+        imin = np.zeros_like(isum)
+    acc = np.zeros((T, n_rows), f32)
+    for i in range(nb):
+        if wtype == "Q5_K":
+            res = fma(-dmin[None, :, i], imin[..., i].astype(f32), (d[None, :, i] * isum[..., i].astype(f32)).astype(f32))
+        else:
+            res = (d[None, :, i] * isum[..., i].astype(f32)).astype(f32)
+        acc = fma(res, dy[:, None, i], acc)
+    t = 13 if wtype == "Q5_K" else 23
+    for level in LEVELS:
+        np.testing.assert_array_equal(_with_level(level, nn.kquant_gemm_ggml, raw, t, nb * 256, x, nn.KQ_GEMM_TILED), acc)
+
+
 def test_q6_K_tiled_gemm_matches_llamacpp_order() -> None:
     rng = np.random.default_rng(8)
     n_rows, nb, T = 8, 2, 9

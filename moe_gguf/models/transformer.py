@@ -47,7 +47,7 @@ from .base import (
 )
 
 
-_Q4_K, _Q6_K = GGMLType.Q4_K, GGMLType.Q6_K
+_Q4_K, _Q5_K, _Q6_K, _IQ4_XS = GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_XS
 
 
 @dataclass(frozen=True)
@@ -450,9 +450,9 @@ class TransformerModel(CausalLM):
         """x @ W.T.  With llama.cpp's arithmetic on (cache_type f16), batches take the orders of llama.cpp's x86 batch
         kernels, where they differ from its one-token dot (which the regular kernels match): a Q4_K matrix of
         n_out % 8 == 0 rows is repacked there, its first n - n % 4 tokens (n >= 4) go through the 8x8 GEMM;
-        other Q4_K and Q6_K matrices take the tiled GEMM for batches of n >= 8 tokens."""
+        other Q4_K and the Q5_K, Q6_K, IQ4_XS matrices take the tiled GEMM (ggml-cpu/tiled) for batches of n >= 8."""
         n, t = x.shape[0], W.ggml_type
-        if self.cache_type != "f16" or t not in (_Q4_K, _Q6_K) or W.shape[-1] % 256:
+        if self.cache_type != "f16" or t not in (_Q4_K, _Q5_K, _Q6_K, _IQ4_XS) or W.shape[-1] % 256:
             return W.mm(x)
         if t == _Q4_K and W.shape[0] % 8 == 0:
             m = n - n % 4 if n >= 4 else 0

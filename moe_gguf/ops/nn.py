@@ -359,7 +359,7 @@ def moe_route(
 
 KQ_GEMM_REPACK = 0  # llama.cpp's repacked Q4_K 8x8 GEMM
 KQ_GEMM_TILED = 1  # llama.cpp's tiled K-quant GEMM
-_KQ_BLOCK = {12: 144, 14: 210}  # Q4_K, Q6_K: bytes per 256 elements
+_KQ_BLOCK = {12: 144, 13: 176, 14: 210, 23: 136}  # Q4_K, Q5_K, Q6_K, IQ4_XS: bytes per 256 elements
 
 
 def kquant_gemm_ggml(w_raw: np.ndarray, ggml_type: int, n_in: int, x: np.ndarray, mode: int, pool: Any = None) -> np.ndarray:
@@ -367,8 +367,8 @@ def kquant_gemm_ggml(w_raw: np.ndarray, ggml_type: int, n_in: int, x: np.ndarray
     one of llama.cpp's batched x86 kernels: mode KQ_GEMM_REPACK (Q4_K) or KQ_GEMM_TILED (Q4_K, Q6_K); see
     mg_kquant_gemm_ggml.  Returns (n_tok, n_rows) float32."""
     _f32(x, "x", 2)
-    if ggml_type not in _KQ_BLOCK or mode not in (KQ_GEMM_REPACK, KQ_GEMM_TILED) or (ggml_type == 14 and mode != KQ_GEMM_TILED):
-        raise ValueError(f"kquant_gemm_ggml: type {ggml_type} mode {mode} unsupported (Q4_K: 0, 1; Q6_K: 1)")
+    if ggml_type not in _KQ_BLOCK or mode not in (KQ_GEMM_REPACK, KQ_GEMM_TILED) or (ggml_type != 12 and mode != KQ_GEMM_TILED):
+        raise ValueError(f"kquant_gemm_ggml: type {ggml_type} mode {mode} unsupported (Q4_K: 0, 1; Q5_K, Q6_K, IQ4_XS: 1)")
     if not isinstance(w_raw, np.ndarray) or w_raw.dtype != np.uint8 or w_raw.ndim != 2:
         raise TypeError("kquant_gemm_ggml: w_raw must be a 2-D uint8 array of blocks")
     if n_in <= 0 or n_in % 256 or w_raw.shape[1] != n_in // 256 * _KQ_BLOCK[ggml_type] or x.shape[1] != n_in:
