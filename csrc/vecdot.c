@@ -428,9 +428,7 @@ MG_TARGET_AVX2 static inline __m256i unpack_iq4_nl(const mg_block_iq4_nl *x) { r
  * is M = 1. */
 #define MT_MAX 4
 /* scale, min and block sum accessors of the weight and activation blocks */
-MG_TARGET_AVX2 static inline float act_d_q8_0(const mg_block_q8_0s *y) { return y->d; }
 MG_TARGET_AVX2 static inline float act_s_q8_0(const mg_block_q8_0s *y) { (void)y; return 0.0f; }
-MG_TARGET_AVX2 static inline float act_d_q8_1x(const mg_block_q8_1x *y) { return y->d; }
 MG_TARGET_AVX2 static inline float act_s_q8_1x(const mg_block_q8_1x *y) { return y->s; }
 #define W_MIN_NONE(x) 0.0f
 #define W_MIN(x) f16c((x)->m)
@@ -519,7 +517,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
  * activations AT).  One 8-lane accumulator per (row, activation), the min terms into summ in block order; the sums
  * through hsum8x4, so per (row, activation) the arithmetic never depends on R or M.  Decode (M = 1) prefetches
  * the weight stream PF_BYTES ahead, 8 blocks at a time. */
-#define Q8_KERN(name, WT, AT, unpack, ACT_D, ACT_S, WMIN, MODE)                                               \
+#define Q8_KERN(name, WT, AT, unpack, ACT_S, WMIN, MODE)                                                      \
     MG_TARGET_AVX2 static inline __attribute__((always_inline)) void name##_step(                              \
         const uint8_t *w, size_t rb, int R, const char *a, size_t stride, int M, int64_t i, __m256 *acc, float *summ) { \
         __m256i ya[8], yabs[8];                                                                              \
@@ -538,7 +536,7 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
             float m = WMIN(x);                                                                               \
             (void)m;                                                                                         \
             for (int t = 0; t < M; t++) {                                                                    \
-                const AT *yt = (const AT *)(const void *)(a + (size_t)t * stride) + i; /* ACT_D(yt), loaded */ \
+                const AT *yt = (const AT *)(const void *)(a + (size_t)t * stride) + i; /* its f32 d, loaded */  \
                 acc[r * M + t] = _mm256_fmadd_ps(_mm256_mul_ps(d, bcast_ps(&yt->d)),                          \
                                                  _mm256_cvtepi32_ps(idot32_##MODE(q, ya[t], yabs[t])), acc[r * M + t]); \
                 summ[r * M + t] = fmaf(m, as[t], summ[r * M + t]); /* llama.cpp's compiled min chain */    \
@@ -612,8 +610,8 @@ MG_TARGET_AVX2 static inline __m256i idot32_U(__m256i q, __m256i y, __m256i yabs
         }                                                                                                    \
     }
 
-#define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0s, unpack, act_d_q8_0, act_s_q8_0, W_MIN_NONE, mode)
-#define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_d_q8_1x, act_s_q8_1x, W_MIN, mode)
+#define Q80(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_0s, unpack, act_s_q8_0, W_MIN_NONE, mode)
+#define Q81(name, WT, unpack, mode) Q8_KERN(name, WT, mg_block_q8_1x, unpack, act_s_q8_1x, W_MIN, mode)
 Q81(k_q4_1, mg_block_q4_1, unpack_q4_1, U)
 Q80(k_q5_0, mg_block_q5_0, unpack_q5_0, S)
 Q81(k_q5_1, mg_block_q5_1, unpack_q5_1, U)
