@@ -4,9 +4,10 @@
  * 2. Work items are (block of up to TOK_BLOCK tokens) x (ROWS_PER_CHUNK output rows); threads take items from
  *    an atomic counter, so a slow (shared) core simply takes fewer.  Inside an item, tokens are processed
  *    in tiles of TOK_TILE: the item's weight rows stay in L1/L2 while they meet every activation row of
- *    the tile, and the dot kernels unpack each weight block once for up to 4 (K-quants) or 8 tokens.  An item
- *    with ONE activation row (decode; matmul_id with one token per expert) goes through mg_gemv_rows instead:
- *    4 weight rows per pass against the shared activation, prefetching the rows ahead.  Weights stream from
+ *    the tile, and the dot kernels unpack each weight block once for up to 4 (Q4_K, Q6_K) or 8 tokens; types
+ *    with a rows x tokens tile (Q4_0: the lanes are weight rows) take 8 rows per call.  An item with ONE
+ *    activation row (decode; matmul_id with one token per expert) goes through mg_gemv_rows instead: 2 (or 8)
+ *    weight rows per pass against the shared activation, prefetching the rows ahead.  Weights stream from
  *    memory once per token block (once per call for decode and for each expert of matmul_id).
  * 3. Every output element is computed by one dot-product call with a fixed block order, so results are
  *    bit-identical for any thread count and any chunk/tile assignment.
