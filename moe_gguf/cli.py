@@ -312,11 +312,12 @@ def serve(
 # ---------------------------------------------------------------------------------------------- quantize / convert
 @app.command()
 def quantize(
-    src: Annotated[str, typer.Argument(help="Input .gguf (F32/F16/BF16/Q8_0 tensors).")],
+    src: Annotated[str, typer.Argument(help="Input .gguf (F32/F16/BF16/Q8_0 tensors; others with --allow-requantize).")],
     dst: Annotated[str, typer.Argument(help="Output .gguf path.")],
     qtype: Annotated[str, typer.Argument(help="q4_k_m, q5_k_m, q6_k, q8_0, q4_0, q4_k_s, q5_k_s, q4_k, q5_k, iq4_nl, iq4_xs, f16, bf16, f32.")],
     threads: Annotated[int, typer.Option("-t", "--threads", help="Worker threads (0 = all cores).")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    allow_requantize: Annotated[bool, typer.Option("--allow-requantize", help="Accept already quantized tensors (re-encoded from their dequantized values; the two formats' rounding compounds).")] = False,
 ) -> None:
     """Quantize a GGUF file with llama-quantize's per-tensor mixes (streamed, multi-threaded, atomic output)."""
     import sys
@@ -324,7 +325,8 @@ def quantize(
     try:
         from .quantize import quantize_file
 
-        r = quantize_file(src, dst, qtype, n_threads=threads, progress=not no_progress and sys.stderr.isatty())
+        r = quantize_file(src, dst, qtype, n_threads=threads, progress=not no_progress and sys.stderr.isatty(),
+                          allow_requantize=allow_requantize)
     except (*_user_errors(), RuntimeError) as e:
         raise _fail(e) from None
     counts: dict[str, int] = {}

@@ -85,8 +85,11 @@ def quantize_file(
     *,
     n_threads: int | None = None,
     progress: bool = False,
+    allow_requantize: bool = False,
 ) -> QuantizeResult:
-    """Quantize `src` to `dst` with the mix `qtype` (see moe_gguf.convert.mixes.MIXES)."""
+    """Quantize `src` to `dst` with the mix `qtype` (see moe_gguf.convert.mixes.MIXES).  Tensors are re-encoded
+    from F32/F16/BF16/Q8_0; with `allow_requantize` (llama-quantize's --allow-requantize) from any type, through
+    its dequantized values (which compounds the two formats' rounding)."""
     mix = get_mix(qtype)
     src, dst = os.fspath(src), os.fspath(dst)
     if not os.path.isfile(src):
@@ -104,10 +107,10 @@ def quantize_file(
         types = plan_types(mix, ((t.name, t.ne, t.ggml_type) for t in infos), shape)
         for t in infos:
             new = types[t.name]
-            if new != t.ggml_type and GGMLType(t.ggml_type) not in QUANT_SOURCES:
+            if new != t.ggml_type and GGMLType(t.ggml_type) not in QUANT_SOURCES and not allow_requantize:
                 raise ValueError(
                     f"{src} is already quantized ({t.name} is {GGMLType(t.ggml_type).name}); "
-                    "quantize from an F32, F16, BF16 or Q8_0 file"
+                    "quantize from an F32, F16, BF16 or Q8_0 file, or pass --allow-requantize"
                 )
         bytes_in = sum(t.nbytes for t in infos)
         w = GGUFWriter(dst)

