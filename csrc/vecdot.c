@@ -138,36 +138,26 @@ static inline float ref_blocks32(int64_t n, const void *w, size_t wbytes, const 
     return s;
 }
 
-/* Q4_0 in llama.cpp's order for it (its repacked 8-row kernels, used for every Q4_0 matrix of n_out % 8 == 0 on
- * AVX2): per block the exact integer dot, one chain acc = fma(isum, d_w d_a, acc); activations mg_block_q8_0s */
-static float ref_q4_0(int64_t n, const void *w, const void *a) {
+/* Q4_0 and IQ4_NL in llama.cpp's order for them (its repacked 8-row kernels, used for every such matrix of
+ * n_out % 8 == 0 on AVX2): per block the exact integer dot, one chain acc = fma(isum, d_w d_a, acc); activations
+ * mg_block_q8_0s */
+static float ref_chain32(int64_t n, const void *w, const void *a, void (*dec)(const uint8_t *, int8_t *)) {
     float acc = 0.0f;
     for (int64_t i = 0; i < n / MG_QK; i++) {
         const uint8_t *b = (const uint8_t *)w + (size_t)i * 18;
         const mg_block_q8_0s *y = (const mg_block_q8_0s *)a + i;
         int8_t q[MG_QK];
-        dec_q4_0(b, q);
+        dec(b, q);
         acc = fmaf((float)idot(q, y->qs, MG_QK), f16(rd16(b)) * y->d, acc);
     }
     return acc;
 }
+static float ref_q4_0(int64_t n, const void *w, const void *a) { return ref_chain32(n, w, a, dec_q4_0); }
 static float ref_q4_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 20, a, dec_q4_1, 1); }
 static float ref_q5_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 22, a, dec_q5_0, 0); }
 static float ref_q5_1(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 24, a, dec_q5_1, 1); }
 static float ref_q8_0(int64_t n, const void *w, const void *a) { return ref_blocks32(n, w, 34, a, dec_q8_0, 0); }
-/* IQ4_NL in llama.cpp's order for it (repacked like Q4_0 on AVX2): per block the exact integer dot, one chain
- * acc = fma(isum, d_w d_a, acc) */
-static float ref_iq4_nl(int64_t n, const void *w, const void *a) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < n / MG_QK; i++) {
-        const uint8_t *b = (const uint8_t *)w + (size_t)i * 18;
-        const mg_block_q8_0s *y = (const mg_block_q8_0s *)a + i;
-        int8_t q[MG_QK];
-        dec_iq4_nl(b, q);
-        acc = fmaf((float)idot(q, y->qs, MG_QK), f16(rd16(b)) * y->d, acc);
-    }
-    return acc;
-}
+static float ref_iq4_nl(int64_t n, const void *w, const void *a) { return ref_chain32(n, w, a, dec_iq4_nl); }
 
 /* ---- 256-element super-blocks: q[256] values, per 16-element group g an integer scale sc[g] and min m[g];
  *      x = d * sc[g] * q - dmin * m[g]  ---- */

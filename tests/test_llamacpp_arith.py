@@ -245,6 +245,27 @@ def _random_blocks(rng, n_rows: int, nb: int, bsize: int, f16_offsets: list[int]
     return raw.reshape(n_rows, nb * bsize)
 
 
+def _assert_matmul_orders(qwt, x: np.ndarray, want: np.ndarray) -> None:
+    """matmul of 1, 4 and all rows of x at every SIMD level (the plain C reference keeps the order too) == want."""
+    from moe_gguf.ops import matmul as mm
+
+    for level in LEVELS:
+        for rows in (x[:1], x[:4], x):
+            got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
+            np.testing.assert_array_equal(got, want[: len(rows)], err_msg=f"level {level}, {len(rows)} tokens")
+
+
+def _q5_K_fields(raw: np.ndarray, n_rows: int, nb: int):
+    """Documented Q5_K: as Q4_K plus qh[32] after the scales; bit 2c (2c+1) of qh[l] is the 5th bit of element l of
+    sub-block 2c (2c+1) in chunk c.  (d, dmin, scales, mins, codes (rows, nb, 256))."""
+    blk = raw.reshape(n_rows, nb, 176)
+    d, dmin, sc, m, _ = _q4_K_fields(np.concatenate([blk[..., :16], blk[..., 48:]], -1).reshape(n_rows, -1))
+    qh = blk[..., 16:48].astype(np.int64)
+    qs = blk[..., 48:].astype(np.int64).reshape(n_rows, nb, 4, 32)
+    hb = (qh[:, :, None, None, :] >> (2 * np.arange(4)[:, None, None] + np.arange(2)[None, :, None])) & 1
+    return d, dmin, sc, m, (np.stack([qs & 15, qs >> 4], axis=3) + 16 * hb).reshape(n_rows, nb, 256)
+
+
 def _q4_K_case(seed: int, n_rows: int, nb: int, T: int):
     """Random Q4_K rows and activations; the exact integer scale and min sums per 64 elements (T, rows, nb, 4)."""
     rng = np.random.default_rng(seed)
@@ -295,12 +316,7 @@ def test_q5_K_iq4_xs_tiled_gemm_match_llamacpp_order(wtype: str) -> None:
     dy, qy, bs = _q8_K_ref(x)
     if wtype == "Q5_K":
         raw = _random_blocks(rng, n_rows, nb, 176, [0, 2])
-        blk = raw.reshape(n_rows, nb, 176)
-        d, dmin, sc, m, _ = _q4_K_fields(np.concatenate([blk[..., :16], blk[..., 48:]], -1).reshape(n_rows, -1))
-        qh = blk[..., 16:48].astype(np.int64)
-        qs = blk[..., 48:].astype(np.int64).reshape(n_rows, nb, 4, 32)
-        hb = (qh[:, :, None, None, :] >> (2 * np.arange(4)[:, None, None] + np.arange(2)[None, :, None])) & 1
-        codes = (np.stack([qs & 15, qs >> 4], axis=3) + 16 * hb).reshape(n_rows, nb, 256)
+        d, dmin, sc, m, codes = _q5_K_fields(raw, n_rows, nb)
         isum = ((codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32).sum(-1) * sc[None]).sum(-1)
         imin = (m[None] * bs.reshape(T, 1, nb, 8, 2).sum(-1)).sum(-1)
     else:  # documented IQ4_XS: d, scales_h (2 bits per sub-block), scales_l (4 bits), 8 x 16 packed code bytes
@@ -437,10 +453,7 @@ def test_q5_1_dot_takes_ggml_avx2_order() -> None:
         summs = fma(mw[None, :, i], sx[:, None, i], summs)
     want = (_hsum8(acc) + summs).astype(f32)
     qwt = mm.QWeight(raw, int(GQ.Q5_1), (n_out, n_in))
-    for level in LEVELS:  # the plain C reference keeps this order too
-        for rows in (x[:1], x[:4], x):
-            got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
-            np.testing.assert_array_equal(got, want[: len(rows)], err_msg=f"level {level}, {len(rows)} tokens")
+    _assert_matmul_orders(qwt, x, want)
 
 
 @needs_avx2
@@ -474,10 +487,7 @@ def test_q4_0_dots_take_ggml_repacked_order(wtype: str) -> None:
     for i in range(n_in // 32):
         acc = fma(isum[..., i].astype(f32), (dw[None, :, i] * dx[:, None, i]).astype(f32), acc)
     qwt = mm.QWeight(raw, int(GQ[wtype]), (n_out, n_in))
-    for level in LEVELS:  # the plain C reference keeps this order too
-        for rows in (x[:1], x[:4], x):
-            got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
-            np.testing.assert_array_equal(got, acc[: len(rows)], err_msg=f"level {level}, {len(rows)} tokens")
+    _assert_matmul_orders(qwt, x, acc)
 
 
 @needs_avx2
@@ -491,12 +501,7 @@ def test_q5_K_dots_take_ggml_avx2_order() -> None:
     rng = np.random.default_rng(9)
     n_rows, nb, T = 7, 3, 11
     raw = _random_blocks(rng, n_rows, nb, 176, [0, 2])
-    blk = raw.reshape(n_rows, nb, 176)
-    d, dmin, sc, m, _ = _q4_K_fields(np.concatenate([blk[..., :16], blk[..., 48:]], -1).reshape(n_rows, -1))
-    qh = blk[..., 16:48].astype(np.int64)  # documented Q5_K: bit 2c (2c+1) of qh[l] is the 5th bit of element l
-    qs = blk[..., 48:].astype(np.int64).reshape(n_rows, nb, 4, 32)  # of sub-block 2c (2c+1) in chunk c
-    hb = (qh[:, :, None, None, :] >> (2 * np.arange(4)[:, None, None] + np.arange(2)[None, :, None])) & 1
-    codes = (np.stack([qs & 15, qs >> 4], axis=3) + 16 * hb).reshape(n_rows, nb, 256)
+    d, dmin, sc, m, codes = _q5_K_fields(raw, n_rows, nb)
     x = rng.standard_normal((T, nb * 256)).astype(f32)
     dy, qy, bs = _q8_K_ref(x)
     sub = (codes[None] * qy[:, None]).reshape(T, n_rows, nb, 8, 32)  # (T, rows, nb, sub-block, element)
@@ -510,10 +515,7 @@ def test_q5_K_dots_take_ggml_avx2_order() -> None:
         summs = fma(imin[..., i].astype(f32), -(dy[:, None, i] * dmin[None, :, i]).astype(f32), summs)
     want = (_hsum8(acc) + summs).astype(f32)
     qwt = mm.QWeight(raw, 13, (n_rows, nb * 256))
-    for level in LEVELS:  # the plain C reference keeps this order too
-        for rows in (x[:1], x[:4], x):
-            got = _with_level(level, mm.matmul, None, qwt, np.ascontiguousarray(rows))
-            np.testing.assert_array_equal(got, want[: len(rows)], err_msg=f"level {level}, {len(rows)} tokens")
+    _assert_matmul_orders(qwt, x, want)
 
 
 @needs_avx2
